@@ -1,0 +1,65 @@
+"""The audit addon: one record per decided request or refused tunnel, never a secret value."""
+
+from __future__ import annotations
+
+import time
+
+from egress.addons.base import EgressAddon, meta
+from mitmproxy import http
+
+from egress.audit import AuditRecord, now_iso, redact_path
+from egress.reasons import Reason
+
+
+class AuditLog(EgressAddon):
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        # Allowed tunnels are audited per request inside them; refused ones here.
+        if flow.response is not None:
+            self._write(flow, event="connect")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._write(flow, event="request")
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None:
+            m = meta(flow)
+            if m.get("decision") == "allow":
+                m.update(decision="error", reason=Reason.UPSTREAM_ERROR.value,
+                         detail=flow.error.msg if flow.error else None)  # fmt: skip
+            self._write(flow, event="request")
+
+    def _write(self, flow: http.HTTPFlow, event: str) -> None:
+        m = meta(flow)
+        if m.get("audited"):
+            return
+        m["audited"] = True
+        req = flow.request
+        resp = flow.response
+        end = (resp.timestamp_end if resp and resp.timestamp_end else None) or time.time()
+        peer = flow.client_conn.peername
+        self.runtime.audit.write(
+            AuditRecord(
+                time=now_iso(req.timestamp_start),
+                event=event,
+                flow_id=flow.id,
+                client=f"{peer[0]}:{peer[1]}" if peer else "",
+                method=req.method,
+                scheme=m.get("scheme", req.scheme),
+                host=m.get("host", req.host),
+                port=m.get("port", req.port),
+                path="" if event == "connect" else m.get("path", redact_path(req.path)),
+                decision=m.get("decision", "error"),
+                reason=m.get("reason", Reason.UPSTREAM_ERROR.value),
+                rule=m.get("rule"),
+                secrets=list(m.get("secrets", [])),
+                scrubbed=m.get("scrubbed", 0),
+                status=resp.status_code if resp else 502,
+                bytes_in=len(req.raw_content or b""),
+                bytes_out=len(resp.raw_content or b"") if resp else 0,
+                duration_ms=round((end - req.timestamp_start) * 1000, 2),
+                detail=m.get("detail"),
+            )
+        )
+
+
+addons = [AuditLog()]

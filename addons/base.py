@@ -1,0 +1,68 @@
+"""What every egress addon shares: the runtime it works on and the flow helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+
+from egress.errors import EgressError
+from egress.messages import denial_body
+from egress.reasons import Reason, http_status
+from egress.runtime import Runtime, shared
+
+META = "egress"  # key in flow.metadata
+
+
+class EgressAddon:
+    """Base for egress addons. Embedded by ``egress run`` with a ready Runtime; loaded with
+    ``mitmdump -s`` it builds one from the ``egress_config`` option."""
+
+    def __init__(self, runtime: Runtime | None = None):
+        self._runtime = runtime
+        self._embedded = runtime is not None
+
+    def load(self, loader: Any) -> None:
+        if "egress_config" not in loader.master.options:
+            loader.add_option(
+                "egress_config", str, "",
+                "Path to the egress config file (empty: the embedded default config).",
+            )  # fmt: skip
+
+    def configure(self, updated: set[str]) -> None:
+        if not self._embedded and ("egress_config" in updated or self._runtime is None):
+            try:
+                self._runtime = shared(ctx.options.egress_config)
+            except EgressError as e:
+                raise exceptions.OptionsError(str(e)) from None
+
+    @property
+    def runtime(self) -> Runtime:
+        assert self._runtime is not None, "egress addon used before configure()"
+        return self._runtime
+
+
+def meta(flow: http.HTTPFlow) -> dict[str, Any]:
+    return flow.metadata.setdefault(META, {})
+
+
+def deny(
+    flow: http.HTTPFlow, runtime: Runtime, reason: Reason, detail: str, *,
+    rule: str | None = None, hint: str | None = None, secret: str | None = None,
+) -> None:  # fmt: skip
+    """Answer the flow ourselves; nothing reaches the upstream."""
+    m = meta(flow)
+    m.update(decision="deny" if http_status(reason) < 500 else "error", reason=reason.value,
+             rule=rule, detail=detail)  # fmt: skip
+    if secret:
+        m["secret"] = secret
+    req = flow.request
+    url = m.get("url") or req.pretty_url
+    body = denial_body(reason, detail, method=req.method, url=url, config=runtime.config.path,
+                       hint=hint)  # fmt: skip
+    flow.response = http.Response.make(
+        http_status(reason),
+        body.encode("utf-8"),
+        {"content-type": "text/plain; charset=utf-8", "x-egress-reason": reason.value,
+         "connection": "close"},
+    )  # fmt: skip

@@ -1,0 +1,15 @@
+"""All egress addons, in order, for a plain mitmdump:
+
+    mitmdump -s addons/egress.py --set egress_config=config/egress.yaml
+
+Order matters: the allowlist decides first, injection only touches allowed requests, and
+the audit addon records what the others decided.
+"""
+
+from egress.addons.audit import AuditLog
+from egress.addons.inject import SecretInjector
+from egress.addons.policy import Allowlist
+from egress.addons.scrub import ResponseScrubber
+from egress.addons.tls import EgressTls
+
+addons = [EgressTls(), Allowlist(), SecretInjector(), ResponseScrubber(), AuditLog()]

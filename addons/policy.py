@@ -1,0 +1,147 @@
+"""Allowlist enforcement: tunnels at CONNECT, requests at their headers, connections at dial.
+
+Decisions are taken before anything leaves the proxy: a denied CONNECT is answered with 403
+before any TLS and before any upstream connection (mitmproxy dials eagerly right after the
+``http_connect`` hook); a request is decided when its headers arrive; and every upstream
+dial is checked once more in ``server_connect`` so that no path can reach a denied
+destination.
+"""
+
+from __future__ import annotations
+
+from egress.addons.base import EgressAddon, deny, meta
+from mitmproxy import connection, http
+from mitmproxy.proxy import server_hooks
+
+from egress.audit import redact_path
+from egress.errors import InvalidHost
+from egress.hostnames import canonical_host, split_host_port
+from egress.messages import how_to_allow
+from egress.reasons import Reason
+
+
+class Allowlist(EgressAddon):
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        rt = self.runtime
+        port = flow.request.port
+        try:
+            host = canonical_host(flow.request.host)
+        except InvalidHost as e:
+            deny(flow, rt, Reason.INVALID_HOST, str(e))
+            return
+        m = meta(flow)
+        m.update(host=host, port=port, scheme="https", url=f"{host}:{port}")
+        d = rt.allowlist.decide_connect(host, port)
+        if not d.allowed:
+            hint = how_to_allow(d.reason, host, port, "https", "CONNECT", "/", d.rule_label)
+            deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
+            return
+        m.update(decision="allow", reason=d.reason.value, rule=d.rule_label)
+        rt.tunnels[flow.client_conn.id] = (host, port)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        rt = self.runtime
+        req = flow.request
+        m = meta(flow)
+        tunnel = rt.tunnels.get(flow.client_conn.id)
+        scheme = req.scheme
+        try:
+            if tunnel is not None:
+                host, port = tunnel
+            else:
+                if "@" in req.authority:
+                    m.update(host=req.host, port=req.port, scheme=scheme)
+                    deny(flow, rt, Reason.USERINFO_IN_URL,
+                         "the URL carries credentials ('user@'); send them in a header instead")  # fmt: skip
+                    return
+                host, port = canonical_host(req.host), req.port
+        except InvalidHost as e:
+            m.update(host=req.host, port=req.port, scheme=scheme)
+            deny(flow, rt, Reason.INVALID_HOST, str(e))
+            return
+        m.update(host=host, port=port, scheme=scheme, path=redact_path(req.path),
+                 url=f"{scheme}://{_authority(host, port)}{req.path}")  # fmt: skip
+        problem = _identity_problem(flow, host, port, tunnel is not None)
+        if problem is not None:
+            deny(flow, rt, problem[0], problem[1])
+            return
+        d = rt.allowlist.decide(scheme, host, port, req.method, req.path)
+        if not d.allowed:
+            hint = how_to_allow(d.reason, host, port, scheme, req.method, req.path, d.rule_label)
+            deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
+            return
+        m.update(decision="allow", reason=d.reason.value, rule=d.rule_label)
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Last guard before a TCP connection: the destination must be allowed. Then dial the
+        address the config resolves the name to, verifying TLS against the name."""
+        rt = self.runtime
+        server = data.server
+        if server.address is None:
+            return
+        raw_host, port = server.address
+        try:
+            host = canonical_host(str(raw_host))
+        except InvalidHost as e:
+            server.error = f"egress: {e}"
+            return
+        d = rt.allowlist.decide_connect(host, port)
+        if not d.allowed:
+            server.error = f"egress: {d.reason.value}: {d.detail}"
+            return
+        # The upstream certificate is verified against the canonical name, whatever SNI the
+        # client sent; see EgressTls.tls_start_server.
+        server.sni = host
+        if host in rt.config.resolve:
+            server.address = (rt.config.resolve[host], port)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.runtime.tunnels.pop(client.id, None)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # Keep clients on TCP through the proxy: an Alt-Svc advertising HTTP/3 would invite
+        # them to try QUIC around it.
+        if flow.response is not None:
+            flow.response.headers.pop("alt-svc", None)
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _identity_problem(
+    flow: http.HTTPFlow, host: str, port: int, in_tunnel: bool
+) -> tuple[Reason, str] | None:
+    """The Host header (or :authority) and the TLS SNI must name the host being decided."""
+    req = flow.request
+    host_headers = req.headers.get_all("host")
+    if len(host_headers) > 1:
+        return Reason.HOST_HEADER_MISMATCH, "the request has more than one Host header"
+    claimed = req.host_header
+    if claimed is None:
+        return Reason.HOST_HEADER_MISMATCH, "the request has no Host header"
+    default_port = 443 if req.scheme == "https" else 80
+    try:
+        c_host, c_port = split_host_port(claimed, default_port)
+        c_host = canonical_host(c_host)
+    except InvalidHost:
+        return Reason.HOST_HEADER_MISMATCH, f"the Host header {claimed!r} is not a valid host"
+    if c_host != host or (":" in claimed.rsplit("]", 1)[-1] and c_port != port):
+        return (
+            Reason.HOST_HEADER_MISMATCH,
+            f"the Host header names {claimed!r} but the request goes to {_authority(host, port)}",
+        )
+    sni = flow.client_conn.sni if in_tunnel and req.scheme == "https" else None
+    if sni:
+        try:
+            sni_host = canonical_host(sni)
+        except InvalidHost:
+            sni_host = sni
+        if sni_host != host:
+            return Reason.SNI_MISMATCH, f"the TLS SNI names {sni!r} but the tunnel goes to {host!r}"
+    return None
+
+
+addons = [Allowlist()]

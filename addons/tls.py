@@ -1,0 +1,93 @@
+"""TLS with the ephemeral CA: in-memory key, leaf certificates that name only the host.
+
+Replaces mitmproxy's TlsConfig in ``egress run``. It never reads or writes a CA in
+``confdir``; the certificate store is built in memory from the runtime's CA. Leaf
+certificates carry exactly one name, the host being contacted, never names copied from
+the upstream certificate: those would fall outside the CA's name constraints and would
+invite HTTP/2 connection reuse across hosts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import ipaddress
+from typing import Any
+
+from cryptography import x509
+from mitmproxy import certs, ctx, tls
+from mitmproxy.addons.tlsconfig import TlsConfig
+from mitmproxy.proxy import context
+
+from egress.errors import InvalidHost
+from egress.hostnames import canonical_host, is_ip
+from egress.runtime import Runtime, shared
+
+# Options with which mitmproxy's TlsConfig would (re)load a CA from confdir.
+_CA_OPTIONS = {"certs", "confdir", "key_size", "cert_passphrase"}
+
+
+def build_certstore(rt: Runtime) -> certs.CertStore:
+    dh = certs.CertStore.load_dhparam(rt.private_dir / "dhparam.pem")  # public parameters
+    kwargs: dict[str, Any] = dict(
+        default_privatekey=rt.ca.key, default_ca=certs.Cert(rt.ca.cert),
+        default_chain_file=None, dhparams=dh,
+    )  # fmt: skip
+    if "default_crl" in inspect.signature(certs.CertStore.__init__).parameters:
+        kwargs["default_crl"] = b""  # mitmproxy 12 serves a CRL; we issue none
+    return certs.CertStore(**kwargs)
+
+
+class EgressTls(TlsConfig):
+    def __init__(self, runtime: Runtime | None = None):
+        super().__init__()
+        self._runtime = runtime
+
+    def load(self, loader: Any) -> None:
+        if "tls_version_client_min" not in loader.master.options:
+            super().load(loader)
+        if "egress_config" not in loader.master.options:
+            loader.add_option("egress_config", str, "", "Path to the egress config file.")
+
+    def configure(self, updated: set[str]) -> None:
+        super().configure(set(updated) - _CA_OPTIONS)
+        if self._runtime is None:
+            self._runtime = shared(ctx.options.egress_config)
+        if self.certstore is None:
+            self.certstore = build_certstore(self._runtime)
+
+    def running(self) -> None:
+        pass  # TlsConfig.running() would load a CA from confdir
+
+    def _target(self, ctx_: context.Context) -> str | None:
+        assert self._runtime is not None
+        tunnel = self._runtime.tunnels.get(ctx_.client.id)
+        if tunnel is not None:
+            return tunnel[0]
+        if ctx_.server.sni:
+            return str(ctx_.server.sni)
+        if ctx_.client.sni:
+            try:
+                return canonical_host(ctx_.client.sni)
+            except InvalidHost:
+                return None
+        return None
+
+    def get_cert(self, conn_context: context.Context) -> certs.CertStoreEntry:
+        host = self._target(conn_context) or "invalid"
+        if is_ip(host):
+            # No CN for an address: OpenSSL would check a CN like "127.0.0.1" against the DNS
+            # name constraints and reject it.
+            return self.certstore.get_cert(None, [x509.IPAddress(ipaddress.ip_address(host))])
+        return self.certstore.get_cert(host, [x509.DNSName(host)])
+
+    def tls_start_client(self, tls_start: tls.TlsData) -> None:
+        # Loaded beside mitmproxy's own TlsConfig (mitmdump -s), rebuild what it made.
+        tls_start.ssl_conn = None
+        super().tls_start_client(tls_start)
+
+    def tls_start_server(self, tls_start: tls.TlsData) -> None:
+        tls_start.ssl_conn = None
+        super().tls_start_server(tls_start)
+
+
+addons = [EgressTls()]

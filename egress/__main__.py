@@ -1,0 +1,5 @@
+import sys
+
+from egress.cli import main
+
+sys.exit(main())

@@ -1,0 +1,114 @@
+"""The ephemeral CA: made at every start, private key only in memory, name-constrained.
+
+The certificate carries X.509 name constraints that permit only what the allowlist allows
+(an exact name or a ``*.example.com`` rule as that domain's subtree, address rules as IP
+ranges; every other address is excluded). Even a leaked key can then mint nothing a
+constraint-checking client accepts for any other name. A config change that allows names
+outside the constraints needs a new CA, which every start makes anyway.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from egress.config import Rule
+
+# RFC 6761 reserves "invalid": a permitted subtree that matches no real name, used when the
+# allowlist names no host at all.
+_NOTHING = "invalid"
+
+
+def name_constraints(rules: tuple[Rule, ...]) -> x509.NameConstraints:
+    names = sorted(
+        {
+            r.host.text[2:] if r.host.kind == "wildcard" else r.host.text
+            for r in rules
+            if r.host.kind != "address"
+        }
+    )
+    networks = [r.host.network for r in rules if r.host.kind == "address" and r.host.network]
+    permitted: list[x509.GeneralName] = [x509.DNSName(n) for n in names or [_NOTHING]]
+    permitted += [x509.IPAddress(n) for n in dict.fromkeys(networks)]
+    excluded: list[x509.GeneralName] | None = None
+    if not networks:
+        # Without an iPAddress subtree, addresses would be unconstrained: exclude them all.
+        excluded = [
+            x509.IPAddress(ipaddress.ip_network("0.0.0.0/0")),
+            x509.IPAddress(ipaddress.ip_network("::/0")),
+        ]
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=excluded)
+
+
+@dataclass(frozen=True, repr=False)
+class EphemeralCA:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    def __repr__(self) -> str:
+        return f"EphemeralCA(subject={self.cert.subject.rfc4514_string()!r}, key=<redacted>)"
+
+    @classmethod
+    def create(cls, rules: tuple[Rule, ...], validity_hours: int) -> EphemeralCA:
+        # P-256: new client TLS connections through the proxy are much cheaper than with RSA.
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "egress"),
+                x509.NameAttribute(
+                    NameOID.COMMON_NAME, f"egress ephemeral CA {secrets.token_hex(4)}"
+                ),
+            ]
+        )
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=validity_hours))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )  # fmt: skip
+            # RFC 5280 4.2.1.10: name constraints MUST be critical.
+            .add_extension(name_constraints(rules), critical=True)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key=key, cert=cert)
+
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def write_cert(self, path: Path) -> None:
+        """Write the public certificate (never the key) for agents to trust."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(self.cert_pem())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)

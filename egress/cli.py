@@ -1,0 +1,249 @@
+"""The egress command line: run, exec, check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
+
+from egress import __version__
+from egress import config as config_mod
+from egress.audit import AuditWriter
+from egress.config import Config
+from egress.errors import EgressError, InvalidHost
+from egress.hostnames import canonical_host
+from egress.messages import how_to_allow
+from egress.policy import Decision
+from egress.reasons import Reason
+from egress.runtime import Runtime
+
+log = logging.getLogger("egress")
+
+# Variables through which common tools find a CA bundle. The agent gets the egress CA alone:
+# every TLS connection it makes goes through the proxy, which verifies upstreams itself.
+CA_ENV_VARS = (
+    "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
+    "GIT_SSL_CAINFO", "PIP_CERT", "AWS_CA_BUNDLE", "NPM_CONFIG_CAFILE", "CARGO_HTTP_CAINFO",
+    "DENO_CERT",
+)  # fmt: skip
+PROXY_ENV_VARS = (
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "ALL_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "all_proxy",
+)
+NO_PROXY_VALUE = "localhost,127.0.0.1,::1"
+
+
+def agent_env(
+    base: Mapping[str, str], proxy_url: str, ca_path: str, cfg: Config, rt: Runtime
+) -> dict[str, str]:
+    """The environment of the command ``egress exec`` runs: proxy and CA variables set,
+    each secret's placeholder in its variable, and no real secret anywhere."""
+    secret_values = {v.reveal() for _, v in rt.secrets.loaded()}
+    consumed = rt.secrets.env_vars_consumed()
+    env = {k: v for k, v in base.items() if k not in consumed and v not in secret_values}
+    for var in PROXY_ENV_VARS:
+        env[var] = proxy_url
+    env["NO_PROXY"] = env["no_proxy"] = NO_PROXY_VALUE
+    for var in CA_ENV_VARS:
+        env[var] = ca_path
+    for spec in cfg.secrets:
+        if spec.env:
+            env[spec.env] = spec.placeholder
+    env["EGRESS_PROXY_URL"] = proxy_url
+    return env
+
+
+def _banner(cfg: Config, host: str, port: int) -> str:
+    url = f"http://{host}:{port}"
+    ca = cfg.ca_cert_path
+    lines = [
+        f"egress {__version__}: listening on {host}:{port} (config: {cfg.path})",
+        f"CA certificate: {ca} (made at this start, valid {cfg.ca_validity_hours} h; "
+        "its key stays in memory)",
+        "point a client at the proxy:",
+        f"  export HTTPS_PROXY={url} HTTP_PROXY={url} SSL_CERT_FILE={ca}",
+        f"  curl --proxy {url} --cacert {ca} https://<allowed host>/",
+        "or run an agent through it: egress exec -- <command>",
+    ]
+    for spec in cfg.secrets:
+        if spec.env:
+            lines.append(f"secret {spec.name}: give the agent {spec.env}={spec.placeholder}")
+    lines.append("ready; Ctrl-C stops")
+    return "\n".join(lines)
+
+
+async def _serve(cfg: Config, listen_port: int | None) -> int:
+    from egress.proxy import EmbeddedProxy
+
+    rt = Runtime.start(cfg)
+    try:
+        proxy = EmbeddedProxy(
+            rt, cfg.listen_host, cfg.listen_port if listen_port is None else listen_port
+        )
+        host, port = await proxy.start()
+        print(_banner(cfg, host, port), file=sys.stderr, flush=True)
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        waiter = asyncio.create_task(stopping.wait())
+        server = asyncio.create_task(proxy.wait())
+        await asyncio.wait({waiter, server}, return_when=asyncio.FIRST_COMPLETED)
+        await proxy.stop()
+        waiter.cancel()
+        print("egress: stopped", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        rt.close()
+
+
+async def _exec(cfg: Config, argv: Sequence[str]) -> int:
+    from egress.proxy import EmbeddedProxy
+
+    audit = AuditWriter("stderr") if cfg.audit_path == "stdout" else None  # keep CMD's stdout clean
+    rt = Runtime.start(cfg, audit=audit)
+    try:
+        proxy = EmbeddedProxy(rt, "127.0.0.1", 0)
+        host, port = await proxy.start()
+        env = agent_env(os.environ, f"http://{host}:{port}", str(cfg.ca_cert_path), cfg, rt)
+        try:
+            child = await asyncio.create_subprocess_exec(*argv, env=env)
+        except OSError as e:
+            await proxy.stop()
+            print(f"egress: cannot run {argv[0]!r}: {e.strerror}", file=sys.stderr)
+            return 127
+        loop = asyncio.get_running_loop()
+        # SIGINT from a terminal reaches the command directly (same process group);
+        # SIGTERM and SIGHUP sent to egress are passed on to it.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, child.send_signal, sig)
+        code = await child.wait()
+        await proxy.stop()
+        return code if code >= 0 else 128 - code
+    finally:
+        rt.close()
+
+
+def check(cfg: Config, method: str, url: str) -> tuple[Decision, list[str], str]:
+    """The decision the proxy would take for one request, without sending anything."""
+    from egress.policy import Allowlist
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise EgressError(f"{url!r}: give a full http:// or https:// URL")
+    host_raw = parts.hostname or ""
+    if parts.username is not None or parts.password is not None:
+        return (
+            Decision(False, Reason.USERINFO_IN_URL, None, "the URL carries credentials ('user@')"),
+            [],
+            host_raw,
+        )
+    try:
+        host = canonical_host(host_raw)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except (InvalidHost, ValueError) as e:
+        return Decision(False, Reason.INVALID_HOST, None, str(e)), [], host_raw
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    d = Allowlist(cfg.rules).decide(parts.scheme, host, port, method.upper(), path)
+    bound = [s.name for s in cfg.secrets if s.bound_to(host)] if d.allowed else []
+    if d.allowed and parts.scheme == "http":
+        bound = [s.name for s in cfg.secrets if s.bound_to(host) and s.allow_http]
+    return d, bound, host
+
+
+def _print_check(cfg: Config, method: str, url: str) -> int:
+    d, secrets, host = check(cfg, method, url)
+    parts = urlsplit(url)
+    if d.allowed:
+        r = d.rule
+        assert r is not None
+        print(f"ALLOW {method.upper()} {url}")
+        print(f"  rule:    {r.label} (host {r.host}, ports {list(r.ports)}, schemes {list(r.schemes)}"
+              + (f", methods {list(r.methods)}" if r.methods else "")
+              + (f", paths {list(r.paths)}" if r.paths else "") + ")")  # fmt: skip
+        if secrets:
+            print(
+                f"  secrets: {', '.join(secrets)} (injected where the request carries the placeholder)"
+            )
+        else:
+            print("  secrets: none bound to this host")
+        print(f"  config:  {cfg.path}")
+        return 0
+    print(f"DENY {method.upper()} {url}")
+    print(f"  reason:  {d.reason.value}")
+    if d.rule_label:
+        print(f"  rule:    {d.rule_label}")
+    print(f"  why:     {d.detail}")
+    port = (
+        parts.port or (443 if parts.scheme == "https" else 80)
+        if d.reason is not Reason.INVALID_HOST
+        else 0
+    )
+    hint = how_to_allow(
+        d.reason, host, port, parts.scheme, method.upper(), parts.path or "/", d.rule_label
+    )
+    if hint:
+        print("  to allow it, " + hint.replace("\n", "\n    "))
+    print(f"  config:  {cfg.path}")
+    return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="egress", description="Credential-injecting egress proxy for AI agents."
+    )
+    p.add_argument("--version", action="version", version=f"egress {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    cfg_help = "config file (default: the embedded default config)"
+    run = sub.add_parser("run", help="run the proxy until Ctrl-C")
+    run.add_argument("--config", "-c", help=cfg_help)
+    run.add_argument(
+        "--port", type=int, help="listen port (overrides listen.port; 0 picks a free one)"
+    )
+    ex = sub.add_parser("exec", help="run a command with its traffic going through the proxy")
+    ex.add_argument("--config", "-c", help=cfg_help)
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- command and arguments")
+    ck = sub.add_parser("check", help="print the decision for a URL without sending anything")
+    ck.add_argument("--config", "-c", help=cfg_help)
+    ck.add_argument("--method", "-X", default="GET")
+    ck.add_argument("url")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from egress.proxy import configure_logging
+
+    configure_logging()
+    try:
+        cfg = config_mod.load_or_default(args.config)
+        if args.command == "check":
+            return _print_check(cfg, args.method, args.url)
+        if args.command == "run":
+            return asyncio.run(_serve(cfg, args.port))
+        cmd = list(args.cmd)
+        if cmd and cmd[0] == "--":
+            cmd = cmd[1:]
+        if not cmd:
+            print("egress: exec needs a command: egress exec -- CMD ARGS...", file=sys.stderr)
+            return 2
+        return asyncio.run(_exec(cfg, cmd))
+    except EgressError as e:
+        print(f"egress: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,492 @@
+"""The egress config file: schema, validation and the typed objects the rest of egress uses.
+
+Validation collects every problem in the file and reports each as
+``<file>: <key path>: <what is wrong>``; unknown keys are errors with a suggestion.
+Paths in the file are relative to the file's own folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from egress.errors import ConfigError, ConfigProblem, InvalidHost
+from egress.hostnames import HostPattern, canonical_host, is_ip, parse_host_pattern
+
+SCHEMES = ("https", "http")
+DEFAULT_PORTS = {"https": 443, "http": 80}
+SURFACES = ("headers", "query", "body")
+_METHOD = re.compile(r"^[A-Z][A-Z0-9_-]*$")
+_SECRET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Placeholders use URL-unreserved characters only, so that they survive every surface
+# (header, query, form and JSON body) unencoded and can be found by a plain byte search.
+_PLACEHOLDER = re.compile(r"^[A-Za-z0-9._~-]{8,256}$")
+EMBEDDED_DEFAULT = "<embedded default config>"
+
+
+@dataclass(frozen=True)
+class Rule:
+    index: int  # position under allow:, for messages ("allow[3]")
+    host: HostPattern
+    ports: tuple[int, ...]
+    schemes: tuple[str, ...]
+    methods: tuple[str, ...] | None  # None: any method
+    paths: tuple[str, ...] | None  # None: any path
+
+    @property
+    def label(self) -> str:
+        return f"allow[{self.index}]"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: str  # "env" | "file"
+    env: str | None = None
+    file: Path | None = None
+    key: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "env":
+            return f"env:{self.env}"
+        return f"file:{self.file}#{self.key}"
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    index: int
+    name: str
+    source: SourceSpec
+    hosts: tuple[HostPattern, ...]
+    placeholder: str
+    env: str | None
+    surfaces: frozenset[str]
+    body_max_bytes: int
+    allow_http: bool
+    required: bool
+
+    def bound_to(self, host: str) -> bool:
+        return any(p.matches(host) for p in self.hosts)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str  # the file it came from, or EMBEDDED_DEFAULT
+    listen_host: str
+    listen_port: int
+    ca_cert_path: Path
+    ca_validity_hours: int
+    upstream_ca_files: tuple[Path, ...]
+    resolve: dict[str, str]
+    rules: tuple[Rule, ...]
+    secrets: tuple[SecretSpec, ...]
+    audit_path: str  # "stdout", "stderr" or a file path
+    max_body_bytes: int = 10 * 1024 * 1024
+
+
+def default_placeholder(name: str) -> str:
+    # Names hold no '-', so "egress-<name>-placeholder" is never a substring of another
+    # secret's default placeholder.
+    return f"egress-{name}-placeholder"
+
+
+class _Checker:
+    """Walks the parsed YAML and records problems with their key paths."""
+
+    def __init__(self) -> None:
+        self.problems: list[ConfigProblem] = []
+
+    def err(self, key: str, message: str) -> None:
+        self.problems.append(ConfigProblem(key, message))
+
+    def mapping(
+        self, node: Any, key: str, known: tuple[str, ...], required: tuple[str, ...] = ()
+    ) -> dict[str, Any] | None:
+        if node is None:
+            node = {}
+        if not isinstance(node, dict):
+            self.err(key, f"must be a mapping, not {_kind(node)}")
+            return None
+        for k in node:
+            if k not in known:
+                near = difflib.get_close_matches(str(k), known, n=1)
+                hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(known)}"
+                self.err(_join(key, str(k)), f"unknown key: {hint}")
+        for k in required:
+            if k not in node:
+                self.err(_join(key, k), "is required")
+        return node
+
+    def typed(self, node: dict[str, Any], key: str, name: str, kind: type, default: Any) -> Any:
+        if name not in node or node[name] is None and default is None:
+            return default
+        value = node[name]
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            self.err(_join(key, name), f"must be an integer, not {_kind(value)}")
+            return default
+        if kind is not int and not isinstance(value, kind):
+            self.err(_join(key, name), f"must be a {kind.__name__}, not {_kind(value)}")
+            return default
+        return value
+
+    def str_list(
+        self, node: dict[str, Any], key: str, name: str, allow_empty: bool = False
+    ) -> list[str] | None:
+        if name not in node:
+            return None
+        value = node[name]
+        if isinstance(value, str):
+            value = [value]
+        if value == [] and allow_empty:
+            return []
+        if not isinstance(value, list) or not value:
+            self.err(_join(key, name), "must be a non-empty list")
+            return None
+        out: list[str] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str | int) or isinstance(item, bool):
+                self.err(f"{_join(key, name)}[{i}]", f"must be a string, not {_kind(item)}")
+            else:
+                out.append(str(item))
+        return out
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _path(base: Path, text: str) -> Path:
+    p = Path(os.path.expanduser(text))
+    return p if p.is_absolute() else base / p
+
+
+def _parse_rule(c: _Checker, node: Any, i: int) -> Rule | None:
+    key = f"allow[{i}]"
+    if isinstance(node, str):
+        node = {"host": node}
+    m = c.mapping(node, key, ("host", "ports", "schemes", "methods", "paths"), ("host",))
+    if m is None or "host" not in m:
+        return None
+    ok = True
+    try:
+        host = parse_host_pattern(m["host"])
+    except ValueError as e:
+        c.err(f"{key}.host", str(e))
+        ok = False
+    schemes = c.str_list(m, key, "schemes") or ["https"]
+    for j, s in enumerate(schemes):
+        if s not in SCHEMES:
+            c.err(f"{key}.schemes[{j}]", f"{s!r} is not a scheme egress proxies: use https or http")
+            ok = False
+    ports: list[int] = []
+    raw_ports = c.str_list(m, key, "ports")
+    if raw_ports is None:
+        ports = sorted({DEFAULT_PORTS[s] for s in schemes if s in DEFAULT_PORTS})
+    else:
+        for j, p in enumerate(raw_ports):
+            if not p.isdigit() or not 0 < int(p) < 65536:
+                c.err(f"{key}.ports[{j}]", f"{p!r} is not a port number (1-65535)")
+                ok = False
+            else:
+                ports.append(int(p))
+    methods = c.str_list(m, key, "methods")
+    if methods is not None:
+        methods = [x.upper() for x in methods]
+        for j, x in enumerate(methods):
+            if not _METHOD.match(x):
+                c.err(f"{key}.methods[{j}]", f"{x!r} is not an HTTP method")
+                ok = False
+    paths = c.str_list(m, key, "paths")
+    for j, p in enumerate(paths or []):
+        if not p.startswith("/") or "?" in p or "#" in p or re.search(r"[\s\x00-\x1f]", p):
+            c.err(f"{key}.paths[{j}]", f"{p!r} must be a path prefix starting with '/' (no query)")
+            ok = False
+    if not ok:
+        return None
+    return Rule(
+        index=i,
+        host=host,
+        ports=tuple(ports),
+        schemes=tuple(schemes),
+        methods=tuple(methods) if methods is not None else None,
+        paths=tuple(paths) if paths is not None else None,
+    )
+
+
+def _parse_source(c: _Checker, node: Any, key: str, base: Path) -> SourceSpec | None:
+    m = c.mapping(node, key, ("env", "file", "key"))
+    if m is None:
+        return None
+    kinds = [k for k in ("env", "file") if k in m]
+    if len(kinds) != 1:
+        c.err(key, "give exactly one of 'env: VAR' or 'file: PATH' (with 'key: NAME')")
+        return None
+    if kinds[0] == "env":
+        var = c.typed(m, key, "env", str, None)
+        if "key" in m:
+            c.err(f"{key}.key", "only goes with 'file'")
+        if var is None or not _ENV_NAME.match(var):
+            c.err(f"{key}.env", "must name an environment variable")
+            return None
+        return SourceSpec(kind="env", env=var)
+    path = c.typed(m, key, "file", str, None)
+    secret_key = c.typed(m, key, "key", str, None)
+    if secret_key is None:
+        c.err(f"{key}.key", "is required with 'file': the key of the secret in that file")
+    if path is None or secret_key is None:
+        return None
+    return SourceSpec(kind="file", file=_path(base, path), key=secret_key)
+
+
+def _parse_secret(
+    c: _Checker, node: Any, i: int, base: Path, rules: list[Rule]
+) -> SecretSpec | None:
+    key = f"secrets[{i}]"
+    known = (
+        "name", "source", "hosts", "placeholder", "env", "inject", "body_max_bytes",
+        "allow_http", "required",
+    )  # fmt: skip
+    m = c.mapping(node, key, known, ("name", "source", "hosts"))
+    if m is None:
+        return None
+    start = len(c.problems)
+    name = c.typed(m, key, "name", str, None)
+    if name is not None and not _SECRET_NAME.match(name):
+        c.err(f"{key}.name", f"{name!r}: use letters, digits and '_' (starting with a letter)")
+    source = _parse_source(c, m.get("source"), f"{key}.source", base) if "source" in m else None
+    hosts: list[HostPattern] = []
+    for j, h in enumerate(c.str_list(m, key, "hosts") or []):
+        try:
+            pattern = parse_host_pattern(h)
+        except ValueError as e:
+            c.err(f"{key}.hosts[{j}]", str(e))
+            continue
+        if rules and not any(_covers(r.host, pattern) for r in rules):
+            c.err(
+                f"{key}.hosts[{j}]",
+                f"{pattern.text!r} is not allowed by any rule under 'allow': "
+                f"add '- host: {pattern.text}' there, or bind the secret to an allowed host",
+            )
+        hosts.append(pattern)
+    placeholder = c.typed(m, key, "placeholder", str, None)
+    if placeholder is None and name is not None:
+        placeholder = default_placeholder(name)
+    elif placeholder is not None and not _PLACEHOLDER.match(placeholder):
+        c.err(
+            f"{key}.placeholder",
+            "must be 8-256 characters from A-Z a-z 0-9 . _ ~ - (so that it survives every "
+            "request surface unencoded)",
+        )
+    env = c.typed(m, key, "env", str, None)
+    if env is not None and not _ENV_NAME.match(env):
+        c.err(f"{key}.env", f"{env!r} is not an environment variable name")
+    surfaces = c.str_list(m, key, "inject") or ["headers"]
+    for j, s in enumerate(surfaces):
+        if s not in SURFACES:
+            near = difflib.get_close_matches(s, SURFACES, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"use {', '.join(SURFACES)}"
+            c.err(f"{key}.inject[{j}]", f"{s!r} is not a surface: {hint}")
+    body_max = c.typed(m, key, "body_max_bytes", int, 1024 * 1024)
+    if body_max is not None and body_max <= 0:
+        c.err(f"{key}.body_max_bytes", "must be positive")
+    allow_http = c.typed(m, key, "allow_http", bool, False)
+    required = c.typed(m, key, "required", bool, True)
+    if len(c.problems) > start or name is None or source is None or placeholder is None:
+        return None
+    return SecretSpec(
+        index=i,
+        name=name,
+        source=source,
+        hosts=tuple(hosts),
+        placeholder=placeholder,
+        env=env,
+        surfaces=frozenset(surfaces),
+        body_max_bytes=body_max,
+        allow_http=allow_http,
+        required=required,
+    )
+
+
+def _covers(rule: HostPattern, pattern: HostPattern) -> bool:
+    """Does an allow rule's host pattern allow every host the secret pattern names?"""
+    if pattern.kind == "wildcard":
+        return rule.kind == "wildcard" and pattern.text.endswith(rule.text[1:])
+    if pattern.kind == "address":
+        assert pattern.network is not None
+        return (
+            rule.kind == "address"
+            and rule.network is not None
+            and pattern.network.version == rule.network.version
+            and pattern.network.subnet_of(rule.network)  # type: ignore[arg-type]
+        )
+    return rule.matches(pattern.text)
+
+
+def _check_secret_set(c: _Checker, secrets: list[SecretSpec]) -> None:
+    seen_names: dict[str, int] = {}
+    seen_env: dict[str, int] = {}
+    for s in secrets:
+        if s.name.lower() in seen_names:
+            c.err(
+                f"secrets[{s.index}].name",
+                f"{s.name!r} is already used by secrets[{seen_names[s.name.lower()]}]",
+            )
+        seen_names.setdefault(s.name.lower(), s.index)
+        if s.env:
+            if s.env in seen_env:
+                c.err(
+                    f"secrets[{s.index}].env",
+                    f"{s.env!r} is already used by secrets[{seen_env[s.env]}]",
+                )
+            seen_env.setdefault(s.env, s.index)
+        for o in secrets:
+            if o is not s and s.placeholder in o.placeholder:
+                c.err(
+                    f"secrets[{s.index}].placeholder",
+                    f"is contained in the placeholder of secrets[{o.index}] ({o.name}): "
+                    "placeholders must not overlap",
+                )
+
+
+def parse(data: Any, file: str, base: Path) -> Config:
+    """Validate parsed YAML. Raises ConfigError listing every problem."""
+    c = _Checker()
+    top = c.mapping(data, "", ("listen", "ca", "upstream", "allow", "secrets", "audit", "limits"))
+    if top is None:
+        raise ConfigError(file, c.problems)
+
+    listen = c.mapping(top.get("listen"), "listen", ("host", "port")) or {}
+    listen_host = c.typed(listen, "listen", "host", str, "127.0.0.1")
+    try:
+        ipaddress.ip_address(listen_host)
+    except ValueError:
+        c.err("listen.host", f"{listen_host!r} must be an IP address (e.g. 127.0.0.1)")
+    listen_port = c.typed(listen, "listen", "port", int, 8080)
+    if not 0 <= listen_port < 65536:
+        c.err("listen.port", f"{listen_port} is not a port number (0 picks a free port)")
+
+    ca = c.mapping(top.get("ca"), "ca", ("cert_path", "validity_hours")) or {}
+    cert_path = _path(base, c.typed(ca, "ca", "cert_path", str, "egress-ca.pem"))
+    validity = c.typed(ca, "ca", "validity_hours", int, 24)
+    if not 1 <= validity <= 24 * 31:
+        c.err("ca.validity_hours", f"{validity} must be between 1 and 744 (31 days)")
+
+    up = c.mapping(top.get("upstream"), "upstream", ("ca_files", "resolve")) or {}
+    ca_files: list[Path] = []
+    for j, f in enumerate(c.str_list(up, "upstream", "ca_files", allow_empty=True) or []):
+        p = _path(base, f)
+        if not p.is_file():
+            c.err(f"upstream.ca_files[{j}]", f"{str(p)!r} does not exist or is not a file")
+        elif b"-----BEGIN CERTIFICATE-----" not in p.read_bytes():
+            c.err(f"upstream.ca_files[{j}]", f"{str(p)!r} holds no PEM certificate")
+        ca_files.append(p)
+    resolve: dict[str, str] = {}
+    res = c.mapping(up.get("resolve"), "upstream.resolve", tuple(up.get("resolve") or ()))
+    for name, addr in (res or {}).items():
+        k = f"upstream.resolve.{name}"
+        try:
+            canon = canonical_host(str(name))
+            if is_ip(canon):
+                raise InvalidHost("give a host name here, not an address")
+            resolve[canon] = str(ipaddress.ip_address(str(addr)))
+        except (InvalidHost, ValueError) as e:
+            c.err(k, f"{e}" if isinstance(e, InvalidHost) else f"{addr!r} is not an IP address")
+
+    rules: list[Rule] = []
+    allow = top.get("allow")
+    if allow is None:
+        allow = []
+    if not isinstance(allow, list):
+        c.err("allow", f"must be a list of rules, not {_kind(allow)}")
+        allow = []
+    for i, node in enumerate(allow):
+        rule = _parse_rule(c, node, i)
+        if rule is not None:
+            rules.append(rule)
+
+    secrets: list[SecretSpec] = []
+    raw_secrets = top.get("secrets") or []
+    if not isinstance(raw_secrets, list):
+        c.err("secrets", f"must be a list, not {_kind(raw_secrets)}")
+        raw_secrets = []
+    for i, node in enumerate(raw_secrets):
+        spec = _parse_secret(c, node, i, base, rules)
+        if spec is not None:
+            secrets.append(spec)
+    _check_secret_set(c, secrets)
+
+    audit = c.mapping(top.get("audit"), "audit", ("path",)) or {}
+    audit_path = c.typed(audit, "audit", "path", str, "stdout")
+    if audit_path not in ("stdout", "stderr"):
+        audit_path = str(_path(base, audit_path))
+
+    limits = c.mapping(top.get("limits"), "limits", ("max_body_bytes",)) or {}
+    max_body = c.typed(limits, "limits", "max_body_bytes", int, 10 * 1024 * 1024)
+    if max_body <= 0:
+        c.err("limits.max_body_bytes", "must be positive")
+
+    if c.problems:
+        raise ConfigError(file, c.problems)
+    return Config(
+        path=file,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        ca_cert_path=cert_path,
+        ca_validity_hours=validity,
+        upstream_ca_files=tuple(ca_files),
+        resolve=resolve,
+        rules=tuple(rules),
+        secrets=tuple(secrets),
+        audit_path=audit_path,
+        max_body_bytes=max_body,
+    )
+
+
+def _load_yaml(text: str, file: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(file, [ConfigProblem("", f"{where}invalid YAML: {problem}")]) from None
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Load and validate a config file."""
+    p = Path(path)
+    file = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(
+            file, [ConfigProblem("", f"cannot read the file: {e.strerror}")]
+        ) from None
+    data = _load_yaml(text, file)
+    if data is None:
+        raise ConfigError(file, [ConfigProblem("", "the file is empty")])
+    return parse(data, file, p.resolve().parent)
+
+
+def load_default() -> Config:
+    """The embedded default config: common developer hosts, secrets from a local file."""
+    text = resources.files("egress").joinpath("data/default.yaml").read_text(encoding="utf-8")
+    return parse(_load_yaml(text, EMBEDDED_DEFAULT), EMBEDDED_DEFAULT, Path.cwd())
+
+
+def load_or_default(path: str | None) -> Config:
+    return load(path) if path else load_default()

@@ -1,0 +1,199 @@
+"""Placeholder scanning and secret substitution, as pure functions over plain data.
+
+For every secret and every request:
+- on a host the secret is NOT bound to, its placeholder or its real value anywhere in the
+  request blocks the request (an exfiltration attempt or a config error);
+- on a bound host, the placeholder is replaced by the real value in the surfaces the
+  secret allows (headers by default; query and body by opt-in), over verified HTTPS only
+  unless the secret allows plain http; a placeholder in any other surface blocks the
+  request rather than being forwarded;
+- a secret that is needed but not loaded fails the request closed (503): a placeholder is
+  never forwarded in place of a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from urllib.parse import quote, quote_plus
+
+from egress.config import SecretSpec
+from egress.reasons import Reason
+from egress.secrets import MIN_SCAN_LENGTH, SecretValue
+
+Header = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class RequestParts:
+    scheme: str
+    host: str  # canonical
+    method: str
+    path: str  # path and query, as sent
+    headers: tuple[Header, ...]
+    body: bytes | None  # None when the body was not buffered
+    content_type: str = ""
+
+
+@dataclass(frozen=True)
+class Denial:
+    reason: Reason
+    detail: str
+    secret: str | None = None
+
+
+@dataclass
+class Injection:
+    headers: list[Header]
+    path: str
+    body: bytes | None
+    injected: list[str] = field(default_factory=list)
+    body_changed: bool = False
+    # Encoded forms this request carries that embed a secret (the Basic token we built),
+    # with what the client sent in their place: scrubbed from the response like the secret.
+    derived: list[tuple[SecretValue, str]] = field(default_factory=list)
+
+
+def _decode_basic(value: str) -> str | None:
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "basic" or not token:
+        return None
+    try:
+        return base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _surfaces_with(req: RequestParts, needle: str) -> list[str]:
+    """Where does ``needle`` occur in the request? Surfaces: header, path, query, body."""
+    found: list[str] = []
+    path, _, query = req.path.partition("?")
+    for _, value in req.headers:
+        if needle in value or needle in (_decode_basic(value) or ""):
+            found.append("headers")
+            break
+    if needle in path:
+        found.append("path")
+    if needle in query:
+        found.append("query")
+    if req.body and needle.encode() in req.body:
+        found.append("body")
+    return found
+
+
+def _body_replacement(content_type: str, value: str) -> bytes:
+    ct = content_type.split(";", 1)[0].strip().lower()
+    if ct == "application/x-www-form-urlencoded":
+        return quote_plus(value).encode()
+    if ct == "application/json" or ct.endswith("+json"):
+        return json.dumps(value)[1:-1].encode()
+    return value.encode()
+
+
+def _substitute_header(value: str, placeholder: str, secret: str, out: Injection) -> str:
+    decoded = _decode_basic(value)
+    if decoded is not None and placeholder in decoded:
+        # git and many clients send a token as the password of Basic auth.
+        token = base64.b64encode(decoded.replace(placeholder, secret).encode("utf-8")).decode()
+        out.derived.append((SecretValue(token), value.split(" ", 1)[1].strip()))
+        return value.split(" ", 1)[0] + " " + token
+    return value.replace(placeholder, secret)
+
+
+def plan(
+    req: RequestParts, secrets: list[tuple[SecretSpec, SecretValue | None]]
+) -> Denial | Injection:
+    """Check a request against every secret and return what to send, or why not to."""
+    to_inject: list[tuple[SecretSpec, SecretValue, list[str]]] = []
+    for spec, value in secrets:
+        where = _surfaces_with(req, spec.placeholder)
+        if not spec.bound_to(req.host):
+            if where:
+                return Denial(
+                    Reason.PLACEHOLDER_TO_UNBOUND_HOST,
+                    f"the placeholder of secret {spec.name!r} is in the {where[0]} of a request "
+                    f"to {req.host!r}, but {spec.name!r} is bound only to "
+                    f"{', '.join(h.text for h in spec.hosts)}. If {req.host!r} should receive "
+                    f"it, add it to secrets[{spec.index}].hosts",
+                    spec.name,
+                )
+            if value is not None and len(value.reveal()) >= MIN_SCAN_LENGTH:
+                leaked = _surfaces_with(req, value.reveal())
+                if leaked:
+                    return Denial(
+                        Reason.SECRET_TO_UNBOUND_HOST,
+                        f"the real value of secret {spec.name!r} is in the {leaked[0]} of a "
+                        f"request to {req.host!r}, which it is not bound to",
+                        spec.name,
+                    )
+            continue
+        if not where:
+            continue
+        outside = [s for s in where if s not in spec.surfaces]
+        if outside:
+            hint = (
+                "placeholders are never substituted in the URL path"
+                if outside[0] == "path"
+                else f"to substitute it there, add {outside[0]!r} to secrets[{spec.index}].inject"
+            )
+            return Denial(
+                Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED,
+                f"the placeholder of secret {spec.name!r} is in the {outside[0]} of the request, "
+                f"where {spec.name!r} is not injected; {hint}",
+                spec.name,
+            )
+        if req.scheme != "https" and not spec.allow_http:
+            return Denial(
+                Reason.PLAINTEXT_INJECTION,
+                f"secret {spec.name!r} is only injected over HTTPS; use https:// or set "
+                f"secrets[{spec.index}].allow_http: true",
+                spec.name,
+            )
+        if "body" in where and req.body is not None and len(req.body) > spec.body_max_bytes:
+            return Denial(
+                Reason.BODY_TOO_LARGE,
+                f"the request body ({len(req.body)} bytes) is over secrets[{spec.index}]."
+                f"body_max_bytes ({spec.body_max_bytes}) for substituting {spec.name!r}",
+                spec.name,
+            )
+        if value is None:
+            return Denial(
+                Reason.SECRET_UNAVAILABLE,
+                f"secret {spec.name!r} is not loaded, so the request was not sent",
+                spec.name,
+            )
+        to_inject.append((spec, value, where))
+
+    out = Injection(headers=list(req.headers), path=req.path, body=req.body)
+    for spec, value, where in to_inject:
+        secret = value.reveal()
+        if "headers" in where:
+            out.headers = [
+                (k, _substitute_header(v, spec.placeholder, secret, out)) for k, v in out.headers
+            ]
+        if "query" in where:
+            path, _, query = out.path.partition("?")
+            out.path = path + "?" + query.replace(spec.placeholder, quote(secret, safe=""))
+        if "body" in where and out.body is not None:
+            repl = _body_replacement(req.content_type, secret)
+            out.body = out.body.replace(spec.placeholder.encode(), repl)
+            out.body_changed = True
+        out.injected.append(spec.name)
+    return out
+
+
+def scrub(data: bytes, pairs: list[tuple[bytes, bytes]]) -> tuple[bytes, int]:
+    """Replace every real secret value with its placeholder; return the data and the count.
+
+    Raw form only here; encoded forms and streamed bodies are handled by the scrubbing
+    work of docs/secrets.md.
+    """
+    count = 0
+    for secret, placeholder in pairs:
+        n = data.count(secret)
+        if n:
+            data = data.replace(secret, placeholder)
+            count += n
+    return data, count

@@ -1,0 +1,38 @@
+"""The plain-text body of a denial: status, reason code, which rule, and what to change."""
+
+from __future__ import annotations
+
+from egress.reasons import Reason, http_status
+
+
+def how_to_allow(reason: Reason, host: str, port: int, scheme: str, method: str,
+                 path: str, rule: str | None) -> str | None:  # fmt: skip
+    port_part = "" if port == {"https": 443, "http": 80}.get(scheme) else f"\n    ports: [{port}]"
+    scheme_part = "\n    schemes: [http]" if scheme == "http" else ""
+    if reason is Reason.HOST_NOT_ALLOWED:
+        return f"add a rule under 'allow':\n  - host: {host}{port_part}{scheme_part}"
+    if reason is Reason.PORT_NOT_ALLOWED:
+        return f"add {port} to the 'ports' of {rule}"
+    if reason is Reason.SCHEME_NOT_ALLOWED:
+        return f"add {scheme} to the 'schemes' of {rule}"
+    if reason is Reason.METHOD_NOT_ALLOWED:
+        return f"add {method} to the 'methods' of {rule}"
+    if reason is Reason.PATH_NOT_ALLOWED:
+        return f"add a prefix of {path.split('?', 1)[0]!r} to the 'paths' of {rule}"
+    return None
+
+
+def denial_body(
+    reason: Reason, detail: str, *, method: str, url: str, config: str, hint: str | None = None
+) -> str:
+    status = http_status(reason)
+    verb = "denied" if status < 500 else "could not send"
+    lines = [
+        f"egress {verb} this request ({status}): {reason.value}",
+        f"  request: {method} {url}",
+        f"  why:     {detail}",
+        f"  config:  {config}",
+    ]
+    if hint:
+        lines.append("  to allow it, " + hint.replace("\n", "\n    "))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,88 @@
+"""The allowlist: default deny, decided on canonical host, port, scheme, method and path."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from egress.config import Rule
+from egress.reasons import Reason
+
+# Dot segments (also percent-encoded) and encoded slashes make a path mean something else
+# to the upstream than to a prefix match; such paths never pass a path rule.
+_AMBIGUOUS_PATH = re.compile(r"(^|/)\.{1,2}(/|$)|%2f|%5c|\\", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: Reason
+    rule: Rule | None = None  # the rule that allowed, or the closest rule that did not
+    detail: str = ""
+
+    @property
+    def rule_label(self) -> str | None:
+        return self.rule.label if self.rule else None
+
+
+def path_matches(prefix: str, path: str) -> bool:
+    """Segment-aware prefix: '/repos' matches '/repos' and '/repos/x', never '/reposx'."""
+    if path == prefix or prefix == "/":
+        return True
+    return path.startswith(prefix if prefix.endswith("/") else prefix + "/")
+
+
+class Allowlist:
+    def __init__(self, rules: tuple[Rule, ...] | list[Rule]):
+        self.rules = tuple(rules)
+
+    def _host_rules(self, host: str) -> list[Rule]:
+        return [r for r in self.rules if r.host.matches(host)]
+
+    def decide_connect(self, host: str, port: int) -> Decision:
+        """A CONNECT tunnel (or a new upstream connection): host and port only.
+
+        Method and path are not known yet; they are decided per request inside the tunnel.
+        """
+        rules = self._host_rules(host)
+        if not rules:
+            return Decision(False, Reason.HOST_NOT_ALLOWED, None, f"no rule allows host {host!r}")
+        for r in rules:
+            if port in r.ports:
+                return Decision(True, Reason.ALLOWED, r)
+        ports = sorted({p for r in rules for p in r.ports})
+        return Decision(
+            False, Reason.PORT_NOT_ALLOWED, rules[0],
+            f"host {host!r} is allowed on port(s) {ports}, not {port}",
+        )  # fmt: skip
+
+    def decide(self, scheme: str, host: str, port: int, method: str, path: str) -> Decision:
+        """Decide one request. ``host`` must be canonical; ``path`` may carry a query."""
+        rules = self._host_rules(host)
+        if not rules:
+            return Decision(False, Reason.HOST_NOT_ALLOWED, None, f"no rule allows host {host!r}")
+        path_only = path.split("?", 1)[0] or "/"
+        # Check dimension by dimension, so that the reason names the first thing that failed
+        # on the rules for this host.
+        stages = (
+            (Reason.PORT_NOT_ALLOWED, lambda r: port in r.ports, f"port {port}"),
+            (Reason.SCHEME_NOT_ALLOWED, lambda r: scheme in r.schemes, f"scheme {scheme}"),
+            (Reason.METHOD_NOT_ALLOWED,
+             lambda r: r.methods is None or method.upper() in r.methods, f"method {method}"),
+            (Reason.PATH_NOT_ALLOWED, lambda r: _path_allowed(r, path_only), f"path {path_only}"),
+        )  # fmt: skip
+        for reason, test, what in stages:
+            passing = [r for r in rules if test(r)]
+            if not passing:
+                return Decision(False, reason, rules[0], f"{what} is not allowed for host {host!r}")
+            rules = passing
+        return Decision(True, Reason.ALLOWED, rules[0])
+
+
+def _path_allowed(rule: Rule, path: str) -> bool:
+    if rule.paths is None:
+        return True
+    if _AMBIGUOUS_PATH.search(path) or _AMBIGUOUS_PATH.search(unquote(path)):
+        return False
+    return any(path_matches(p, path) for p in rule.paths)

@@ -1,0 +1,124 @@
+"""Embedding mitmproxy: a trimmed master with only the addons egress needs.
+
+mitmproxy's default master loads ~35 addons whose hooks cost CPU on every request and some
+of which (map_remote, blocklist, save, ...) have no place in a security proxy. egress runs
+the proxy core, the layer selection, its own TLS and its own addons, nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from mitmproxy import options
+from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver
+from mitmproxy.master import Master
+
+from egress.addons.audit import AuditLog
+from egress.addons.inject import SecretInjector
+from egress.addons.policy import Allowlist
+from egress.addons.scrub import ResponseScrubber
+from egress.addons.tls import EgressTls
+from egress.errors import EgressError
+from egress.runtime import Runtime
+
+
+class ProxyStartError(EgressError):
+    pass
+
+
+class _Ready:
+    """Sets an event once mitmproxy has bound its listeners and run every addon's start-up."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def running(self) -> None:
+        self.event.set()
+
+
+class _QuietMitmproxyLogs(logging.Filter):
+    """mitmproxy logs every connection at INFO and, when upstream verification fails while
+    the client keeps sending, a spurious 'mitmproxy has crashed!' traceback. The user sees
+    the outcome in the audit log and the client's 502 instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has crashed" not in record.getMessage()
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("egress: %(levelname)s: %(message)s"))
+    handler.addFilter(_QuietMitmproxyLogs())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+
+
+class EmbeddedProxy:
+    def __init__(self, rt: Runtime, listen_host: str, listen_port: int):
+        self.rt = rt
+        self.opts = options.Options()
+        self.master = Master(self.opts)
+        self._ready = _Ready()
+        self.master.addons.add(
+            core.Core(),
+            proxyserver.Proxyserver(),
+            next_layer.NextLayer(),
+            disable_h2c.DisableH2C(),
+            EgressTls(rt),
+            Allowlist(rt),
+            SecretInjector(rt),
+            ResponseScrubber(rt),
+            AuditLog(rt),
+            self._ready,
+        )
+        updates: dict[str, Any] = dict(
+            mode=["regular"],
+            listen_host=listen_host,
+            listen_port=listen_port,
+            # A private, empty folder: mitmproxy never reads or writes a CA there.
+            confdir=str(rt.private_dir),
+            ssl_insecure=False,
+            ssl_verify_upstream_trusted_ca=str(rt.upstream_trust),
+            # Leaf certificates name only the contacted host (EgressTls.get_cert).
+            upstream_cert=False,
+            # Stay on TCP: QUIC/HTTP3 is not proxied.
+            http3=False,
+            # Bodies over the limit stream through instead of being buffered whole.
+            stream_large_bodies=str(rt.config.max_body_bytes),
+        )
+        self.opts.update(**updates)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> tuple[str, int]:
+        """Start serving; return the bound (host, port). Raises ProxyStartError."""
+        self._task = asyncio.create_task(self.master.run())
+        ready = asyncio.create_task(self._ready.event.wait())
+        done, _ = await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready not in done:
+            ready.cancel()
+            exc = self._task.exception() if self._task.done() else None
+            raise ProxyStartError(f"the proxy did not start: {exc or 'it stopped during start-up'}")
+        addrs = self.master.addons.get("proxyserver").listen_addrs()
+        if not addrs:
+            await self.stop()
+            raise ProxyStartError(
+                f"could not listen on {self.opts.listen_host}:{self.opts.listen_port} "
+                "(is the port in use? set listen.port, or 0 for a free port)"
+            )
+        host, port = addrs[0][0], addrs[0][1]
+        return str(host), int(port)
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    async def stop(self) -> None:
+        self.master.shutdown()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, SystemExit):
+                await self._task

@@ -1,0 +1,61 @@
+"""Stable reason codes for every decision egress takes, and the one place they map to HTTP.
+
+A reason code is the contract between the proxy, its users and its tests: the same string
+appears in the 403/5xx body, the ``X-Egress-Reason`` header, the audit record and the
+assertions of the test suite. Never rename one; add a new code instead.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    # allowed
+    ALLOWED = "allowed"
+    # denied by the allowlist
+    HOST_NOT_ALLOWED = "host_not_allowed"
+    PORT_NOT_ALLOWED = "port_not_allowed"
+    SCHEME_NOT_ALLOWED = "scheme_not_allowed"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    PATH_NOT_ALLOWED = "path_not_allowed"
+    INVALID_HOST = "invalid_host"
+    # denied because the request's identity is inconsistent
+    USERINFO_IN_URL = "userinfo_in_url"
+    HOST_HEADER_MISMATCH = "host_header_mismatch"
+    SNI_MISMATCH = "sni_mismatch"
+    # denied by the secret guards
+    PLACEHOLDER_TO_UNBOUND_HOST = "placeholder_to_unbound_host"
+    SECRET_TO_UNBOUND_HOST = "secret_to_unbound_host"
+    PLACEHOLDER_SURFACE_NOT_ALLOWED = "placeholder_surface_not_allowed"
+    PLAINTEXT_INJECTION = "plaintext_injection"
+    BODY_TOO_LARGE = "body_too_large"
+    # the proxy could not do what the request needs
+    SECRET_UNAVAILABLE = "secret_unavailable"
+    UPSTREAM_ERROR = "upstream_error"
+
+
+# Errors map to HTTP status here and nowhere else.
+_STATUS: dict[Reason, int] = {
+    Reason.ALLOWED: 200,
+    Reason.HOST_NOT_ALLOWED: 403,
+    Reason.PORT_NOT_ALLOWED: 403,
+    Reason.SCHEME_NOT_ALLOWED: 403,
+    Reason.METHOD_NOT_ALLOWED: 403,
+    Reason.PATH_NOT_ALLOWED: 403,
+    Reason.INVALID_HOST: 400,
+    Reason.USERINFO_IN_URL: 403,
+    Reason.HOST_HEADER_MISMATCH: 403,
+    Reason.SNI_MISMATCH: 403,
+    Reason.PLACEHOLDER_TO_UNBOUND_HOST: 403,
+    Reason.SECRET_TO_UNBOUND_HOST: 403,
+    Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED: 403,
+    Reason.PLAINTEXT_INJECTION: 403,
+    Reason.BODY_TOO_LARGE: 413,
+    Reason.SECRET_UNAVAILABLE: 503,
+    Reason.UPSTREAM_ERROR: 502,
+}
+
+
+def http_status(reason: Reason) -> int:
+    return _STATUS[reason]

@@ -1,0 +1,95 @@
+"""Everything a running proxy holds: config, allowlist, secrets, CA, audit, private files."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import shutil
+import ssl
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import certifi
+
+from egress import config as config_mod
+from egress.audit import AuditWriter
+from egress.ca import EphemeralCA
+from egress.config import Config
+from egress.policy import Allowlist
+from egress.secrets import SecretStore
+
+log = logging.getLogger("egress")
+
+
+def system_trust_bundle() -> Path:
+    """The system CA bundle (what curl and OpenSSL use), or certifi's where there is none."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return Path(certifi.where())
+
+
+@dataclass
+class Runtime:
+    config: Config
+    allowlist: Allowlist
+    secrets: SecretStore
+    ca: EphemeralCA
+    audit: AuditWriter
+    private_dir: Path  # 0700, only the proxy's user; removed by close()
+    upstream_trust: Path  # the CA bundle upstream certificates are verified against
+    # CONNECT tunnels: client connection id -> (canonical host, port)
+    tunnels: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, cfg: Config, audit: AuditWriter | None = None) -> Runtime:
+        """Load every secret and make the CA. Raises SecretLoadError before anything listens."""
+        store = SecretStore(cfg.secrets)
+        store.load_all()
+        for name, problem in store.problems.items():
+            log.warning("optional secret %s is not loaded: %s; requests that need it get 503",
+                        name, problem)  # fmt: skip
+        private = Path(tempfile.mkdtemp(prefix="egress-private-"))  # mkdtemp makes it 0700
+        try:
+            trust = system_trust_bundle()
+            if cfg.upstream_ca_files:
+                # ssl_verify_upstream_trusted_ca replaces the default bundle: combine them.
+                combined = private / "upstream-trust.pem"
+                combined.write_bytes(
+                    b"\n".join(
+                        [trust.read_bytes(), *(f.read_bytes() for f in cfg.upstream_ca_files)]
+                    )
+                )
+                trust = combined
+            ca = EphemeralCA.create(cfg.rules, cfg.ca_validity_hours)
+            ca.write_cert(cfg.ca_cert_path)
+        except BaseException:
+            shutil.rmtree(private, ignore_errors=True)
+            raise
+        return cls(
+            config=cfg,
+            allowlist=Allowlist(cfg.rules),
+            secrets=store,
+            ca=ca,
+            audit=audit or AuditWriter(cfg.audit_path),
+            private_dir=private,
+            upstream_trust=trust,
+        )
+
+    def close(self) -> None:
+        shutil.rmtree(self.private_dir, ignore_errors=True)
+        self.audit.close()
+
+
+_shared: dict[str, Runtime] = {}
+
+
+def shared(config_path: str) -> Runtime:
+    """One Runtime per config path, for addons loaded into a plain mitmdump with -s."""
+    if config_path not in _shared:
+        rt = Runtime.start(config_mod.load_or_default(config_path or None))
+        atexit.register(rt.close)
+        _shared[config_path] = rt
+    return _shared[config_path]

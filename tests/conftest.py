@@ -1,0 +1,197 @@
+"""Fixtures: a test CA, recording upstreams on loopback, and the real egress process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+import yaml
+
+from tests.upstream import Upstream
+
+# Names the tests use; the proxy maps them to loopback through upstream.resolve, so no test
+# ever asks real DNS.
+API = "api.egress.test"
+OTHER = "other.egress.test"
+SECRET = "s3cr3t-VALUE-0123456789abcdef"  # the real secret the proxy injects
+OTHER_SECRET = "0ther-s3cr3t-ZYXWVU987654"
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def test_ca_file(test_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("testca") / "test-ca.pem"
+    test_ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def upstream(test_ca: trustme.CA) -> Iterator[Upstream]:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    test_ca.issue_cert(API, OTHER, "127.0.0.1").configure_cert(ctx)
+    with Upstream(ctx) as up:
+        yield up
+
+
+@pytest.fixture(scope="session")
+def plain_upstream() -> Iterator[Upstream]:
+    with Upstream(None) as up:
+        yield up
+
+
+@pytest.fixture(autouse=True)
+def _clear_recorders(request: pytest.FixtureRequest) -> None:
+    for name in ("upstream", "plain_upstream"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).recorder.clear()
+
+
+def base_config(
+    tmp: Path, ca_file: Path, port: int, plain_port: int | None = None
+) -> dict[str, Any]:
+    allow: list[dict[str, Any]] = [
+        {"host": API, "ports": [port]},
+        {"host": OTHER, "ports": [port]},
+    ]
+    if plain_port:
+        allow.append({"host": API, "ports": [plain_port], "schemes": ["http"]})
+    return {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "ca": {"cert_path": str(tmp / "agent" / "egress-ca.pem")},
+        "upstream": {"ca_files": [str(ca_file)], "resolve": {API: "127.0.0.1", OTHER: "127.0.0.1"}},
+        "allow": allow,
+        "secrets": [
+            {
+                "name": "api_token",
+                "source": {"env": "EGRESS_TEST_API_TOKEN"},
+                "hosts": [API],
+                "env": "API_TOKEN",
+                "inject": ["headers", "query", "body"],
+            },
+            {
+                "name": "other_token",
+                "source": {"file": str(tmp / "secrets.env"), "key": "OTHER_TOKEN"},
+                "hosts": [OTHER],
+                "placeholder": "sk-EGRESSPLACEHOLDEROTHER0000",
+                "env": "OTHER_TOKEN",
+            },
+        ],
+        "audit": {"path": str(tmp / "audit.jsonl")},
+    }
+
+
+def write_config(tmp: Path, cfg: dict[str, Any], name: str = "egress.yaml") -> Path:
+    path = tmp / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    secrets_file = tmp / "secrets.env"
+    if not secrets_file.exists():
+        secrets_file.write_text(f"OTHER_TOKEN={OTHER_SECRET}\n")
+        secrets_file.chmod(0o600)
+    return path
+
+
+def egress_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "egress", *args]
+
+
+def proxy_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["EGRESS_TEST_API_TOKEN"] = SECRET
+    env.update(extra)
+    return env
+
+
+@dataclass
+class RunningProxy:
+    proc: subprocess.Popen[bytes]
+    url: str
+    port: int
+    ca: Path
+    config: Path
+    stdout_path: Path
+    stderr_path: Path
+    audit_path: Path
+
+    def audit(self) -> list[dict[str, Any]]:
+        import json
+
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+
+    def outputs(self) -> str:
+        texts = [
+            self.stdout_path.read_text(errors="replace"),
+            self.stderr_path.read_text(errors="replace"),
+        ]
+        if self.audit_path.exists():
+            texts.append(self.audit_path.read_text())
+        return "\n".join(texts)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                return self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise
+        return self.proc.returncode
+
+
+def start_proxy(config: Path, tmp: Path, env: dict[str, str] | None = None) -> RunningProxy:
+    out, err = tmp / "proxy.stdout", tmp / "proxy.stderr"
+    proc = subprocess.Popen(
+        egress_cmd("run", "--config", str(config)),
+        stdout=out.open("wb"), stderr=err.open("wb"), env=env or proxy_env(),
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = err.read_text(errors="replace")
+        if "ready;" in text:
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
+            assert m, text
+            port = int(m.group(1))
+            cfg = yaml.safe_load(config.read_text())
+            audit = Path(cfg.get("audit", {}).get("path", tmp / "none"))
+            return RunningProxy(proc, f"http://127.0.0.1:{port}", port,
+                                Path(cfg["ca"]["cert_path"]), config, out, err, audit)  # fmt: skip
+        if proc.poll() is not None:
+            raise AssertionError(f"egress exited with {proc.returncode}:\n{text}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("egress did not become ready:\n" + err.read_text())
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, plain_upstream: Upstream,
+          test_ca_file: Path) -> Iterator[RunningProxy]:  # fmt: skip
+    tmp = tmp_path_factory.mktemp("egress")
+    cfg = write_config(tmp, base_config(tmp, test_ca_file, upstream.port, plain_upstream.port))
+    p = start_proxy(cfg, tmp)
+    yield p
+    code = p.stop()
+    assert code == 0, p.stderr_path.read_text()
+    assert "Traceback" not in p.stderr_path.read_text()
+
+
+def assert_no_secret(*texts: str | bytes) -> None:
+    for t in texts:
+        s = t.decode("utf-8", "replace") if isinstance(t, bytes) else t
+        for secret in (SECRET, OTHER_SECRET):
+            assert secret not in s, f"secret value leaked into output: ...{s[:300]}"

@@ -1,0 +1,110 @@
+"""A recording upstream: a real HTTP(S) server on loopback that reports what it received.
+
+The proof of injection is what this server saw; the proof that a denied destination was
+never contacted is its connection counter.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Recorder:
+    requests: list[Received] = field(default_factory=list)
+    connections: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.connections = 0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        rec = Received(
+            self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+        )
+        with self.server.recorder.lock:
+            self.server.recorder.requests.append(rec)
+        parts = urlsplit(self.path)
+        payload = json.dumps(
+            {
+                "method": self.command,
+                "path": parts.path,
+                "query": dict(parse_qsl(parts.query)),
+                "headers": rec.headers,
+                "body": body.decode("utf-8", "replace"),
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.send_header("alt-svc", 'h3=":443"; ma=86400')
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    recorder: Recorder
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, addr = super().get_request()
+        with self.recorder.lock:
+            self.recorder.connections += 1
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+
+class Upstream:
+    def __init__(self, tls: ssl.SSLContext | None):
+        self.recorder = Recorder()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.recorder = self.recorder
+        self._server.tls = tls
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Upstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def requests(self) -> list[Received]:
+        return self.recorder.requests
+
+    @property
+    def connections(self) -> int:
+        return self.recorder.connections
