@@ -1,0 +1,134 @@
+"""egress exec and egress check, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from egress.cli import CA_ENV_VARS
+from tests.conftest import (
+    API,
+    OTHER_SECRET,
+    SECRET,
+    assert_no_secret,
+    base_config,
+    egress_cmd,
+    proxy_env,
+    write_config,
+)
+from tests.upstream import Upstream
+
+PH = "egress-api_token-placeholder"
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, upstream: Upstream, test_ca_file: Path) -> Path:
+    return write_config(tmp_path, base_config(tmp_path, test_ca_file, upstream.port))
+
+
+def egress(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        egress_cmd(*args), capture_output=True, text=True, env=env or proxy_env(), timeout=90
+    )
+
+
+def test_exec_environment_has_placeholders_and_no_secret(cfg: Path) -> None:
+    env = proxy_env(ALIAS_OF_SECRET=SECRET, HTTPS_PROXY="http://elsewhere:1")
+    r = egress("exec", "--config", str(cfg), "--", "python3", "-c",
+               "import json, os; print(json.dumps(dict(os.environ)))", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    child = json.loads(r.stdout)
+    assert child["API_TOKEN"] == PH
+    assert child["OTHER_TOKEN"] == "sk-EGRESSPLACEHOLDEROTHER0000"
+    assert "EGRESS_TEST_API_TOKEN" not in child and "ALIAS_OF_SECRET" not in child
+    assert (
+        child["HTTPS_PROXY"].startswith("http://127.0.0.1:")
+        and child["HTTPS_PROXY"] == child["http_proxy"]
+    )
+    for var in CA_ENV_VARS:
+        assert child[var] == str(cfg.parent / "agent" / "egress-ca.pem")
+    assert_no_secret(r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("code", [0, 3, 7])
+def test_exec_passes_the_exit_code(cfg: Path, code: int) -> None:
+    r = egress("exec", "--config", str(cfg), "--", "python3", "-c", f"import sys; sys.exit({code})")
+    assert r.returncode == code, r.stderr
+
+
+def test_exec_command_not_found(cfg: Path) -> None:
+    r = egress("exec", "--config", str(cfg), "--", "no-such-command-egress")
+    assert r.returncode == 127 and "cannot run 'no-such-command-egress'" in r.stderr
+
+
+def test_exec_runs_an_agent_through_the_proxy(cfg: Path, upstream: Upstream) -> None:
+    script = (f'curl -sS --fail-with-body https://{API}:{upstream.port}/via-exec '
+              '-H "Authorization: Bearer $API_TOKEN" && '
+              f'curl -sS -o /dev/null -w "%{{http_code}}" https://denied.egress.test:{upstream.port}/ ; true')  # fmt: skip
+    r = egress("exec", "--config", str(cfg), "--", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    assert upstream.requests[0].path == "/via-exec"
+    assert upstream.requests[0].headers["authorization"] == f"Bearer {SECRET}"
+    assert (
+        json.loads(r.stdout[: r.stdout.rindex("}") + 1])["headers"]["authorization"]
+        == f"Bearer {PH}"
+    )
+    assert r.stdout.endswith("000") or r.stdout.endswith("403")  # the denied CONNECT
+    assert len(upstream.requests) == 1
+    audit = [json.loads(line) for line in (cfg.parent / "audit.jsonl").read_text().splitlines()]
+    assert [(a["host"], a["decision"]) for a in audit] == [
+        (API, "allow"),
+        ("denied.egress.test", "deny"),
+    ]
+    assert_no_secret(r.stdout, r.stderr, (cfg.parent / "audit.jsonl").read_text())
+
+
+def test_exec_without_command() -> None:
+    r = egress("exec")
+    assert r.returncode == 2 and "exec needs a command" in r.stderr
+
+
+CHECKS = [
+    # (args, exit code, output parts)
+    (
+        ["https://api.egress.test:{port}/x"],
+        0,
+        ["ALLOW GET", "rule:    allow[0]", "secrets: api_token"],
+    ),
+    (
+        ["--method", "POST", "https://other.egress.test:{port}/x"],
+        0,
+        ["ALLOW POST", "secrets: other_token"],
+    ),
+    (
+        ["https://nope.egress.test/"],
+        1,
+        ["DENY GET", "reason:  host_not_allowed", "- host: nope.egress.test"],
+    ),
+    (
+        ["https://api.egress.test/"],
+        1,
+        ["reason:  port_not_allowed", "add 443 to the 'ports' of allow[0]"],
+    ),
+    (
+        ["http://api.egress.test:{port}/"],
+        1,
+        ["reason:  scheme_not_allowed", "add http to the 'schemes'"],
+    ),
+    (["https://u:p@api.egress.test:{port}/"], 1, ["reason:  userinfo_in_url"]),
+    (["https://API.EGRESS.TEST.:{port}/x"], 0, ["ALLOW GET"]),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "parts"), CHECKS, ids=[" ".join(c[0]) for c in CHECKS])
+def test_check(cfg: Path, upstream: Upstream, args: list[str], code: int, parts: list[str]) -> None:
+    r = egress("check", "--config", str(cfg), *[a.format(port=upstream.port) for a in args])
+    assert r.returncode == code, r.stdout + r.stderr
+    for part in parts:
+        assert part in r.stdout
+    assert upstream.connections == 0, "check must not send anything"
+    assert_no_secret(r.stdout, r.stderr)
+    assert OTHER_SECRET not in r.stdout

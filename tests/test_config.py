@@ -1,0 +1,124 @@
+"""Every bad config gives one clear error naming the file, the key path and the problem."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from egress import config
+from egress.errors import ConfigError
+from tests.conftest import egress_cmd, proxy_env
+
+BAD = [
+    # (id, yaml, expected "<key>: <message part>")
+    ("unknown top key", "allow: []\nalow: []\n", "alow: unknown key: did you mean 'allow'?"),
+    ("unknown rule key", "allow:\n  - host: a.com\n    port: [443]\n", "allow[0].port: unknown key: did you mean 'ports'?"),
+    ("public suffix wildcard", "allow:\n  - host: a.com\n  - host: b.com\n  - host: c.com\n  - host: '*.com'\n",
+     "allow[3].host: '*.com' would allow every host under the public suffix 'com'"),
+    ("bare star", "allow:\n  - host: '*'\n", "allow[0].host: a bare '*' would allow every host"),
+    ("host with scheme", "allow:\n  - host: https://a.com\n", "allow[0].host: 'https://a.com' has a scheme"),
+    ("missing host", "allow:\n  - ports: [443]\n", "allow[0].host: is required"),
+    ("bad port", "allow:\n  - host: a.com\n    ports: [70000]\n", "allow[0].ports[0]: '70000' is not a port number"),
+    ("bad scheme", "allow:\n  - host: a.com\n    schemes: [ftp]\n", "allow[0].schemes[0]: 'ftp' is not a scheme"),
+    ("bad method", "allow:\n  - host: a.com\n    methods: ['G T']\n", "allow[0].methods[0]: 'G T' is not an HTTP method"),
+    ("bad path", "allow:\n  - host: a.com\n    paths: [repos]\n", "allow[0].paths[0]: 'repos' must be a path prefix"),
+    ("allow not a list", "allow: a.com\n", "allow: must be a list of rules"),
+    ("listen host name", "listen: {host: localhost}\n", "listen.host: 'localhost' must be an IP address"),
+    ("listen port type", "listen: {port: '80'}\n", "listen.port: must be an integer, not a string"),
+    ("ca validity", "ca: {validity_hours: 0}\n", "ca.validity_hours: 0 must be between 1 and 744"),
+    ("missing ca file", "upstream: {ca_files: [nope.pem]}\n", "upstream.ca_files[0]: "),
+    ("resolve bad address", "upstream: {resolve: {a.test: nope}}\n", "upstream.resolve.a.test: 'nope' is not an IP address"),
+    ("secret missing source", "allow: [a.com]\nsecrets:\n  - name: t\n    hosts: [a.com]\n", "secrets[0].source: is required"),
+    ("secret two sources", "allow: [a.com]\nsecrets:\n  - name: t\n    source: {env: X, file: f}\n    hosts: [a.com]\n",
+     "secrets[0].source: give exactly one of"),
+    ("secret file without key", "allow: [a.com]\nsecrets:\n  - name: t\n    source: {file: f}\n    hosts: [a.com]\n",
+     "secrets[0].source.key: is required with 'file'"),
+    ("secret unbound host", "allow: [a.com]\nsecrets:\n  - name: t\n    source: {env: X}\n    hosts: [b.com]\n",
+     "secrets[0].hosts[0]: 'b.com' is not allowed by any rule under 'allow'"),
+    ("secret bad surface", "allow: [a.com]\nsecrets:\n  - name: t\n    source: {env: X}\n    hosts: [a.com]\n    inject: [header]\n",
+     "secrets[0].inject[0]: 'header' is not a surface: did you mean 'headers'?"),
+    ("secret bad placeholder", "allow: [a.com]\nsecrets:\n  - name: t\n    source: {env: X}\n    hosts: [a.com]\n    placeholder: 'a b'\n",
+     "secrets[0].placeholder: must be 8-256 characters"),
+    ("secret bad name", "allow: [a.com]\nsecrets:\n  - name: 'my-token'\n    source: {env: X}\n    hosts: [a.com]\n",
+     "secrets[0].name: 'my-token': use letters, digits and '_'"),
+    ("secret unknown key", "allow: [a.com]\nsecrets:\n  - name: t\n    source: {env: X}\n    hosts: [a.com]\n    host: a.com\n",
+     "secrets[0].host: unknown key: did you mean 'hosts'?"),
+    ("duplicate secret", "allow: [a.com]\nsecrets:\n  - {name: t, source: {env: X}, hosts: [a.com]}\n  - {name: t, source: {env: Y}, hosts: [a.com]}\n",
+     "secrets[1].name: 't' is already used by secrets[0]"),
+    ("overlapping placeholders", "allow: [a.com]\nsecrets:\n  - {name: t, source: {env: X}, hosts: [a.com], placeholder: abcdefgh}\n"
+     "  - {name: u, source: {env: Y}, hosts: [a.com], placeholder: abcdefghij}\n",
+     "secrets[0].placeholder: is contained in the placeholder of secrets[1] (u)"),
+    ("bool as int", "limits: {max_body_bytes: true}\n", "limits.max_body_bytes: must be an integer, not a boolean"),
+    ("invalid yaml", "allow: [a.com\n", "invalid YAML"),
+    ("empty file", "", "the file is empty"),
+    ("top level list", "- a\n", "must be a mapping, not a list"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("yaml_text", "expected"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_config_names_file_key_and_problem(
+    tmp_path: Path, yaml_text: str, expected: str
+) -> None:
+    path = tmp_path / "egress.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    lines = str(e.value).splitlines()
+    assert any(line.startswith(f"{path}: ") and expected in line for line in lines), str(e.value)
+
+
+def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "egress.yaml"
+    path.write_text("allow:\n  - host: '*'\n  - host: a.com\n    ports: [0]\nlisten: {prot: 1}\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    keys = [p.key for p in e.value.problems]
+    assert keys == ["listen.prot", "allow[0].host", "allow[1].ports[0]"]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_example_and_default_configs_are_valid() -> None:
+    root = Path(__file__).parent.parent
+    example = config.load(root / "config" / "egress.yaml")
+    assert [r.host.text for r in example.rules][:2] == ["api.github.com", "github.com"]
+    default = config.load_default()
+    assert default.path == config.EMBEDDED_DEFAULT
+    assert all(not s.required for s in default.secrets)
+
+
+def test_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "egress.yaml"
+    path.write_text("allow:\n  - a.com\n  - {host: b.com, schemes: [http, https]}\nsecrets:\n"
+                    "  - {name: tok, source: {env: X}, hosts: [a.com]}\n")  # fmt: skip
+    cfg = config.load(path)
+    assert cfg.listen_host == "127.0.0.1" and cfg.listen_port == 8080
+    assert cfg.ca_cert_path == tmp_path / "egress-ca.pem"
+    a, b = cfg.rules
+    assert (a.ports, a.schemes, a.methods, a.paths) == ((443,), ("https",), None, None)
+    assert b.ports == (80, 443)
+    s = cfg.secrets[0]
+    assert s.placeholder == "egress-tok-placeholder" and s.surfaces == {"headers"}
+    assert s.required and not s.allow_http
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_cli_refuses_bad_config(tmp_path: Path, command: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("allow:\n  - host: '*.co.uk'\n")
+    args = (
+        ["run", "--config", str(path)]
+        if command == "run"
+        else ["check", "--config", str(path), "https://a.uk/"]
+    )
+    r = subprocess.run(
+        egress_cmd(*args), capture_output=True, text=True, env=proxy_env(), timeout=60
+    )
+    assert r.returncode == 2
+    assert f"{path}: allow[0].host: '*.co.uk' would allow every host" in r.stderr
+    assert "Traceback" not in r.stderr and "listening" not in r.stderr

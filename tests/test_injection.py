@@ -1,0 +1,128 @@
+"""The pure placeholder/secret logic, as a table of requests and outcomes."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from egress.config import parse
+from egress.injection import Denial, Injection, RequestParts, plan, scrub
+from egress.reasons import Reason
+from egress.secrets import SecretValue
+
+CFG = parse(
+    {
+        "allow": ["api.test", "other.test", "*.multi.test"],
+        "secrets": [
+            {"name": "tok", "source": {"env": "X"}, "hosts": ["api.test", "*.multi.test"],
+             "inject": ["headers", "query", "body"], "body_max_bytes": 64},
+            {"name": "hdr", "source": {"env": "Y"}, "hosts": ["api.test"], "placeholder": "ghp_PLACEHOLDER0000"},
+            {"name": "web", "source": {"env": "Z"}, "hosts": ["other.test"], "allow_http": True},
+        ],
+    },
+    "t.yaml", Path("/"),
+)  # fmt: skip
+VALUES = {"tok": "real-tok-value-1234", "hdr": "ghp_realrealrealreal", "web": "web-secret-99999"}
+TOK, HDR, WEB = "egress-tok-placeholder", "ghp_PLACEHOLDER0000", "egress-web-placeholder"
+
+
+def req(host: str = "api.test", *, scheme: str = "https", path: str = "/", headers: tuple = (),
+        body: bytes | None = b"", content_type: str = "") -> RequestParts:  # fmt: skip
+    return RequestParts(scheme, host, "POST", path, tuple(headers), body, content_type)
+
+
+def run(r: RequestParts, missing: tuple[str, ...] = ()) -> Denial | Injection:
+    secrets = [(s, None if s.name in missing else SecretValue(VALUES[s.name])) for s in CFG.secrets]
+    return plan(r, secrets)
+
+
+def basic(user: str, pw: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+
+
+ALLOWED = [
+    ("bearer", req(headers=(("authorization", f"Bearer {TOK}"),)),
+     lambda i: i.headers == [("authorization", f"Bearer {VALUES['tok']}")], ["tok"]),
+    ("two secrets", req(headers=(("a", TOK), ("b", HDR))),
+     lambda i: i.headers == [("a", VALUES["tok"]), ("b", VALUES["hdr"])], ["tok", "hdr"]),
+    ("basic password", req(headers=(("Authorization", basic("git", TOK)),)),
+     lambda i: i.headers == [("Authorization", basic("git", VALUES["tok"]))], ["tok"]),
+    ("query", req(path=f"/x?k={TOK}&a=1"), lambda i: i.path == f"/x?k={VALUES['tok']}&a=1", ["tok"]),
+    ("json body", req(body=json.dumps({"t": TOK}).encode(), content_type="application/json"),
+     lambda i: json.loads(i.body) == {"t": VALUES["tok"]} and i.body_changed, ["tok"]),
+    ("form body", req(body=f"t={TOK}".encode(), content_type="application/x-www-form-urlencoded"),
+     lambda i: i.body == f"t={VALUES['tok']}".encode(), ["tok"]),
+    ("wildcard binding", req("a.b.multi.test", headers=(("x", TOK),)), lambda i: i.headers == [("x", VALUES["tok"])], ["tok"]),
+    ("no placeholder", req(headers=(("x", "y"),)), lambda i: i.headers == [("x", "y")], []),
+    ("http allowed secret", req("other.test", scheme="http", headers=(("x", WEB),)),
+     lambda i: i.headers == [("x", VALUES["web"])], ["web"]),
+    ("bound secret's own value", req(headers=(("x", VALUES["tok"]),)), lambda i: i.injected == [], []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("r", "check", "injected"), [c[1:] for c in ALLOWED], ids=[c[0] for c in ALLOWED]
+)
+def test_injects(r: RequestParts, check, injected: list[str]) -> None:
+    out = run(r)
+    assert isinstance(out, Injection), out
+    assert check(out)
+    assert out.injected == injected
+
+
+DENIED = [
+    ("placeholder header to unbound host", req("other.test", headers=(("x", TOK),)), Reason.PLACEHOLDER_TO_UNBOUND_HOST, "tok"),
+    ("placeholder in basic to unbound host", req("other.test", headers=(("Authorization", basic("u", HDR)),)),
+     Reason.PLACEHOLDER_TO_UNBOUND_HOST, "hdr"),
+    ("placeholder in query to unbound host", req("other.test", path=f"/?q={TOK}"), Reason.PLACEHOLDER_TO_UNBOUND_HOST, "tok"),
+    ("placeholder in body to unbound host", req("other.test", body=TOK.encode()), Reason.PLACEHOLDER_TO_UNBOUND_HOST, "tok"),
+    ("placeholder in path to unbound host", req("other.test", path=f"/{TOK}"), Reason.PLACEHOLDER_TO_UNBOUND_HOST, "tok"),
+    ("real value to unbound host", req("other.test", headers=(("x", VALUES["tok"]),)), Reason.SECRET_TO_UNBOUND_HOST, "tok"),
+    ("real value in basic to unbound host", req("other.test", headers=(("authorization", basic("u", VALUES["hdr"])),)),
+     Reason.SECRET_TO_UNBOUND_HOST, "hdr"),
+    ("real value in body to unbound host", req("other.test", body=VALUES["tok"].encode()), Reason.SECRET_TO_UNBOUND_HOST, "tok"),
+    ("placeholder in path to bound host", req(path=f"/{TOK}/x"), Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED, "tok"),
+    ("header-only secret in query", req(path=f"/?k={HDR}"), Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED, "hdr"),
+    ("header-only secret in body", req(body=HDR.encode()), Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED, "hdr"),
+    ("plain http", req(scheme="http", headers=(("x", TOK),)), Reason.PLAINTEXT_INJECTION, "tok"),
+    ("body over limit", req(body=TOK.encode() + b" " * 100), Reason.BODY_TOO_LARGE, "tok"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("r", "reason", "secret"), [c[1:] for c in DENIED], ids=[c[0] for c in DENIED]
+)
+def test_denies(r: RequestParts, reason: Reason, secret: str) -> None:
+    out = run(r)
+    assert isinstance(out, Denial), out
+    assert (out.reason, out.secret) == (reason, secret)
+    for value in VALUES.values():
+        assert value not in out.detail
+
+
+def test_unloaded_secret_fails_closed() -> None:
+    out = run(req(headers=(("x", TOK),)), missing=("tok",))
+    assert isinstance(out, Denial) and out.reason is Reason.SECRET_UNAVAILABLE
+
+
+def test_unloaded_secret_does_not_block_requests_without_its_placeholder() -> None:
+    out = run(req(headers=(("x", HDR),)), missing=("tok",))
+    assert isinstance(out, Injection) and out.injected == ["hdr"]
+
+
+def test_basic_token_is_recorded_for_scrubbing() -> None:
+    out = run(req(headers=(("Authorization", basic("git", TOK)),)))
+    assert isinstance(out, Injection)
+    ((value, original),) = out.derived
+    assert value.reveal() == basic("git", VALUES["tok"]).split()[1]
+    assert original == basic("git", TOK).split()[1]
+    assert VALUES["tok"] not in repr(out.derived)
+
+
+def test_scrub() -> None:
+    data, n = scrub(b"a SECRET b SECRET", [(b"SECRET", b"ph")])
+    assert (data, n) == (b"a ph b ph", 2)
+    assert scrub(b"nothing", [(b"SECRET", b"ph")]) == (b"nothing", 0)
