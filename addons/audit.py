@@ -17,6 +17,9 @@ class AuditLog(EgressAddon):
         if flow.response is not None:
             self._write(flow, event="connect")
 
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        self._write(flow, event="connect")
+
     def response(self, flow: http.HTTPFlow) -> None:
         self._write(flow, event="request")
 

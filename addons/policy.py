@@ -39,6 +39,18 @@ class Allowlist(EgressAddon):
         m.update(decision="allow", reason=d.reason.value, rule=d.rule_label)
         rt.tunnels[flow.client_conn.id] = (host, port)
 
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        """An allowed tunnel whose upstream could not be reached: replace mitmproxy's 502
+        (which suggests changing connection_strategy) with ours, naming the reason."""
+        m = meta(flow)
+        if m.get("decision") != "allow" or flow.response is None:
+            return
+        cause = flow.response.get_text(strict=False) or ""
+        cause = cause.split(" If you plan", 1)[0]  # mitmproxy's hint does not apply here
+        deny(flow, self.runtime, Reason.UPSTREAM_ERROR, cause or "the upstream could not be reached",
+             rule=m.get("rule"))  # fmt: skip
+        self.runtime.tunnels.pop(flow.client_conn.id, None)
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return

@@ -24,6 +24,7 @@ from tests.upstream import Upstream
 # ever asks real DNS.
 API = "api.egress.test"
 OTHER = "other.egress.test"
+DOWN = "down.egress.test"
 SECRET = "s3cr3t-VALUE-0123456789abcdef"  # the real secret the proxy injects
 OTHER_SECRET = "0ther-s3cr3t-ZYXWVU987654"
 
@@ -67,13 +68,17 @@ def base_config(
     allow: list[dict[str, Any]] = [
         {"host": API, "ports": [port]},
         {"host": OTHER, "ports": [port]},
+        {"host": DOWN, "ports": [1]},  # allowed, but nothing listens there
     ]
     if plain_port:
         allow.append({"host": API, "ports": [plain_port], "schemes": ["http"]})
     return {
         "listen": {"host": "127.0.0.1", "port": 0},
         "ca": {"cert_path": str(tmp / "agent" / "egress-ca.pem")},
-        "upstream": {"ca_files": [str(ca_file)], "resolve": {API: "127.0.0.1", OTHER: "127.0.0.1"}},
+        "upstream": {
+            "ca_files": [str(ca_file)],
+            "resolve": {API: "127.0.0.1", OTHER: "127.0.0.1", DOWN: "127.0.0.1"},
+        },
         "allow": allow,
         "secrets": [
             {

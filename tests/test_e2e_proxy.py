@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import API, OTHER, OTHER_SECRET, SECRET, RunningProxy, assert_no_secret
+from tests.conftest import API, DOWN, OTHER, OTHER_SECRET, SECRET, RunningProxy, assert_no_secret
 from tests.upstream import Upstream
 
 PH = "egress-api_token-placeholder"
@@ -212,3 +212,17 @@ def test_audit_log_has_one_line_per_request_and_no_secret(
                           "duration_ms"}  # fmt: skip
         assert r["scrubbed"] >= 1
     assert_no_secret(proxy.outputs())
+
+
+def test_unreachable_upstream_gets_a_clear_502(proxy: RunningProxy) -> None:
+    code, body, err = curl(proxy, f"https://{DOWN}:1/", "-i")
+    assert "response 502" in err
+    rec = proxy.audit()[-1]
+    assert (rec["event"], rec["host"], rec["decision"], rec["reason"], rec["status"]) == (
+        "connect",
+        DOWN,
+        "error",
+        "upstream_error",
+        502,
+    )
+    assert "connection_strategy" not in rec["detail"]
