@@ -40,6 +40,11 @@ class AuditLog(EgressAddon):
         resp = flow.response
         end = (resp.timestamp_end if resp and resp.timestamp_end else None) or time.time()
         peer = flow.client_conn.peername
+        # A client may put a real secret value in the path itself: never record it.
+        path = (
+            "" if event == "connect" else self.runtime.redact(m.get("path", redact_path(req.path)))
+        )
+        detail = self.runtime.redact(m["detail"]) if m.get("detail") else None
         self.runtime.audit.write(
             AuditRecord(
                 time=now_iso(req.timestamp_start),
@@ -50,17 +55,17 @@ class AuditLog(EgressAddon):
                 scheme=m.get("scheme", req.scheme),
                 host=m.get("host", req.host),
                 port=m.get("port", req.port),
-                path="" if event == "connect" else m.get("path", redact_path(req.path)),
+                path=path,
                 decision=m.get("decision", "error"),
                 reason=m.get("reason", Reason.UPSTREAM_ERROR.value),
                 rule=m.get("rule"),
                 secrets=list(m.get("secrets", [])),
                 scrubbed=m.get("scrubbed", 0),
-                status=resp.status_code if resp else 502,
-                bytes_in=len(req.raw_content or b""),
+                status=resp.status_code if resp else m.get("status", 502),
+                bytes_in=m.get("bytes_in", len(req.raw_content or b"")),
                 bytes_out=len(resp.raw_content or b"") if resp else 0,
                 duration_ms=round((end - req.timestamp_start) * 1000, 2),
-                detail=m.get("detail"),
+                detail=detail,
             )
         )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from mitmproxy import ctx, exceptions, http
 
@@ -38,8 +38,9 @@ class EgressAddon:
 
     @property
     def runtime(self) -> Runtime:
-        assert self._runtime is not None, "egress addon used before configure()"
-        return self._runtime
+        # Set by the constructor or configure(); hooks never run before. No assert here:
+        # mitmproxy reads every attribute of an addon when it registers it.
+        return cast(Runtime, self._runtime)
 
 
 def meta(flow: http.HTTPFlow) -> dict[str, Any]:
@@ -57,9 +58,18 @@ def deny(
     if secret:
         m["secret"] = secret
     req = flow.request
-    url = m.get("url") or req.pretty_url
-    body = denial_body(reason, detail, method=req.method, url=url, config=runtime.config.path,
-                       hint=hint)  # fmt: skip
+    url = runtime.redact(m.get("url") or req.pretty_url)
+    body = denial_body(reason, runtime.redact(detail), method=req.method, url=url,
+                       config=runtime.config.path, hint=hint)  # fmt: skip
+    if req.method != "CONNECT" and req.stream:
+        # mitmproxy cannot answer a request whose body it streams (Content-Length over
+        # limits.max_body_bytes): drop it unsent. The audit record says why.
+        m["status"] = None
+        m["detail"] = (
+            f"{detail} (the body is too large to read before answering: connection closed)"
+        )
+        flow.kill()
+        return
     flow.response = http.Response.make(
         http_status(reason),
         body.encode("utf-8"),

@@ -10,20 +10,33 @@ from egress.reasons import Reason
 
 
 class SecretInjector(EgressAddon):
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A body over limits.max_body_bytes streams through unbuffered, so it cannot be
+        scanned: refuse it here, before it is sent, if a secret bound to this host injects
+        into bodies."""
+        if flow.response is not None or meta(flow).get("decision") != "allow":
+            return
+        rt = self.runtime
+        length = flow.request.headers.get("content-length", "")
+        if not (length.isdigit() and int(length) > rt.config.max_body_bytes):
+            return
+        host = meta(flow)["host"]
+        if any("body" in s.surfaces and s.bound_to(host) for s in rt.config.secrets):
+            deny(flow, rt, Reason.BODY_TOO_LARGE,
+                 f"the request body ({length} bytes) is over limits.max_body_bytes "
+                 f"({rt.config.max_body_bytes}) and cannot be scanned for placeholders")  # fmt: skip
+
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or meta(flow).get("decision") != "allow":
             return
         rt = self.runtime
         m = meta(flow)
         req = flow.request
-        streamed = req.raw_content is None
-        body: bytes | None = None if streamed else req.get_content(strict=False)
+        # A streamed body (over limits.max_body_bytes) is not scanned; requestheaders()
+        # refused it already if a secret bound to this host injects into bodies.
+        body = None if req.raw_content is None else req.get_content(strict=False)
+        m["bytes_in"] = len(req.raw_content or b"")  # as the client sent it
         host = m["host"]
-        if streamed and any("body" in s.surfaces and s.bound_to(host) for s in rt.config.secrets):
-            deny(flow, rt, Reason.BODY_TOO_LARGE,
-                 f"the request body is over limits.max_body_bytes "
-                 f"({rt.config.max_body_bytes}) and cannot be scanned for placeholders")  # fmt: skip
-            return
         parts = RequestParts(
             scheme=m["scheme"],
             host=host,

@@ -14,7 +14,7 @@ import ipaddress
 from typing import Any
 
 from cryptography import x509
-from mitmproxy import certs, ctx, tls
+from mitmproxy import certs, ctx, http, tls
 from mitmproxy.addons.tlsconfig import TlsConfig
 from mitmproxy.proxy import context
 
@@ -22,8 +22,13 @@ from egress.errors import InvalidHost
 from egress.hostnames import canonical_host, is_ip
 from egress.runtime import Runtime, shared
 
-# Options with which mitmproxy's TlsConfig would (re)load a CA from confdir.
-_CA_OPTIONS = {"certs", "confdir", "key_size", "cert_passphrase"}
+# Options with which mitmproxy's TlsConfig would (re)load a CA from confdir, and the TLS
+# version options, whose check only warns but raises on OpenSSL 4 when loaded beside
+# mitmproxy's own TlsConfig (mitmdump -s).
+_SKIPPED_OPTIONS = {
+    "certs", "confdir", "key_size", "cert_passphrase",
+    "tls_version_client_min", "tls_version_client_max", "tls_version_server_min", "tls_version_server_max",
+}  # fmt: skip
 
 
 def build_certstore(rt: Runtime) -> certs.CertStore:
@@ -41,6 +46,7 @@ class EgressTls(TlsConfig):
     def __init__(self, runtime: Runtime | None = None):
         super().__init__()
         self._runtime = runtime
+        self._embedded = runtime is not None
 
     def load(self, loader: Any) -> None:
         if "tls_version_client_min" not in loader.master.options:
@@ -49,14 +55,25 @@ class EgressTls(TlsConfig):
             loader.add_option("egress_config", str, "", "Path to the egress config file.")
 
     def configure(self, updated: set[str]) -> None:
-        super().configure(set(updated) - _CA_OPTIONS)
+        super().configure(set(updated) - _SKIPPED_OPTIONS)
         if self._runtime is None:
             self._runtime = shared(ctx.options.egress_config)
         if self.certstore is None:
             self.certstore = build_certstore(self._runtime)
 
     def running(self) -> None:
-        pass  # TlsConfig.running() would load a CA from confdir
+        # Not TlsConfig.running(), which would load a CA from confdir. Loaded into a plain
+        # mitmdump, take the options egress run would set.
+        if self._runtime is not None and not self._embedded:
+            ctx.options.update(
+                ssl_insecure=False,
+                ssl_verify_upstream_trusted_ca=str(self._runtime.upstream_trust),
+                upstream_cert=False,
+                http3=False,
+            )
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        pass  # mitmproxy 12's TlsConfig answers ".../mitmproxy-<CA serial>.crl" itself; egress never
 
     def _target(self, ctx_: context.Context) -> str | None:
         assert self._runtime is not None

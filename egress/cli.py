@@ -55,6 +55,7 @@ def agent_env(
     env["NO_PROXY"] = env["no_proxy"] = NO_PROXY_VALUE
     for var in CA_ENV_VARS:
         env[var] = ca_path
+    env.pop("SSL_CERT_DIR", None)  # the agent trusts the egress CA alone
     for spec in cfg.secrets:
         if spec.env:
             env[spec.env] = spec.placeholder

@@ -47,17 +47,63 @@ class Rule:
         return f"allow[{self.index}]"
 
 
+VAULT_ENGINES = ("kv2", "kv1", "read")
+VAULT_AUTH_METHODS = ("token", "approle", "kubernetes", "jwt")
+K8S_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 (a path)
+
+
 @dataclass(frozen=True)
 class SourceSpec:
-    kind: str  # "env" | "file"
+    kind: str  # "env" | "file" | "vault"
     env: str | None = None
     file: Path | None = None
     key: str | None = None
+    mount: str | None = None  # vault: the secrets engine's mount (kv2/kv1)
+    path: str | None = None  # vault: path under the mount, or the full read path
+    engine: str = "kv2"  # vault: kv2 | kv1 | read
 
     def describe(self) -> str:
         if self.kind == "env":
             return f"env:{self.env}"
+        if self.kind == "vault":
+            return f"vault:{self.vault_path}#{self.key}"
         return f"file:{self.file}#{self.key}"
+
+    @property
+    def vault_path(self) -> str:
+        """The path as Vault's API sees it (for messages and policies)."""
+        if self.engine == "kv2":
+            return f"{self.mount}/data/{self.path}"
+        if self.engine == "kv1":
+            return f"{self.mount}/{self.path}"
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class VaultAuth:
+    method: str  # token | approle | kubernetes | jwt
+    mount: str
+    token_file: Path | None = None  # token: a file holding the token
+    token_env: str | None = None  # token: the variable holding it (default VAULT_TOKEN)
+    role_id: str | None = None  # approle
+    secret_id_file: Path | None = None  # approle
+    role: str | None = None  # kubernetes, jwt
+    jwt_file: Path | None = None  # kubernetes, jwt: re-read at every login
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    address: str | None  # None: $VAULT_ADDR
+    namespace: str | None  # None: $VAULT_NAMESPACE
+    ca_file: Path | None  # None: $VAULT_CACERT, else the system store
+    client_cert: Path | None  # None: $VAULT_CLIENT_CERT
+    client_key: Path | None  # None: $VAULT_CLIENT_KEY
+    timeout_seconds: float
+    auth: VaultAuth
+    refresh_seconds: int  # re-read interval for KV secrets
+    retry_seconds: int  # retry interval while Vault fails
+    max_stale_seconds: int  # serve the last good value this long during an outage
+    revoke_on_shutdown: bool
 
 
 @dataclass(frozen=True)
@@ -90,6 +136,7 @@ class Config:
     secrets: tuple[SecretSpec, ...]
     audit_path: str  # "stdout", "stderr" or a file path
     max_body_bytes: int = 10 * 1024 * 1024
+    vault: VaultConfig | None = None
 
 
 def default_placeholder(name: str) -> str:
@@ -125,15 +172,20 @@ class _Checker:
                 self.err(_join(key, k), "is required")
         return node
 
-    def typed(self, node: dict[str, Any], key: str, name: str, kind: type, default: Any) -> Any:
+    def typed(
+        self, node: dict[str, Any], key: str, name: str, kind: type | tuple[type, ...], default: Any
+    ) -> Any:
         if name not in node or node[name] is None and default is None:
             return default
         value = node[name]
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             self.err(_join(key, name), f"must be an integer, not {_kind(value)}")
             return default
-        if kind is not int and not isinstance(value, kind):
-            self.err(_join(key, name), f"must be a {kind.__name__}, not {_kind(value)}")
+        wrong_bool = isinstance(value, bool) and kind is not bool
+        if kind is not int and (wrong_bool or not isinstance(value, kind)):
+            names = {str: "string", bool: "boolean"}
+            what = "number" if isinstance(kind, tuple) else names.get(kind, kind.__name__)
+            self.err(_join(key, name), f"must be a {what}, not {_kind(value)}")
             return default
         return value
 
@@ -143,7 +195,7 @@ class _Checker:
         if name not in node:
             return None
         value = node[name]
-        if isinstance(value, str):
+        if isinstance(value, str | int) and not isinstance(value, bool):
             value = [value]
         if value == [] and allow_empty:
             return []
@@ -153,7 +205,9 @@ class _Checker:
         out: list[str] = []
         for i, item in enumerate(value):
             if not isinstance(item, str | int) or isinstance(item, bool):
-                self.err(f"{_join(key, name)}[{i}]", f"must be a string, not {_kind(item)}")
+                self.err(
+                    f"{_join(key, name)}[{i}]", f"must be a string or number, not {_kind(item)}"
+                )
             else:
                 out.append(str(item))
         return out
@@ -227,14 +281,45 @@ def _parse_rule(c: _Checker, node: Any, i: int) -> Rule | None:
     )
 
 
-def _parse_source(c: _Checker, node: Any, key: str, base: Path) -> SourceSpec | None:
-    m = c.mapping(node, key, ("env", "file", "key"))
+def _parse_vault_source(c: _Checker, node: Any, key: str) -> SourceSpec | None:
+    m = c.mapping(node, key, ("mount", "path", "key", "engine"), ("path", "key"))
     if m is None:
         return None
-    kinds = [k for k in ("env", "file") if k in m]
-    if len(kinds) != 1:
-        c.err(key, "give exactly one of 'env: VAR' or 'file: PATH' (with 'key: NAME')")
+    engine = c.typed(m, key, "engine", str, "kv2")
+    if engine not in VAULT_ENGINES:
+        c.err(f"{key}.engine", f"{engine!r} is not one of {', '.join(VAULT_ENGINES)}")
         return None
+    path = c.typed(m, key, "path", str, None)
+    secret_key = c.typed(m, key, "key", str, None)
+    mount = c.typed(m, key, "mount", str, None)
+    if engine == "read" and mount is not None:
+        c.err(f"{key}.mount", "goes with kv2/kv1 only; for engine 'read' give the full path")
+    if path is not None and (not path.strip("/") or path != path.strip()):
+        c.err(f"{key}.path", f"{path!r} is not a Vault path")
+        return None
+    if path is None or secret_key is None:
+        return None
+    if engine != "read":
+        mount = (mount or ("secret" if engine == "kv2" else "kv")).strip("/")
+    return SourceSpec(
+        kind="vault", key=secret_key, mount=mount, path=path.strip("/"), engine=engine
+    )
+
+
+def _parse_source(c: _Checker, node: Any, key: str, base: Path) -> SourceSpec | None:
+    m = c.mapping(node, key, ("env", "file", "key", "vault"))
+    if m is None:
+        return None
+    kinds = [k for k in ("env", "file", "vault") if k in m]
+    if len(kinds) != 1:
+        c.err(
+            key, "give exactly one of 'env: VAR', 'file: PATH' (with 'key: NAME') or 'vault: {...}'"
+        )
+        return None
+    if kinds[0] == "vault":
+        if "key" in m:
+            c.err(f"{key}.key", "goes inside 'vault:' for a Vault source")
+        return _parse_vault_source(c, m["vault"], f"{key}.vault")
     if kinds[0] == "env":
         var = c.typed(m, key, "env", str, None)
         if "key" in m:
@@ -275,7 +360,7 @@ def _parse_secret(
         except ValueError as e:
             c.err(f"{key}.hosts[{j}]", str(e))
             continue
-        if rules and not any(_covers(r.host, pattern) for r in rules):
+        if not any(_covers(r.host, pattern) for r in rules):
             c.err(
                 f"{key}.hosts[{j}]",
                 f"{pattern.text!r} is not allowed by any rule under 'allow': "
@@ -362,10 +447,114 @@ def _check_secret_set(c: _Checker, secrets: list[SecretSpec]) -> None:
                 )
 
 
+def _opt_path(c: _Checker, m: dict[str, Any], key: str, name: str, base: Path) -> Path | None:
+    text = c.typed(m, key, name, str, None)
+    return _path(base, text) if text else None
+
+
+def _parse_vault(c: _Checker, node: Any, base: Path) -> VaultConfig | None:
+    known = (
+        "address", "namespace", "ca_file", "client_cert", "client_key", "timeout_seconds",
+        "auth", "refresh_seconds", "retry_seconds", "max_stale_seconds", "revoke_on_shutdown",
+    )  # fmt: skip
+    m = c.mapping(node, "vault", known)
+    if m is None:
+        return None
+    start = len(c.problems)
+    address = c.typed(m, "vault", "address", str, None)
+    if address is not None and not address.startswith(("https://", "http://")):
+        c.err("vault.address", f"{address!r} must be a URL such as https://vault.example:8200")
+    timeout = c.typed(m, "vault", "timeout_seconds", (int, float), 5)
+    ints = {}
+    for name, default, low in (("refresh_seconds", 300, 1), ("retry_seconds", 5, 1),
+                               ("max_stale_seconds", 3600, 0)):  # fmt: skip
+        ints[name] = c.typed(m, "vault", name, int, default)
+        if ints[name] < low:
+            c.err(f"vault.{name}", f"must be at least {low}")
+    cert = _opt_path(c, m, "vault", "client_cert", base)
+    ckey = _opt_path(c, m, "vault", "client_key", base)
+    if (cert is None) != (ckey is None):
+        c.err(
+            "vault.client_key" if cert else "vault.client_cert",
+            "client_cert and client_key go together",
+        )
+    auth = _parse_vault_auth(c, m.get("auth"), base)
+    if len(c.problems) > start or auth is None:
+        return None
+    return VaultConfig(
+        address=address.rstrip("/") if address else None,
+        namespace=c.typed(m, "vault", "namespace", str, None),
+        ca_file=_opt_path(c, m, "vault", "ca_file", base),
+        client_cert=cert,
+        client_key=ckey,
+        timeout_seconds=float(timeout),
+        auth=auth,
+        refresh_seconds=ints["refresh_seconds"],
+        retry_seconds=ints["retry_seconds"],
+        max_stale_seconds=ints["max_stale_seconds"],
+        revoke_on_shutdown=c.typed(m, "vault", "revoke_on_shutdown", bool, True),
+    )
+
+
+_AUTH_KEYS = {
+    "token": ("token_file", "token_env"),
+    "approle": ("role_id", "secret_id_file"),
+    "kubernetes": ("role", "jwt_file"),
+    "jwt": ("role", "jwt_file"),
+}
+
+
+def _parse_vault_auth(c: _Checker, node: Any, base: Path) -> VaultAuth | None:
+    key = "vault.auth"
+    if node is None:
+        node = {"method": "token"}
+    m = c.mapping(
+        node, key, ("method", "mount", *sorted({k for ks in _AUTH_KEYS.values() for k in ks}))
+    )
+    if m is None:
+        return None
+    method = c.typed(m, key, "method", str, "token")
+    if method not in VAULT_AUTH_METHODS:
+        c.err(f"{key}.method", f"{method!r} is not one of {', '.join(VAULT_AUTH_METHODS)}")
+        return None
+    for k in m:
+        if (
+            k not in ("method", "mount")
+            and k not in _AUTH_KEYS[method]
+            and k in {x for v in _AUTH_KEYS.values() for x in v}
+        ):
+            c.err(
+                f"{key}.{k}",
+                f"does not go with method {method!r} (it takes {', '.join(_AUTH_KEYS[method])})",
+            )
+    mount = c.typed(m, key, "mount", str, method).strip("/")
+    if method == "token":
+        if "token_file" in m and "token_env" in m:
+            c.err(key, "give token_file or token_env, not both")
+        return VaultAuth(method, mount, token_file=_opt_path(c, m, key, "token_file", base),
+                         token_env=c.typed(m, key, "token_env", str, None))  # fmt: skip
+    if method == "approle":
+        for k in ("role_id", "secret_id_file"):
+            if k not in m:
+                c.err(f"{key}.{k}", "is required with method 'approle'")
+        return VaultAuth(method, mount, role_id=c.typed(m, key, "role_id", str, None),
+                         secret_id_file=_opt_path(c, m, key, "secret_id_file", base))  # fmt: skip
+    if "role" not in m:
+        c.err(f"{key}.role", f"is required with method {method!r}")
+    jwt_file = _opt_path(c, m, key, "jwt_file", base)
+    if jwt_file is None:
+        if method == "jwt":
+            c.err(f"{key}.jwt_file", "is required with method 'jwt'")
+        jwt_file = Path(K8S_TOKEN_FILE)
+    return VaultAuth(method, mount, role=c.typed(m, key, "role", str, None), jwt_file=jwt_file)
+
+
 def parse(data: Any, file: str, base: Path) -> Config:
     """Validate parsed YAML. Raises ConfigError listing every problem."""
     c = _Checker()
-    top = c.mapping(data, "", ("listen", "ca", "upstream", "allow", "secrets", "audit", "limits"))
+    top = c.mapping(
+        data, "", ("listen", "ca", "upstream", "allow", "secrets", "vault", "audit", "limits")
+    )
     if top is None:
         raise ConfigError(file, c.problems)
 
@@ -439,6 +628,10 @@ def parse(data: Any, file: str, base: Path) -> Config:
     if max_body <= 0:
         c.err("limits.max_body_bytes", "must be positive")
 
+    vault = _parse_vault(c, top.get("vault"), base)
+    if "vault" not in top and any(s.source.kind == "vault" for s in secrets):
+        vault = _parse_vault(c, {}, base)  # all from VAULT_* variables, token auth
+
     if c.problems:
         raise ConfigError(file, c.problems)
     return Config(
@@ -453,6 +646,7 @@ def parse(data: Any, file: str, base: Path) -> Config:
         secrets=tuple(secrets),
         audit_path=audit_path,
         max_body_bytes=max_body,
+        vault=vault if "vault" in top or any(s.source.kind == "vault" for s in secrets) else None,
     )
 
 

@@ -150,6 +150,13 @@ def parse_host_pattern(raw: object) -> HostPattern:
         net = ipaddress.ip_network(raw.strip("[]"), strict=False)
     except ValueError:
         net = None
+    if (
+        isinstance(net, ipaddress.IPv6Network)
+        and net.num_addresses == 1
+        and net.network_address.ipv4_mapped
+    ):
+        # ::ffff:127.0.0.1 is decided as 127.0.0.1: the rule must say so too.
+        net = ipaddress.ip_network(net.network_address.ipv4_mapped)
     if net is not None:
         if "/" in raw and str(net) != raw:
             raise ValueError(f"{raw!r} has host bits set: did you mean {str(net)!r}?")

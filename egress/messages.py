@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
+from egress.policy import AMBIGUOUS_PATH
 from egress.reasons import Reason, http_status
 
 
@@ -18,7 +21,10 @@ def how_to_allow(reason: Reason, host: str, port: int, scheme: str, method: str,
     if reason is Reason.METHOD_NOT_ALLOWED:
         return f"add {method} to the 'methods' of {rule}"
     if reason is Reason.PATH_NOT_ALLOWED:
-        return f"add a prefix of {path.split('?', 1)[0]!r} to the 'paths' of {rule}"
+        path = path.split("?", 1)[0]
+        if AMBIGUOUS_PATH.search(path) or AMBIGUOUS_PATH.search(unquote(path)):
+            return "send the path without '.'/'..' segments or encoded slashes; such paths never pass a path rule"
+        return f"add a prefix of {path!r} to the 'paths' of {rule}"
     return None
 
 

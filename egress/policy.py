@@ -11,7 +11,7 @@ from egress.reasons import Reason
 
 # Dot segments (also percent-encoded) and encoded slashes make a path mean something else
 # to the upstream than to a prefix match; such paths never pass a path rule.
-_AMBIGUOUS_PATH = re.compile(r"(^|/)\.{1,2}(/|$)|%2f|%5c|\\", re.IGNORECASE)
+AMBIGUOUS_PATH = re.compile(r"(^|/)\.{1,2}(/|$)|%2f|%5c|\\", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,6 @@ class Allowlist:
 def _path_allowed(rule: Rule, path: str) -> bool:
     if rule.paths is None:
         return True
-    if _AMBIGUOUS_PATH.search(path) or _AMBIGUOUS_PATH.search(unquote(path)):
+    if AMBIGUOUS_PATH.search(path) or AMBIGUOUS_PATH.search(unquote(path)):
         return False
     return any(path_matches(p, path) for p in rule.paths)

@@ -78,6 +78,13 @@ class Runtime:
             upstream_trust=trust,
         )
 
+    def redact(self, text: str) -> str:
+        """Replace every loaded secret value in ``text`` with ``[secret:<name>]``: for text that
+        echoes what a client sent (denial bodies, audited paths, error details)."""
+        for spec, value in self.secrets.loaded():
+            text = text.replace(value.reveal(), f"[secret:{spec.name}]")
+        return text
+
     def close(self) -> None:
         shutil.rmtree(self.private_dir, ignore_errors=True)
         self.audit.close()

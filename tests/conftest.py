@@ -97,6 +97,7 @@ def base_config(
             },
         ],
         "audit": {"path": str(tmp / "audit.jsonl")},
+        "limits": {"max_body_bytes": 65536},
     }
 
 

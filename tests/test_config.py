@@ -51,6 +51,10 @@ BAD = [
      "  - {name: u, source: {env: Y}, hosts: [a.com], placeholder: abcdefghij}\n",
      "secrets[0].placeholder: is contained in the placeholder of secrets[1] (u)"),
     ("bool as int", "limits: {max_body_bytes: true}\n", "limits.max_body_bytes: must be an integer, not a boolean"),
+    ("int as string", "audit: {path: 5}\n", "audit.path: must be a string, not int"),
+    ("bool port", "allow:\n  - {host: a.com, ports: [true]}\n", "allow[0].ports[0]: must be a string or number, not a boolean"),
+    ("secret host with no rules", "secrets:\n  - {name: t, source: {env: X}, hosts: [a.com]}\n",
+     "secrets[0].hosts[0]: 'a.com' is not allowed by any rule under 'allow'"),
     ("invalid yaml", "allow: [a.com\n", "invalid YAML"),
     ("empty file", "", "the file is empty"),
     ("top level list", "- a\n", "must be a mapping, not a list"),
@@ -102,6 +106,8 @@ def test_defaults(tmp_path: Path) -> None:
     a, b = cfg.rules
     assert (a.ports, a.schemes, a.methods, a.paths) == ((443,), ("https",), None, None)
     assert b.ports == (80, 443)
+    path.write_text("allow:\n  - {host: a.com, ports: 8443}\n")
+    assert config.load(path).rules[0].ports == (8443,)
     s = cfg.secrets[0]
     assert s.placeholder == "egress-tok-placeholder" and s.surfaces == {"headers"}
     assert s.required and not s.allow_http

@@ -226,3 +226,49 @@ def test_unreachable_upstream_gets_a_clear_502(proxy: RunningProxy) -> None:
         502,
     )
     assert "connection_strategy" not in rec["detail"]
+
+
+def test_crl_lookalike_path_reaches_upstream(proxy: RunningProxy, upstream: Upstream) -> None:
+    # mitmproxy 12's TlsConfig answers ".../mitmproxy-<CA serial>.crl" itself; egress must not.
+    from cryptography import x509
+
+    serial = x509.load_pem_x509_certificate(proxy.ca.read_bytes()).serial_number
+    status, _, _ = curl(proxy, f"https://{API}:{upstream.port}/mitmproxy-{serial}.crl")
+    assert status == 200
+    assert [r.path for r in upstream.requests] == [f"/mitmproxy-{serial}.crl"]
+
+
+def test_body_over_limit_is_refused_before_it_is_sent(
+    proxy: RunningProxy, upstream: Upstream
+) -> None:
+    # Over limits.max_body_bytes (64 KiB) to a host whose secret injects into bodies: the body
+    # cannot be scanned, so the request is dropped unsent.
+    big = "x" * 100_000 + PH
+    with httpx.Client(proxy=proxy.url, verify=client_tls(proxy)) as c:
+        with pytest.raises(httpx.TransportError):
+            c.post(f"https://{API}:{upstream.port}/big", content=big.encode())
+    assert all(req.path != "/big" for req in upstream.requests)
+    rec = last_audit(proxy, path="/big")
+    assert (rec["decision"], rec["reason"], rec["status"]) == ("deny", "body_too_large", None)
+    with httpx.Client(proxy=proxy.url, verify=client_tls(proxy)) as c:
+        # Over the secret's own body_max_bytes but buffered: a clear 413.
+        r = c.post(
+            f"https://{API}:{upstream.port}/mid",
+            content=("y" * 2_000_000)[:60_000].encode() + PH.encode(),
+        )
+        assert r.status_code == 200  # 60 KB is under api_token's body_max_bytes (1 MiB)
+        # other_token does not inject into bodies: a large body to its host streams through.
+        r = c.post(f"https://{OTHER}:{upstream.port}/big-ok", content=b"y" * 100_000)
+    assert r.status_code == 200
+    assert [len(req.body) for req in upstream.requests if req.path == "/big-ok"] == [100_000]
+
+
+def test_real_secret_in_path_to_unbound_host_is_blocked_and_never_audited(
+    proxy: RunningProxy, upstream: Upstream
+) -> None:
+    code, body, err = curl(proxy, f"https://{OTHER}:{upstream.port}/exfil/{SECRET}")
+    assert code == 403 and "secret_to_unbound_host" in body
+    assert upstream.requests == []
+    rec = last_audit(proxy, reason="secret_to_unbound_host")
+    assert rec["path"] == "/exfil/[secret:api_token]"
+    assert_no_secret(proxy.outputs(), body, err)

@@ -1,6 +1,6 @@
 """All egress addons, in order, for a plain mitmdump:
 
-    mitmdump -s addons/egress.py --set egress_config=config/egress.yaml
+    mitmdump -s addons/egress_addons.py --set egress_config=config/egress.yaml --set confdir=<private dir>
 
 Order matters: the allowlist decides first, injection only touches allowed requests, and
 the audit addon records what the others decided.

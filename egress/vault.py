@@ -1,0 +1,433 @@
+"""Vault (and OpenBao, which speaks the same API) as the production secret source.
+
+Built on hvac, which is synchronous: every Vault call happens at start-up (before the proxy
+reports ready) or on the refresher's own thread, never on the proxy's event loop and never
+on the request path. Each call has an explicit timeout, and the HTTP session ignores
+HTTPS_PROXY and friends from the environment: the proxy's own Vault traffic never goes
+through a proxy it did not choose.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import requests
+
+from egress.config import SecretSpec, SourceSpec, VaultConfig
+from egress.errors import EgressError, SecretLoadError
+from egress.secrets import SecretSource, SecretStore, SecretValue, check_value
+
+log = logging.getLogger("egress.vault")
+
+
+class VaultError(EgressError):
+    """A Vault call failed. The message carries Vault's own words, never a token or value."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    address: str
+    namespace: str | None
+    verify: str | bool
+    cert: tuple[str, str] | None
+    timeout: float
+
+
+def connection_settings(cfg: VaultConfig, environ: Mapping[str, str] = os.environ) -> Connection:
+    """The config's values, with the standard VAULT_* variables where it leaves one out."""
+    address = cfg.address or environ.get("VAULT_ADDR", "").rstrip("/")
+    if not address:
+        raise VaultError("vault.address is not set and $VAULT_ADDR is empty")
+    ca = str(cfg.ca_file) if cfg.ca_file else environ.get("VAULT_CACERT")
+    cert = str(cfg.client_cert) if cfg.client_cert else environ.get("VAULT_CLIENT_CERT")
+    key = str(cfg.client_key) if cfg.client_key else environ.get("VAULT_CLIENT_KEY")
+    return Connection(
+        address=address,
+        namespace=cfg.namespace or environ.get("VAULT_NAMESPACE") or None,
+        verify=ca or True,
+        cert=(cert, key) if cert and key else None,
+        timeout=cfg.timeout_seconds,
+    )
+
+
+class _CountingSession(requests.Session):
+    """A session that counts Vault calls and never takes proxies, CA bundles or netrc
+    credentials from the environment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trust_env = False
+        self.calls = 0
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.calls += 1
+        kwargs["proxies"] = {}
+        return super().request(*args, **kwargs)
+
+
+def describe_error(exc: BaseException, address: str, timeout: float) -> str:
+    """Vault's own message, short, without request URLs' noise; never a token."""
+    if isinstance(exc, hvac.exceptions.VaultError):
+        errors = [e.strip() for e in (exc.errors or []) if isinstance(e, str)] if exc.errors else []
+        text = "; ".join(errors) if errors else str(exc)
+        text = re.sub(r"\s+", " ", text.replace("1 error occurred:", "").replace("*", "")).strip()
+        return f"{text} (HTTP {exc.__class__.__name__})" if text else exc.__class__.__name__
+    if isinstance(exc, requests.exceptions.SSLError):
+        return f"TLS to {address} failed: {_reason(exc)}"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"no answer from {address} within {timeout:g} s"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return f"cannot connect to {address}: {_reason(exc)}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    for pattern in (
+        r"\[SSL: [A-Z_]+\] ([^(]+?)(?: \(|'|$)",
+        r"Errno -?\d+\] ([^'\")]+)",
+        r"\] ([^'\")]+)",
+    ):
+        m = re.search(pattern, text)
+        if m:
+            return m.group(1).strip()
+    return text[:200]
+
+
+@dataclass
+class Lease:
+    lease_id: str | None
+    duration: int  # seconds; 0 for KV
+    renewable: bool
+    obtained: float  # monotonic
+
+
+class VaultClient:
+    """One authenticated hvac client, its token's life, and a count of calls."""
+
+    def __init__(
+        self,
+        cfg: VaultConfig,
+        environ: Mapping[str, str] = os.environ,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.cfg = cfg
+        self.conn = connection_settings(cfg, environ)
+        self.environ = environ
+        self.clock = clock
+        self._session = _CountingSession()
+        self._lock = threading.Lock()  # hvac clients are not thread-safe
+        # token="" (not None): hvac must not pick a token from $VAULT_TOKEN or ~/.vault-token
+        self.client = hvac.Client(
+            url=self.conn.address,
+            token="",
+            namespace=self.conn.namespace,
+            verify=self.conn.verify,
+            cert=self.conn.cert,
+            timeout=self.conn.timeout,
+            session=self._session,
+        )
+        self.token_expires: float | None = None  # monotonic; None: never expires
+        self.token_ttl = 0
+        self.token_renewable = False
+
+    def __repr__(self) -> str:
+        return f"VaultClient(address={self.conn.address!r}, method={self.cfg.auth.method!r}, token=<redacted>)"
+
+    @property
+    def calls(self) -> int:
+        return self._session.calls
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        with self._lock:
+            try:
+                return fn()
+            except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as e:
+                raise VaultError(
+                    f"{what}: {describe_error(e, self.conn.address, self.conn.timeout)}"
+                ) from None
+
+    # --- authentication -------------------------------------------------------------
+
+    def _read_file(self, path: os.PathLike[str] | str, what: str) -> str:
+        try:
+            text = open(path, encoding="utf-8").read().strip()  # noqa: SIM115
+        except OSError as e:
+            raise VaultError(f"cannot read the {what} {path}: {e.strerror}") from None
+        if not text:
+            raise VaultError(f"the {what} {path} is empty")
+        return text
+
+    def login(self) -> None:
+        """Log in (or take the configured token). Files are re-read at every login: the
+        kubelet rotates projected service-account tokens."""
+        a = self.cfg.auth
+        if a.method == "token":
+            if a.token_file:
+                token = self._read_file(a.token_file, "token file")
+            else:
+                var = a.token_env or "VAULT_TOKEN"
+                token = self.environ.get(var, "")
+                if not token:
+                    raise VaultError(
+                        f"token auth: ${var} is not set (or set vault.auth.token_file)"
+                    )
+            self.client.token = token
+            info = self._call(
+                "token lookup (auth/token/lookup-self)", self.client.auth.token.lookup_self
+            )
+            self._set_token_life(info["data"].get("ttl") or 0, bool(info["data"].get("renewable")))
+            return
+        where = f"{a.method} login (auth/{a.mount}/login)"
+        if a.method == "approle":
+            assert a.secret_id_file is not None
+            secret_id = self._read_file(a.secret_id_file, "AppRole secret_id file")
+            resp = self._call(where, lambda: self.client.auth.approle.login(
+                role_id=a.role_id, secret_id=secret_id, mount_point=a.mount))  # fmt: skip
+        else:
+            assert a.jwt_file is not None
+            jwt = self._read_file(a.jwt_file, "token file")
+            if a.method == "kubernetes":
+                resp = self._call(where, lambda: self.client.auth.kubernetes.login(
+                    role=a.role, jwt=jwt, mount_point=a.mount))  # fmt: skip
+            else:
+                resp = self._call(
+                    where,
+                    lambda: self.client.auth.jwt.jwt_login(role=a.role, jwt=jwt, path=a.mount),
+                )
+        auth = resp["auth"]
+        self.client.token = auth["client_token"]
+        self._set_token_life(auth.get("lease_duration") or 0, bool(auth.get("renewable")))
+
+    def _set_token_life(self, ttl: int, renewable: bool) -> None:
+        self.token_ttl = int(ttl)
+        self.token_renewable = renewable
+        self.token_expires = self.clock() + ttl if ttl else None
+
+    def token_due(self) -> bool:
+        """Time to renew: two thirds of the token's life have passed."""
+        if self.token_expires is None:
+            return False
+        return self.clock() >= self.token_expires - self.token_ttl / 3
+
+    def renew_or_login(self) -> None:
+        if self.token_renewable:
+            try:
+                resp = self._call(
+                    "token renewal (auth/token/renew-self)", self.client.auth.token.renew_self
+                )
+                ttl = resp["auth"].get("lease_duration") or 0
+                # A renewal capped by the token's max TTL gives less and less: log in anew
+                # rather than running into the wall.
+                if ttl >= self.token_ttl / 2 or self.cfg.auth.method == "token":
+                    self._set_token_life(ttl, bool(resp["auth"].get("renewable")))
+                    return
+            except VaultError as e:
+                log.info("vault: %s; logging in again", e)
+        self.login()
+
+    def revoke_self(self) -> None:
+        self._call("token revocation (auth/token/revoke-self)", self.client.auth.token.revoke_self)
+
+    # --- secrets --------------------------------------------------------------------
+
+    def read(self, src: SourceSpec) -> tuple[str, Lease]:
+        """Read one secret; return the selected key's value and its lease."""
+        path = src.vault_path
+        if src.engine == "kv2":
+            resp = self._call(f"read {path}", lambda: self.client.secrets.kv.v2.read_secret_version(
+                path=src.path, mount_point=src.mount, raise_on_deleted_version=True))  # fmt: skip
+            data = resp["data"]["data"] or {}
+        elif src.engine == "kv1":
+            resp = self._call(f"read {path}", lambda: self.client.secrets.kv.v1.read_secret(
+                path=src.path, mount_point=src.mount))  # fmt: skip
+            data = resp["data"] or {}
+        else:
+            resp = self._call(f"read {path}", lambda: self.client.read(path))
+            if resp is None:
+                raise VaultError(f"read {path}: nothing at this path")
+            data = resp.get("data") or {}
+        if src.key not in data:
+            keys = ", ".join(sorted(map(str, data))) or "none"
+            raise VaultError(f"read {path}: key {src.key!r} is not in the secret (keys: {keys})")
+        value = data[src.key]
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise VaultError(f"read {path}: key {src.key!r} is not a string")
+        lease = Lease(resp.get("lease_id") or None, int(resp.get("lease_duration") or 0),
+                      bool(resp.get("renewable")), self.clock())  # fmt: skip
+        return str(value), lease
+
+    def renew_lease(self, lease: Lease) -> Lease:
+        assert lease.lease_id is not None
+        resp = self._call("lease renewal (sys/leases/renew)", lambda: self.client.sys.renew_lease(
+            lease_id=lease.lease_id, increment=lease.duration))  # fmt: skip
+        return Lease(
+            lease.lease_id,
+            int(resp.get("lease_duration") or 0),
+            bool(resp.get("renewable")),
+            self.clock(),
+        )
+
+    def revoke_lease(self, lease_id: str) -> None:
+        self._call(
+            "lease revocation (sys/leases/revoke)",
+            lambda: self.client.sys.revoke_lease(lease_id=lease_id),
+        )
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class VaultSource(SecretSource):
+    def __init__(self, spec: SecretSpec, client: VaultClient):
+        super().__init__(spec)
+        self.client = client
+        self.lease: Lease | None = None
+
+    def describe(self) -> str:
+        return self.spec.source.describe()
+
+    def fetch(self) -> SecretValue:
+        try:
+            text, lease = self.client.read(self.spec.source)
+        except VaultError as e:
+            raise SecretLoadError(self.spec.name, self.describe(), str(e)) from None
+        value = check_value(self.spec.name, self.describe(), text)
+        self.lease = lease
+        return value
+
+    def env_vars_consumed(self) -> tuple[str, ...]:
+        a = self.client.cfg.auth
+        return (a.token_env or "VAULT_TOKEN",) if a.method == "token" and not a.token_file else ()
+
+
+class VaultRefresher:
+    """Keeps the proxy's token alive and every Vault secret fresh, on its own thread.
+
+    KV secrets are re-read every ``refresh_seconds``; leased secrets are renewed at two
+    thirds of their lease while renewable and re-read otherwise. When Vault fails, the last
+    good value is served for ``max_stale_seconds`` (never past a lease's end), the outage is
+    logged once, and after that the secret is dropped: requests that need it get 503. When
+    Vault answers again, everything recovers by itself.
+    """
+
+    TICK = 0.25
+
+    def __init__(
+        self, client: VaultClient, store: SecretStore, sources: list[VaultSource], cfg: VaultConfig
+    ):
+        self.client = client
+        self.store = store
+        self.sources = sources
+        self.cfg = cfg
+        now = client.clock()
+        self.last_good = {s.spec.name: now for s in sources}
+        self.due = {s.spec.name: self._next_due(s, now) for s in sources}
+        self.failing: set[str] = set()  # secrets whose last refresh failed
+        self.dropped: set[str] = set()  # secrets past max_stale
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="egress-vault", daemon=True)
+
+    def _next_due(self, src: VaultSource, now: float) -> float:
+        lease = src.lease
+        if lease and lease.lease_id and lease.duration:
+            return lease.obtained + lease.duration * 2 / 3
+        return now + self.cfg.refresh_seconds
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.TICK):
+            self.tick()
+
+    def tick(self) -> None:
+        now = self.client.clock()
+        if self.client.token_due():
+            try:
+                self.client.renew_or_login()
+            except VaultError as e:
+                self._outage(f"{e}")
+        for src in self.sources:
+            if self._stop.is_set():
+                return
+            if now >= self.due[src.spec.name]:
+                self._refresh(src, now)
+
+    def _refresh(self, src: VaultSource, now: float) -> None:
+        name = src.spec.name
+        try:
+            lease = src.lease
+            if lease and lease.lease_id and lease.renewable:
+                src.lease = self.client.renew_lease(lease)
+                # Renewal capped by the lease's max TTL: re-read before it runs out.
+                if src.lease.duration < lease.duration / 2:
+                    self.store.set(name, src.fetch())
+            else:
+                self.store.set(name, src.fetch())
+        except (VaultError, SecretLoadError) as e:
+            self.failing.add(name)
+            self._outage(f"secret {name!r}: {e}")
+            self.due[name] = now + self.cfg.retry_seconds
+            lease_end = (
+                src.lease.obtained + src.lease.duration
+                if src.lease and src.lease.duration
+                else None
+            )
+            if (
+                now - self.last_good[name] > self.cfg.max_stale_seconds
+                or lease_end
+                and now >= lease_end
+            ) and (name not in self.dropped):
+                self.store.drop(name)
+                self.dropped.add(name)
+                log.error("vault: secret %s is stale past max_stale (%d s); requests that need it get 503 "
+                          "until Vault answers again", name, self.cfg.max_stale_seconds)  # fmt: skip
+            return
+        self.last_good[name] = now
+        self.due[name] = self._next_due(src, now)
+        if name in self.failing:
+            self.failing.discard(name)
+            self.dropped.discard(name)
+            if not self.failing:
+                log.warning("vault: answering again; secrets are fresh")
+
+    def _outage(self, message: str) -> None:
+        if not self.failing or message.startswith("token"):
+            log.warning(
+                "vault: %s; serving last good values for up to %d s",
+                message,
+                self.cfg.max_stale_seconds,
+            )
+
+    def stop(self, revoke: bool) -> None:
+        """Stop refreshing; with ``revoke``, revoke the leases obtained and a login token,
+        so that dynamic credentials live no longer than the proxy."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.client.conn.timeout + 2)
+        if not revoke:
+            return
+        for src in self.sources:
+            if src.lease and src.lease.lease_id:
+                try:
+                    self.client.revoke_lease(src.lease.lease_id)
+                    log.info("vault: revoked the lease of secret %s", src.spec.name)
+                except VaultError as e:
+                    log.warning(
+                        "vault: could not revoke the lease of secret %s: %s", src.spec.name, e
+                    )
+        if self.client.cfg.auth.method != "token":
+            try:
+                self.client.revoke_self()
+            except VaultError as e:
+                log.warning("vault: could not revoke the proxy's own token: %s", e)
