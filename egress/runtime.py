@@ -17,7 +17,8 @@ from egress.audit import AuditWriter
 from egress.ca import EphemeralCA
 from egress.config import Config
 from egress.policy import Allowlist
-from egress.secrets import SecretStore
+from egress.secrets import SecretSource, SecretStore, make_source
+from egress.vault import VaultClient, VaultError, VaultRefresher, VaultSource
 
 log = logging.getLogger("egress")
 
@@ -40,14 +41,41 @@ class Runtime:
     audit: AuditWriter
     private_dir: Path  # 0700, only the proxy's user; removed by close()
     upstream_trust: Path  # the CA bundle upstream certificates are verified against
+    vault: VaultRefresher | None = None
     # CONNECT tunnels: client connection id -> (canonical host, port)
     tunnels: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, cfg: Config, audit: AuditWriter | None = None) -> Runtime:
-        """Load every secret and make the CA. Raises SecretLoadError before anything listens."""
-        store = SecretStore(cfg.secrets)
+        """Load every secret and make the CA. Raises SecretLoadError or VaultError before
+        anything listens."""
+        sources: dict[str, SecretSource] = {}
+        vault_sources: list[VaultSource] = []
+        client: VaultClient | None = None
+        vault_specs = [s for s in cfg.secrets if s.source.kind == "vault"]
+        if vault_specs:
+            assert cfg.vault is not None
+            client = VaultClient(cfg.vault)
+            try:
+                client.login()
+            except VaultError as e:
+                names = ", ".join(s.name for s in vault_specs)
+                raise VaultError(
+                    f"vault at {client.conn.address}: {e} (needed for secrets: {names})"
+                ) from None
+        for spec in cfg.secrets:
+            if spec.source.kind == "vault":
+                assert client is not None
+                vault_sources.append(VaultSource(spec, client))
+                sources[spec.name] = vault_sources[-1]
+            else:
+                sources[spec.name] = make_source(spec)
+        store = SecretStore(cfg.secrets, sources)
         store.load_all()
+        refresher = None
+        if client is not None:
+            assert cfg.vault is not None
+            refresher = VaultRefresher(client, store, vault_sources, cfg.vault)
         for name, problem in store.problems.items():
             log.warning("optional secret %s is not loaded: %s; requests that need it get 503",
                         name, problem)  # fmt: skip
@@ -68,6 +96,8 @@ class Runtime:
         except BaseException:
             shutil.rmtree(private, ignore_errors=True)
             raise
+        if refresher is not None:
+            refresher.start()
         return cls(
             config=cfg,
             allowlist=Allowlist(cfg.rules),
@@ -76,6 +106,7 @@ class Runtime:
             audit=audit or AuditWriter(cfg.audit_path),
             private_dir=private,
             upstream_trust=trust,
+            vault=refresher,
         )
 
     def redact(self, text: str) -> str:
@@ -86,6 +117,10 @@ class Runtime:
         return text
 
     def close(self) -> None:
+        if self.vault is not None:
+            assert self.config.vault is not None
+            self.vault.stop(revoke=self.config.vault.revoke_on_shutdown)
+            self.vault.client.close()
         shutil.rmtree(self.private_dir, ignore_errors=True)
         self.audit.close()
 

@@ -188,6 +188,10 @@ class SecretStore:
     def set(self, name: str, value: SecretValue) -> None:
         self._values[name] = value
 
+    def drop(self, name: str) -> None:
+        """Forget a value that can no longer be trusted: requests that need it fail closed."""
+        self._values.pop(name, None)
+
     def loaded(self) -> list[tuple[SecretSpec, SecretValue]]:
         return [(s, self._values[s.name]) for s in self.specs if s.name in self._values]
 

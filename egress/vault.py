@@ -125,6 +125,9 @@ class VaultClient:
         self.environ = environ
         self.clock = clock
         self._session = _CountingSession()
+        # hvac prefers the session's verify/cert (default True/None) over its own arguments.
+        self._session.verify = self.conn.verify
+        self._session.cert = self.conn.cert
         self._lock = threading.Lock()  # hvac clients are not thread-safe
         # token="" (not None): hvac must not pick a token from $VAULT_TOKEN or ~/.vault-token
         self.client = hvac.Client(
@@ -310,6 +313,9 @@ class VaultSource(SecretSource):
         return (a.token_env or "VAULT_TOKEN",) if a.method == "token" and not a.token_file else ()
 
 
+_LOGIN = "(the proxy's own Vault login)"  # stands for token renewal in VaultRefresher.failing
+
+
 class VaultRefresher:
     """Keeps the proxy's token alive and every Vault secret fresh, on its own thread.
 
@@ -352,11 +358,12 @@ class VaultRefresher:
 
     def tick(self) -> None:
         now = self.client.clock()
-        if self.client.token_due():
+        if self.client.token_due() or _LOGIN in self.failing:
             try:
                 self.client.renew_or_login()
+                self._recovered(_LOGIN)
             except VaultError as e:
-                self._outage(f"{e}")
+                self._failed(_LOGIN, str(e))
         for src in self.sources:
             if self._stop.is_set():
                 return
@@ -375,8 +382,7 @@ class VaultRefresher:
             else:
                 self.store.set(name, src.fetch())
         except (VaultError, SecretLoadError) as e:
-            self.failing.add(name)
-            self._outage(f"secret {name!r}: {e}")
+            self._failed(name, f"secret {name!r}: {e}")
             self.due[name] = now + self.cfg.retry_seconds
             lease_end = (
                 src.lease.obtained + src.lease.duration
@@ -395,19 +401,24 @@ class VaultRefresher:
             return
         self.last_good[name] = now
         self.due[name] = self._next_due(src, now)
-        if name in self.failing:
-            self.failing.discard(name)
-            self.dropped.discard(name)
-            if not self.failing:
-                log.warning("vault: answering again; secrets are fresh")
+        self.dropped.discard(name)
+        self._recovered(name)
 
-    def _outage(self, message: str) -> None:
-        if not self.failing or message.startswith("token"):
+    def _failed(self, name: str, message: str) -> None:
+        # An outage is logged once, when it starts; not once per retry or per request.
+        if not self.failing:
             log.warning(
                 "vault: %s; serving last good values for up to %d s",
                 message,
                 self.cfg.max_stale_seconds,
             )
+        self.failing.add(name)
+
+    def _recovered(self, name: str) -> None:
+        if name in self.failing:
+            self.failing.discard(name)
+            if not self.failing:
+                log.warning("vault: answering again; secrets are fresh")
 
     def stop(self, revoke: bool) -> None:
         """Stop refreshing; with ``revoke``, revoke the leases obtained and a login token,

