@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -374,3 +375,76 @@ def test_outage_serves_stale_then_fails_closed_then_recovers(
         no_leak(p, token, GH_VALUE, KV1_VALUE)
     finally:
         server.stop()
+
+
+@pytest.fixture
+def postgres() -> Any:
+    from tests.postgres_server import PostgresServer, pg_bindir
+
+    if pg_bindir() is None:
+        pytest.skip(
+            "PostgreSQL server binaries are not installed (apt-get install postgresql; .ci/run does)"
+        )
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_dynamic_lease_renewed_and_revoked_on_shutdown(
+    tmp_path: Path, seeded: VaultServer, upstream: Upstream, test_ca_file: Path, postgres: Any
+) -> None:
+    from tests.postgres_server import SUPERUSER_PASSWORD
+
+    root = seeded.client()
+    if "database/" not in root.sys.list_mounted_secrets_engines()["data"]:
+        root.sys.enable_secrets_engine("database")
+    root.secrets.database.configure(
+        name="pg", plugin_name="postgresql-database-plugin", allowed_roles=["agent-ro"],
+        connection_url=f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{postgres.port}/postgres?sslmode=disable",
+        username="postgres", password=SUPERUSER_PASSWORD,
+    )  # fmt: skip
+    root.secrets.database.create_role(
+        name="agent-ro", db_name="pg", default_ttl="6s", max_ttl="1h",
+        creation_statements=["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+    )  # fmt: skip
+    seeded.policy("egress-db", READ_POLICY + """
+path "database/creds/agent-ro" { capabilities = ["read"] }
+path "sys/leases/renew" { capabilities = ["update"] }
+path "sys/leases/revoke" { capabilities = ["update"] }
+""")  # fmt: skip
+    token = seeded.token(["egress-db"])
+    cfg = vault_config(tmp_path, test_ca_file, upstream.port, seeded, {"method": "token", "token_env": "T"},
+                       max_stale_seconds=0)  # fmt: skip
+    cfg["secrets"][0]["source"] = {
+        "vault": {"engine": "read", "path": "database/creds/agent-ro", "key": "password"}
+    }
+    p = start_proxy(write_config(tmp_path, cfg), tmp_path, proxy_env(T=token))
+    try:
+        (role,) = postgres.dynamic_roles()  # made by Vault for this proxy, at start-up
+        upstream.recorder.clear()
+        assert (
+            get(p, f"https://{API}:{upstream.port}/db", authorization=f"Bearer {PH}").status_code
+            == 200
+        )
+        password = upstream.requests[0].headers["authorization"].removeprefix("Bearer ")
+        assert postgres.psql("SELECT 1", user=role, password=password).stdout.strip() == "1"
+        # Past the 6 s lease: the proxy renewed it, so the same credential still works.
+        time.sleep(8)
+        assert postgres.psql("SELECT 1", user=role, password=password).stdout.strip() == "1"
+        upstream.recorder.clear()
+        assert (
+            get(p, f"https://{API}:{upstream.port}/db2", authorization=f"Bearer {PH}").status_code
+            == 200
+        )
+        assert upstream.requests[0].headers["authorization"] == f"Bearer {password}"
+        assert postgres.dynamic_roles() == [role]
+        # SIGTERM: the proxy revokes its lease; Vault drops the database role.
+        p.proc.send_signal(signal.SIGTERM)
+        assert p.proc.wait(timeout=30) == 0
+        assert postgres.dynamic_roles() == []
+        assert postgres.psql("SELECT 1", user=role, password=password).returncode != 0
+    finally:
+        p.stop()
+    assert password not in p.outputs()
+    assert "revoked the lease of secret api_token" in p.stderr_path.read_text()
