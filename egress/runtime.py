@@ -71,7 +71,12 @@ class Runtime:
             else:
                 sources[spec.name] = make_source(spec)
         store = SecretStore(cfg.secrets, sources)
-        store.load_all()
+        try:
+            store.load_all()
+        except BaseException:
+            if client is not None:
+                client.abandon()  # a token it logged in for must not outlive a failed start
+            raise
         refresher = None
         if client is not None:
             assert cfg.vault is not None

@@ -286,6 +286,15 @@ class VaultClient:
             lambda: self.client.sys.revoke_lease(lease_id=lease_id),
         )
 
+    def abandon(self) -> None:
+        """Best effort after a failed start: revoke a token this client logged in for."""
+        if self.cfg.auth.method != "token" and self.client.token:
+            try:
+                self.revoke_self()
+            except VaultError:
+                pass
+        self.close()
+
     def close(self) -> None:
         self._session.close()
 
@@ -426,6 +435,7 @@ class VaultRefresher:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.client.conn.timeout + 2)
+        log.info("vault: %d calls in this run", self.client.calls)
         if not revoke:
             return
         for src in self.sources:

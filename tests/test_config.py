@@ -94,6 +94,7 @@ def test_example_and_default_configs_are_valid() -> None:
     default = config.load_default()
     assert default.path == config.EMBEDDED_DEFAULT
     assert all(not s.required for s in default.secrets)
+    assert config.load(root / "config" / "egress-vault.yaml").vault is not None
 
 
 def test_defaults(tmp_path: Path) -> None:
