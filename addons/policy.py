@@ -18,10 +18,12 @@ from egress.errors import InvalidHost
 from egress.hostnames import canonical_host, split_host_port
 from egress.messages import how_to_allow
 from egress.reasons import Reason
+from egress.resolver import Refused
+from egress.runtime import Tunnel
 
 
 class Allowlist(EgressAddon):
-    def http_connect(self, flow: http.HTTPFlow) -> None:
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
         rt = self.runtime
         port = flow.request.port
         try:
@@ -36,8 +38,12 @@ class Allowlist(EgressAddon):
             hint = how_to_allow(d.reason, host, port, "https", "CONNECT", "/", d.rule_label)
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
             return
+        picked = await rt.resolver.pick(host, port)
+        if isinstance(picked, Refused):
+            deny(flow, rt, picked.reason, picked.detail, rule=d.rule_label)
+            return
         m.update(decision="allow", reason=d.reason.value, rule=d.rule_label)
-        rt.tunnels[flow.client_conn.id] = (host, port)
+        rt.tunnels[flow.client_conn.id] = Tunnel(host, port, picked.address)
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         """An allowed tunnel whose upstream could not be reached: replace mitmproxy's 502
@@ -45,13 +51,19 @@ class Allowlist(EgressAddon):
         m = meta(flow)
         if m.get("decision") != "allow" or flow.response is None:
             return
+        error = flow.server_conn.error or ""
+        if error.startswith("egress "):  # refused by server_connect: keep its reason
+            code, _, detail = error[len("egress ") :].partition(": ")
+            deny(flow, self.runtime, Reason(code), detail, rule=m.get("rule"))
+            self.runtime.tunnels.pop(flow.client_conn.id, None)
+            return
         cause = flow.response.get_text(strict=False) or ""
         cause = cause.split(" If you plan", 1)[0]  # mitmproxy's hint does not apply here
         deny(flow, self.runtime, Reason.UPSTREAM_ERROR, cause or "the upstream could not be reached",
              rule=m.get("rule"))  # fmt: skip
         self.runtime.tunnels.pop(flow.client_conn.id, None)
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
         rt = self.runtime
@@ -61,7 +73,7 @@ class Allowlist(EgressAddon):
         scheme = req.scheme
         try:
             if tunnel is not None:
-                host, port = tunnel
+                host, port = tunnel.host, tunnel.port
             else:
                 if "@" in req.authority:
                     m.update(host=req.host, port=req.port, scheme=scheme)
@@ -84,11 +96,18 @@ class Allowlist(EgressAddon):
             hint = how_to_allow(d.reason, host, port, scheme, req.method, req.path, d.rule_label)
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
             return
+        if tunnel is None:  # a plain-HTTP proxy request: check where it would go, once
+            picked = await rt.resolver.pick(host, port)
+            if isinstance(picked, Refused):
+                deny(flow, rt, picked.reason, picked.detail, rule=d.rule_label)
+                return
+            rt.dial[(flow.client_conn.id, host, port)] = picked.address
         m.update(decision="allow", reason=d.reason.value, rule=d.rule_label)
 
-    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        """Last guard before a TCP connection: the destination must be allowed. Then dial the
-        address the config resolves the name to, verifying TLS against the name."""
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Last guard before a TCP connection: the destination must be allowed, and the
+        connection goes to the address checked for it (never a second resolution), with TLS
+        verified against the name."""
         rt = self.runtime
         server = data.server
         if server.address is None:
@@ -101,16 +120,29 @@ class Allowlist(EgressAddon):
             return
         d = rt.allowlist.decide_connect(host, port)
         if not d.allowed:
-            server.error = f"egress: {d.reason.value}: {d.detail}"
+            server.error = f"egress {d.reason.value}: {d.detail}"
             return
+        tunnel = rt.tunnels.get(data.client.id)
+        if tunnel is not None and (tunnel.host, tunnel.port) == (host, port):
+            address = tunnel.address
+        elif (data.client.id, host, port) in rt.dial:
+            address = rt.dial[(data.client.id, host, port)]
+        else:
+            picked = await rt.resolver.pick(host, port)
+            if isinstance(picked, Refused):
+                server.error = f"egress {picked.reason.value}: {picked.detail}"
+                return
+            address = picked.address
         # The upstream certificate is verified against the canonical name, whatever SNI the
         # client sent; see EgressTls.tls_start_server.
         server.sni = host
-        if host in rt.config.resolve:
-            server.address = (rt.config.resolve[host], port)
+        server.address = (str(address), port)
 
     def client_disconnected(self, client: connection.Client) -> None:
-        self.runtime.tunnels.pop(client.id, None)
+        rt = self.runtime
+        rt.tunnels.pop(client.id, None)
+        for key in [k for k in rt.dial if k[0] == client.id]:
+            del rt.dial[key]
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Keep clients on TCP through the proxy: an Alt-Svc advertising HTTP/3 would invite

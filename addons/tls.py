@@ -79,7 +79,7 @@ class EgressTls(TlsConfig):
         assert self._runtime is not None
         tunnel = self._runtime.tunnels.get(ctx_.client.id)
         if tunnel is not None:
-            return tunnel[0]
+            return tunnel.host
         if ctx_.server.sni:
             return str(ctx_.server.sni)
         if ctx_.client.sni:

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from egress.errors import ConfigError, ConfigProblem, InvalidHost
-from egress.hostnames import HostPattern, canonical_host, is_ip, parse_host_pattern
+from egress.hostnames import HostPattern, IPNetwork, canonical_host, is_ip, parse_host_pattern
 
 SCHEMES = ("https", "http")
 DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -131,7 +131,8 @@ class Config:
     ca_cert_path: Path
     ca_validity_hours: int
     upstream_ca_files: tuple[Path, ...]
-    resolve: dict[str, str]
+    resolve: dict[str, tuple[str, ...]]  # static answers, in order
+    allow_private: tuple[IPNetwork, ...]  # private/special ranges names may resolve into
     rules: tuple[Rule, ...]
     secrets: tuple[SecretSpec, ...]
     audit_path: str  # "stdout", "stderr" or a file path
@@ -574,7 +575,7 @@ def parse(data: Any, file: str, base: Path) -> Config:
     if not 1 <= validity <= 24 * 31:
         c.err("ca.validity_hours", f"{validity} must be between 1 and 744 (31 days)")
 
-    up = c.mapping(top.get("upstream"), "upstream", ("ca_files", "resolve")) or {}
+    up = c.mapping(top.get("upstream"), "upstream", ("ca_files", "resolve", "allow_private")) or {}
     ca_files: list[Path] = []
     for j, f in enumerate(c.str_list(up, "upstream", "ca_files", allow_empty=True) or []):
         p = _path(base, f)
@@ -583,17 +584,33 @@ def parse(data: Any, file: str, base: Path) -> Config:
         elif b"-----BEGIN CERTIFICATE-----" not in p.read_bytes():
             c.err(f"upstream.ca_files[{j}]", f"{str(p)!r} holds no PEM certificate")
         ca_files.append(p)
-    resolve: dict[str, str] = {}
+    resolve: dict[str, tuple[str, ...]] = {}
     res = c.mapping(up.get("resolve"), "upstream.resolve", tuple(up.get("resolve") or ()))
-    for name, addr in (res or {}).items():
+    for name, addrs in (res or {}).items():
         k = f"upstream.resolve.{name}"
         try:
             canon = canonical_host(str(name))
             if is_ip(canon):
                 raise InvalidHost("give a host name here, not an address")
-            resolve[canon] = str(ipaddress.ip_address(str(addr)))
-        except (InvalidHost, ValueError) as e:
-            c.err(k, f"{e}" if isinstance(e, InvalidHost) else f"{addr!r} is not an IP address")
+        except InvalidHost as e:
+            c.err(k, str(e))
+            continue
+        answers = addrs if isinstance(addrs, list) else [addrs]
+        try:
+            resolve[canon] = tuple(str(ipaddress.ip_address(str(a))) for a in answers)
+        except ValueError:
+            c.err(k, f"{addrs!r} is not an IP address (or a list of them)")
+        if not answers:
+            c.err(k, "give at least one address")
+    allow_private: list[IPNetwork] = []
+    for j, cidr in enumerate(c.str_list(up, "upstream", "allow_private", allow_empty=True) or []):
+        try:
+            allow_private.append(ipaddress.ip_network(cidr))
+        except ValueError:
+            c.err(
+                f"upstream.allow_private[{j}]",
+                f"{cidr!r} is not an address range such as 10.1.0.0/16",
+            )
 
     rules: list[Rule] = []
     allow = top.get("allow")
@@ -642,6 +659,7 @@ def parse(data: Any, file: str, base: Path) -> Config:
         ca_validity_hours=validity,
         upstream_ca_files=tuple(ca_files),
         resolve=resolve,
+        allow_private=tuple(allow_private),
         rules=tuple(rules),
         secrets=tuple(secrets),
         audit_path=audit_path,

@@ -12,7 +12,7 @@ def how_to_allow(reason: Reason, host: str, port: int, scheme: str, method: str,
                  path: str, rule: str | None) -> str | None:  # fmt: skip
     port_part = "" if port == {"https": 443, "http": 80}.get(scheme) else f"\n    ports: [{port}]"
     scheme_part = "\n    schemes: [http]" if scheme == "http" else ""
-    if reason is Reason.HOST_NOT_ALLOWED:
+    if reason in (Reason.HOST_NOT_ALLOWED, Reason.IP_LITERAL):
         return f"add a rule under 'allow':\n  - host: {host}{port_part}{scheme_part}"
     if reason is Reason.PORT_NOT_ALLOWED:
         return f"add {port} to the 'ports' of {rule}"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from egress.config import Rule
+from egress.hostnames import is_ip
 from egress.reasons import Reason
 
 # Dot segments (also percent-encoded) and encoded slashes make a path mean something else
@@ -40,6 +41,13 @@ class Allowlist:
     def _host_rules(self, host: str) -> list[Rule]:
         return [r for r in self.rules if r.host.matches(host)]
 
+    def _no_rule(self, host: str) -> Decision:
+        if is_ip(host):
+            return Decision(False, Reason.IP_LITERAL, None,
+                            f"the address {host} is not named by any rule (an address is allowed only "
+                            "by a rule that names it or its range)")  # fmt: skip
+        return Decision(False, Reason.HOST_NOT_ALLOWED, None, f"no rule allows host {host!r}")
+
     def decide_connect(self, host: str, port: int) -> Decision:
         """A CONNECT tunnel (or a new upstream connection): host and port only.
 
@@ -47,7 +55,7 @@ class Allowlist:
         """
         rules = self._host_rules(host)
         if not rules:
-            return Decision(False, Reason.HOST_NOT_ALLOWED, None, f"no rule allows host {host!r}")
+            return self._no_rule(host)
         for r in rules:
             if port in r.ports:
                 return Decision(True, Reason.ALLOWED, r)
@@ -61,7 +69,7 @@ class Allowlist:
         """Decide one request. ``host`` must be canonical; ``path`` may carry a query."""
         rules = self._host_rules(host)
         if not rules:
-            return Decision(False, Reason.HOST_NOT_ALLOWED, None, f"no rule allows host {host!r}")
+            return self._no_rule(host)
         path_only = path.split("?", 1)[0] or "/"
         # Check dimension by dimension, so that the reason names the first thing that failed
         # on the rules for this host.

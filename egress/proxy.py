@@ -110,8 +110,9 @@ class EmbeddedProxy:
                 f"could not listen on {self.opts.listen_host}:{self.opts.listen_port} "
                 "(is the port in use? set listen.port, or 0 for a free port)"
             )
-        host, port = addrs[0][0], addrs[0][1]
-        return str(host), int(port)
+        host, port = str(addrs[0][0]), int(addrs[0][1])
+        self.rt.listening_on(host, port)
+        return host, port
 
     async def wait(self) -> None:
         if self._task is not None:

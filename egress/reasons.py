@@ -20,6 +20,8 @@ class Reason(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PATH_NOT_ALLOWED = "path_not_allowed"
     INVALID_HOST = "invalid_host"
+    IP_LITERAL = "ip_literal"
+    RESOLVED_PRIVATE = "resolved_private"
     # denied because the request's identity is inconsistent
     USERINFO_IN_URL = "userinfo_in_url"
     HOST_HEADER_MISMATCH = "host_header_mismatch"
@@ -33,6 +35,7 @@ class Reason(StrEnum):
     # the proxy could not do what the request needs
     SECRET_UNAVAILABLE = "secret_unavailable"
     UPSTREAM_ERROR = "upstream_error"
+    DNS_FAILURE = "dns_failure"
 
 
 # Errors map to HTTP status here and nowhere else.
@@ -44,6 +47,8 @@ _STATUS: dict[Reason, int] = {
     Reason.METHOD_NOT_ALLOWED: 403,
     Reason.PATH_NOT_ALLOWED: 403,
     Reason.INVALID_HOST: 400,
+    Reason.IP_LITERAL: 403,
+    Reason.RESOLVED_PRIVATE: 403,
     Reason.USERINFO_IN_URL: 403,
     Reason.HOST_HEADER_MISMATCH: 403,
     Reason.SNI_MISMATCH: 403,
@@ -54,6 +59,7 @@ _STATUS: dict[Reason, int] = {
     Reason.BODY_TOO_LARGE: 413,
     Reason.SECRET_UNAVAILABLE: 503,
     Reason.UPSTREAM_ERROR: 502,
+    Reason.DNS_FAILURE: 502,
 }
 
 

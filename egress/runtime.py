@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import logging
 import shutil
 import ssl
@@ -13,10 +14,13 @@ from pathlib import Path
 import certifi
 
 from egress import config as config_mod
+from egress.addresses import AddressPolicy
 from egress.audit import AuditWriter
 from egress.ca import EphemeralCA
 from egress.config import Config
+from egress.hostnames import IPAddress
 from egress.policy import Allowlist
+from egress.resolver import Resolver
 from egress.secrets import SecretSource, SecretStore, make_source
 from egress.vault import VaultClient, VaultError, VaultRefresher, VaultSource
 
@@ -32,6 +36,15 @@ def system_trust_bundle() -> Path:
     return Path(certifi.where())
 
 
+@dataclass(frozen=True)
+class Tunnel:
+    """A CONNECT tunnel: the canonical host it was decided on and the address checked for it."""
+
+    host: str
+    port: int
+    address: IPAddress
+
+
 @dataclass
 class Runtime:
     config: Config
@@ -41,9 +54,12 @@ class Runtime:
     audit: AuditWriter
     private_dir: Path  # 0700, only the proxy's user; removed by close()
     upstream_trust: Path  # the CA bundle upstream certificates are verified against
+    resolver: Resolver
     vault: VaultRefresher | None = None
-    # CONNECT tunnels: client connection id -> (canonical host, port)
-    tunnels: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # CONNECT tunnels by client connection id
+    tunnels: dict[str, Tunnel] = field(default_factory=dict)
+    # checked addresses for plain-HTTP requests: (client id, host, port) -> address
+    dial: dict[tuple[str, str, int], IPAddress] = field(default_factory=dict)
 
     @classmethod
     def start(cls, cfg: Config, audit: AuditWriter | None = None) -> Runtime:
@@ -111,7 +127,15 @@ class Runtime:
             audit=audit or AuditWriter(cfg.audit_path),
             private_dir=private,
             upstream_trust=trust,
+            resolver=Resolver(cfg.resolve, address_policy(cfg)),
             vault=refresher,
+        )
+
+    def listening_on(self, host: str, port: int) -> None:
+        """Record the proxy's own listener: egress never dials itself."""
+        own = (ipaddress.ip_address(host), port)
+        self.resolver.policy = AddressPolicy(
+            self.resolver.policy.allowed, (*self.resolver.policy.own, own)
         )
 
     def redact(self, text: str) -> str:
@@ -128,6 +152,14 @@ class Runtime:
             self.vault.client.close()
         shutil.rmtree(self.private_dir, ignore_errors=True)
         self.audit.close()
+
+
+def address_policy(cfg: Config) -> AddressPolicy:
+    """Address rules under allow and upstream.allow_private are the only ways into private ranges."""
+    nets = [
+        r.host.network for r in cfg.rules if r.host.kind == "address" and r.host.network is not None
+    ]
+    return AddressPolicy(allowed=(*nets, *cfg.allow_private))
 
 
 _shared: dict[str, Runtime] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow
 
 from egress.config import parse
-from egress.runtime import Runtime
+from egress.runtime import Runtime, Tunnel
 
 SECRET = "addon-secret-value-777"
 
@@ -22,7 +23,7 @@ def rt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
     cfg = parse(
         {"ca": {"cert_path": "ca.pem"},
          "allow": ["api.test", {"host": "web.test", "schemes": ["http"]}],
-         "upstream": {"resolve": {"api.test": "127.0.0.2"}},
+         "upstream": {"resolve": {"api.test": "127.0.0.2", "web.test": "10.9.9.9"}, "allow_private": ["127.0.0.2/32"]},
          "secrets": [{"name": "t", "source": {"env": "EGRESS_ADDON_T"}, "hosts": ["api.test"]}]},
         "t.yaml", tmp_path,
     )  # fmt: skip
@@ -44,91 +45,104 @@ def connect_flow(host: str, port: int = 443) -> tflow.HTTPFlow:
     [("api.test", 443, None, None), ("API.test.", 443, None, None), ("evil.test", 443, 403, "host_not_allowed"),
      ("api.test", 8443, 403, "port_not_allowed"), ("a..b", 443, 400, "invalid_host")],
 )  # fmt: skip
-def test_http_connect(
+async def test_http_connect(
     rt: Runtime, host: str, port: int, status: int | None, reason: str | None
 ) -> None:
     addon = Allowlist(rt)
     with taddons.context(addon):
         f = connect_flow(host, port)
-        addon.http_connect(f)
+        await addon.http_connect(f)
         if status is None:
             assert f.response is None
-            assert rt.tunnels[f.client_conn.id] == ("api.test", 443)
+            assert rt.tunnels[f.client_conn.id] == Tunnel(
+                "api.test", 443, ipaddress.ip_address("127.0.0.2")
+            )
         else:
             assert f.response is not None and f.response.status_code == status
             assert f.response.headers["x-egress-reason"] == reason
             assert f.client_conn.id not in rt.tunnels
 
 
-def test_request_in_tunnel_must_name_the_tunnel_host(rt: Runtime) -> None:
+async def test_request_in_tunnel_must_name_the_tunnel_host(rt: Runtime) -> None:
     addon = Allowlist(rt)
     with taddons.context(addon):
         f = tflow.tflow()
-        rt.tunnels[f.client_conn.id] = ("api.test", 443)
+        rt.tunnels[f.client_conn.id] = Tunnel("api.test", 443, ipaddress.ip_address("127.0.0.2"))
         f.client_conn.sni = "api.test"
         f.request.scheme, f.request.host, f.request.port = "https", "api.test", 443
         f.request.headers["host"] = "web.test"
-        addon.requestheaders(f)
+        await addon.requestheaders(f)
         assert (
             f.response is not None
             and f.response.headers["x-egress-reason"] == "host_header_mismatch"
         )
 
 
-def test_sni_must_name_the_tunnel_host(rt: Runtime) -> None:
+async def test_sni_must_name_the_tunnel_host(rt: Runtime) -> None:
     addon = Allowlist(rt)
     with taddons.context(addon):
         f = tflow.tflow()
-        rt.tunnels[f.client_conn.id] = ("api.test", 443)
+        rt.tunnels[f.client_conn.id] = Tunnel("api.test", 443, ipaddress.ip_address("127.0.0.2"))
         f.client_conn.sni = "web.test"
         f.request.scheme, f.request.host, f.request.port = "https", "api.test", 443
         f.request.headers["host"] = "api.test"
-        addon.requestheaders(f)
+        await addon.requestheaders(f)
         assert f.response is not None and f.response.headers["x-egress-reason"] == "sni_mismatch"
 
 
-def test_server_connect_guard_and_resolve(rt: Runtime) -> None:
+async def test_server_connect_guard_and_resolve(rt: Runtime) -> None:
     addon = Allowlist(rt)
     with taddons.context(addon):
         f = tflow.tflow()
         server = f.server_conn
         server.address, server.sni, server.error = ("evil.test", 443), None, None
-        addon.server_connect(
+        await addon.server_connect(
             server_hooks.ServerConnectionHookData(client=f.client_conn, server=server)
         )
         assert server.error and "host_not_allowed" in server.error
         server.address, server.error = ("api.test", 443), None
-        addon.server_connect(
+        await addon.server_connect(
             server_hooks.ServerConnectionHookData(client=f.client_conn, server=server)
         )
         assert server.error is None
         assert server.address == ("127.0.0.2", 443) and server.sni == "api.test"
 
 
-def test_injector_on_a_real_flow(rt: Runtime) -> None:
+async def test_injector_on_a_real_flow(rt: Runtime) -> None:
     policy, injector = Allowlist(rt), SecretInjector(rt)
     with taddons.context(policy, injector):
         f = tflow.tflow()
-        rt.tunnels[f.client_conn.id] = ("api.test", 443)
+        rt.tunnels[f.client_conn.id] = Tunnel("api.test", 443, ipaddress.ip_address("127.0.0.2"))
         f.client_conn.sni = "api.test"
         f.request.scheme, f.request.host, f.request.port = "https", "api.test", 443
         f.request.headers["host"] = "api.test"
         f.request.headers["authorization"] = "Bearer egress-t-placeholder"
-        policy.requestheaders(f)
+        await policy.requestheaders(f)
         injector.request(f)
         assert f.response is None
         assert f.request.headers["authorization"] == f"Bearer {SECRET}"
         assert f.metadata["egress"]["secrets"] == ["t"]
 
 
-def test_injector_skips_denied_flows(rt: Runtime) -> None:
+async def test_injector_skips_denied_flows(rt: Runtime) -> None:
     policy, injector = Allowlist(rt), SecretInjector(rt)
     with taddons.context(policy, injector):
         f = tflow.tflow()
         f.request.scheme, f.request.host, f.request.port = "http", "evil.test", 80
         f.request.headers["host"] = "evil.test"
         f.request.headers["authorization"] = "Bearer egress-t-placeholder"
-        policy.requestheaders(f)
+        await policy.requestheaders(f)
         injector.request(f)
         assert f.response is not None and f.response.status_code == 403
         assert f.request.headers["authorization"] == "Bearer egress-t-placeholder"
+
+
+async def test_connect_to_a_name_that_resolves_privately_is_refused(rt: Runtime) -> None:
+    addon = Allowlist(rt)
+    with taddons.context(addon):
+        f = connect_flow("web.test", 80)
+        await addon.http_connect(f)
+        assert (
+            f.response is not None and f.response.headers["x-egress-reason"] == "resolved_private"
+        )
+        assert "10.9.9.9 (private)" in f.response.get_text()

@@ -103,7 +103,7 @@ DENIAL_CASES = [
     # (id, url template, curl args, expected status, reason, upstream connections allowed)
     ("unknown host", "https://denied.egress.test:{port}/", [], 403, "host_not_allowed"),
     ("allowed host, wrong port", "https://" + API + ":1/", [], 403, "port_not_allowed"),
-    ("ip literal not in allowlist", "https://127.0.0.1:{port}/", [], 403, "host_not_allowed"),
+    ("ip literal not in allowlist", "https://127.0.0.1:{port}/", [], 403, "ip_literal"),
     ("placeholder to unbound host", "https://" + OTHER + ":{port}/", ["-H", f"Authorization: Bearer {PH}"], 403,
      "placeholder_to_unbound_host"),
     ("placeholder in path", "https://" + API + f":{{port}}/{PH}/x", [], 403, "placeholder_surface_not_allowed"),
@@ -121,7 +121,7 @@ def test_denials_never_reach_upstream(
     # curl reports a refused CONNECT as a failed tunnel; the 403 is in its -i output.
     assert code == status or f"response {status}" in err, (code, body, err)
     assert upstream.requests == []
-    if reason in ("host_not_allowed", "port_not_allowed", "scheme_not_allowed"):
+    if reason in ("host_not_allowed", "port_not_allowed", "scheme_not_allowed", "ip_literal"):
         assert upstream.connections == 0, "a denied destination got a TCP connection"
     rec = proxy.audit()[-1]
     assert rec["decision"] == "deny" and rec["reason"] == reason and rec["status"] == status

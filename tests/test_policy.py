@@ -40,7 +40,7 @@ CASES = [
     ("https", "both.test", 443, "GET", "/", Reason.ALLOWED, 3),
     ("https", "10.1.2.3", 9000, "GET", "/", Reason.ALLOWED, 4),
     ("https", "10.1.2.3", 443, "GET", "/", Reason.PORT_NOT_ALLOWED, 4),
-    ("https", "127.0.0.1", 9000, "GET", "/", Reason.HOST_NOT_ALLOWED, None),
+    ("https", "127.0.0.1", 9000, "GET", "/", Reason.IP_LITERAL, None),
 ]
 
 

@@ -1,0 +1,72 @@
+"""Resolve a destination once, check every address, and pick one that may be dialled.
+
+The proxy dials the address it checked, never the name: a second resolution by the
+connection code would let DNS rebinding swap in another address between check and use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+from egress.addresses import AddressPolicy
+from egress.hostnames import IPAddress, is_ip
+from egress.reasons import Reason
+
+
+@dataclass(frozen=True)
+class Picked:
+    address: IPAddress
+    refused: tuple[tuple[IPAddress, str], ...] = ()  # other answers, not dialled, and why
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: Reason
+    detail: str
+
+
+class Resolver:
+    def __init__(
+        self, static: dict[str, tuple[str, ...]], policy: AddressPolicy, timeout: float = 5.0
+    ):
+        self.static = {
+            name: tuple(ipaddress.ip_address(a) for a in addrs) for name, addrs in static.items()
+        }
+        self.policy = policy
+        self.timeout = timeout
+
+    async def lookup(self, host: str) -> list[IPAddress]:
+        """All addresses of a canonical host, in answer order (the static map first)."""
+        if is_ip(host):
+            return [ipaddress.ip_address(host)]
+        if host in self.static:
+            return list(self.static[host])
+        loop = asyncio.get_running_loop()
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), self.timeout
+        )
+        seen: dict[IPAddress, None] = {}
+        for info in infos:
+            seen.setdefault(ipaddress.ip_address(info[4][0].split("%", 1)[0]), None)
+        return list(seen)
+
+    async def pick(self, host: str, port: int) -> Picked | Refused:
+        try:
+            addrs = await self.lookup(host)
+        except (TimeoutError, OSError) as e:
+            why = getattr(e, "strerror", None) or type(e).__name__
+            return Refused(Reason.DNS_FAILURE, f"cannot resolve {host!r}: {why}")
+        if not addrs:
+            return Refused(Reason.DNS_FAILURE, f"{host!r} has no address")
+        ok, refused = self.policy.usable(addrs, port)
+        if not ok:
+            listed = ", ".join(f"{a} ({why})" for a, why in refused)
+            return Refused(
+                Reason.RESOLVED_PRIVATE,
+                f"{host!r} resolves only to addresses egress does not dial: {listed}; to reach an "
+                "internal service, list its range under upstream.allow_private",
+            )
+        return Picked(ok[0], tuple(refused))
