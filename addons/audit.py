@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 from egress.addons.base import EgressAddon, meta
+from egress.addons.policy import RefuseConnection
 from mitmproxy import http
+from mitmproxy.proxy.layer import NextLayer
 
 from egress.audit import AuditRecord, now_iso, redact_path
 from egress.reasons import Reason
@@ -19,6 +21,21 @@ class AuditLog(EgressAddon):
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         self._write(flow, event="connect")
+
+    def next_layer(self, nextlayer: NextLayer) -> None:
+        if not isinstance(nextlayer.layer, RefuseConnection):
+            return
+        tunnel = self.runtime.tunnels.get(nextlayer.context.client.id)
+        peer = nextlayer.context.client.peername
+        self.runtime.audit.write(
+            AuditRecord(
+                time=now_iso(), event="tunnel", flow_id=nextlayer.context.client.id,
+                client=f"{peer[0]}:{peer[1]}" if peer else "", method="", scheme="tcp",
+                host=tunnel.host if tunnel else "", port=tunnel.port if tunnel else 0, path="",
+                decision="deny", reason=Reason.NON_HTTP_PROTOCOL.value, status=None,
+                detail="the client spoke something other than HTTP inside the tunnel; it was closed",
+            )
+        )  # fmt: skip
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._write(flow, event="request")

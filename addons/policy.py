@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from egress.addons.base import EgressAddon, deny, meta
 from mitmproxy import connection, http
-from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy import commands, events, layer, layers, server_hooks
+from mitmproxy.proxy.layer import NextLayer
 
 from egress.audit import redact_path
 from egress.errors import InvalidHost
@@ -87,11 +88,12 @@ class Allowlist(EgressAddon):
             return
         m.update(host=host, port=port, scheme=scheme, path=redact_path(req.path),
                  url=f"{scheme}://{_authority(host, port)}{req.path}")  # fmt: skip
-        problem = _identity_problem(flow, host, port, tunnel is not None)
+        problem = _malformed(flow) or _identity_problem(flow, host, port, tunnel is not None)
         if problem is not None:
             deny(flow, rt, problem[0], problem[1])
             return
-        d = rt.allowlist.decide(scheme, host, port, req.method, req.path)
+        websocket = req.headers.get("upgrade", "").lower() == "websocket"
+        d = rt.allowlist.decide(scheme, host, port, req.method, req.path, websocket)
         if not d.allowed:
             hint = how_to_allow(d.reason, host, port, scheme, req.method, req.path, d.rule_label)
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
@@ -138,6 +140,12 @@ class Allowlist(EgressAddon):
         server.sni = host
         server.address = (str(address), port)
 
+    def next_layer(self, nextlayer: NextLayer) -> None:
+        """Inside an allowed tunnel only HTTP is spoken: mitmproxy would relay any other
+        bytes as raw TCP, past every HTTP rule. Close such connections instead."""
+        if isinstance(nextlayer.layer, layers.TCPLayer | layers.UDPLayer):
+            nextlayer.layer = RefuseConnection(nextlayer.context)
+
     def client_disconnected(self, client: connection.Client) -> None:
         rt = self.runtime
         rt.tunnels.pop(client.id, None)
@@ -151,8 +159,31 @@ class Allowlist(EgressAddon):
             flow.response.headers.pop("alt-svc", None)
 
 
+class RefuseConnection(layer.Layer):
+    """Closes the client connection (and its upstream one) without relaying a byte."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            yield commands.CloseConnection(self.context.client)
+            if self.context.server.connected:
+                yield commands.CloseConnection(self.context.server)
+
+
 def _authority(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _malformed(flow: http.HTTPFlow) -> tuple[Reason, str] | None:
+    """CR, LF or NUL inside a header (obsolete line folding leaves them there) would be
+    read differently by the next parser: refuse rather than forward."""
+    for name, value in flow.request.headers.fields:
+        if any(c in name + value for c in (b"\r", b"\n", b"\x00")):
+            shown = name.decode("latin-1", "replace")
+            return (
+                Reason.MALFORMED_REQUEST,
+                f"the header {shown!r} holds CR, LF or NUL (or is folded)",
+            )
+    return None
 
 
 def _identity_problem(
@@ -160,6 +191,12 @@ def _identity_problem(
 ) -> tuple[Reason, str] | None:
     """The Host header (or :authority) and the TLS SNI must name the host being decided."""
     req = flow.request
+    if in_tunnel and req.http_version.startswith("HTTP/1") and req.authority:
+        return (
+            Reason.ABSOLUTE_FORM_IN_TUNNEL,
+            f"inside a tunnel to {_authority(host, port)}, the request names a target of its own "
+            f"({req.authority!r}); send origin-form requests (a path) inside a tunnel",
+        )
     host_headers = req.headers.get_all("host")
     if len(host_headers) > 1:
         return Reason.HOST_HEADER_MISMATCH, "the request has more than one Host header"

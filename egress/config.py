@@ -41,6 +41,7 @@ class Rule:
     schemes: tuple[str, ...]
     methods: tuple[str, ...] | None  # None: any method
     paths: tuple[str, ...] | None  # None: any path
+    websocket: bool = False  # allow WebSocket upgrades
 
     @property
     def label(self) -> str:
@@ -233,7 +234,9 @@ def _parse_rule(c: _Checker, node: Any, i: int) -> Rule | None:
     key = f"allow[{i}]"
     if isinstance(node, str):
         node = {"host": node}
-    m = c.mapping(node, key, ("host", "ports", "schemes", "methods", "paths"), ("host",))
+    m = c.mapping(
+        node, key, ("host", "ports", "schemes", "methods", "paths", "websocket"), ("host",)
+    )
     if m is None or "host" not in m:
         return None
     ok = True
@@ -279,6 +282,7 @@ def _parse_rule(c: _Checker, node: Any, i: int) -> Rule | None:
         schemes=tuple(schemes),
         methods=tuple(methods) if methods is not None else None,
         paths=tuple(paths) if paths is not None else None,
+        websocket=c.typed(m, key, "websocket", bool, False),
     )
 
 

@@ -20,6 +20,8 @@ def how_to_allow(reason: Reason, host: str, port: int, scheme: str, method: str,
         return f"add {scheme} to the 'schemes' of {rule}"
     if reason is Reason.METHOD_NOT_ALLOWED:
         return f"add {method} to the 'methods' of {rule}"
+    if reason is Reason.WEBSOCKET_NOT_ALLOWED:
+        return f"set 'websocket: true' on {rule}"
     if reason is Reason.PATH_NOT_ALLOWED:
         path = path.split("?", 1)[0]
         if AMBIGUOUS_PATH.search(path) or AMBIGUOUS_PATH.search(unquote(path)):

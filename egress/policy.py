@@ -65,8 +65,11 @@ class Allowlist:
             f"host {host!r} is allowed on port(s) {ports}, not {port}",
         )  # fmt: skip
 
-    def decide(self, scheme: str, host: str, port: int, method: str, path: str) -> Decision:
-        """Decide one request. ``host`` must be canonical; ``path`` may carry a query."""
+    def decide(
+        self, scheme: str, host: str, port: int, method: str, path: str, websocket: bool = False
+    ) -> Decision:
+        """Decide one request. ``host`` must be canonical; ``path`` may carry a query;
+        ``websocket`` says it asks for a WebSocket upgrade."""
         rules = self._host_rules(host)
         if not rules:
             return self._no_rule(host)
@@ -79,6 +82,7 @@ class Allowlist:
             (Reason.METHOD_NOT_ALLOWED,
              lambda r: r.methods is None or method.upper() in r.methods, f"method {method}"),
             (Reason.PATH_NOT_ALLOWED, lambda r: _path_allowed(r, path_only), f"path {path_only}"),
+            (Reason.WEBSOCKET_NOT_ALLOWED, lambda r: r.websocket or not websocket, "a WebSocket upgrade"),
         )  # fmt: skip
         for reason, test, what in stages:
             passing = [r for r in rules if test(r)]

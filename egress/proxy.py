@@ -45,6 +45,8 @@ class _QuietMitmproxyLogs(logging.Filter):
     the outcome in the audit log and the client's 502 instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+            return False  # connections cancelled at shutdown
         return "has crashed" not in record.getMessage()
 
 

@@ -24,6 +24,10 @@ class Reason(StrEnum):
     RESOLVED_PRIVATE = "resolved_private"
     # denied because the request's identity is inconsistent
     USERINFO_IN_URL = "userinfo_in_url"
+    ABSOLUTE_FORM_IN_TUNNEL = "absolute_form_in_tunnel"
+    MALFORMED_REQUEST = "malformed_request"
+    NON_HTTP_PROTOCOL = "non_http_protocol"
+    WEBSOCKET_NOT_ALLOWED = "websocket_not_allowed"
     HOST_HEADER_MISMATCH = "host_header_mismatch"
     SNI_MISMATCH = "sni_mismatch"
     # denied by the secret guards
@@ -50,6 +54,10 @@ _STATUS: dict[Reason, int] = {
     Reason.IP_LITERAL: 403,
     Reason.RESOLVED_PRIVATE: 403,
     Reason.USERINFO_IN_URL: 403,
+    Reason.ABSOLUTE_FORM_IN_TUNNEL: 403,
+    Reason.MALFORMED_REQUEST: 400,
+    Reason.NON_HTTP_PROTOCOL: 403,
+    Reason.WEBSOCKET_NOT_ALLOWED: 403,
     Reason.HOST_HEADER_MISMATCH: 403,
     Reason.SNI_MISMATCH: 403,
     Reason.PLACEHOLDER_TO_UNBOUND_HOST: 403,

@@ -1,0 +1,108 @@
+"""Requests that polite clients never send, sent by hand through real tunnels.
+
+Each case must get its answer from the proxy and produce at most the expected number of
+upstream requests (zero for every refusal).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import API, OTHER, RunningProxy
+from tests.rawclient import connect_tunnel, exchange, status_of
+from tests.upstream import Upstream
+
+CRLF = "\r\n"
+
+# (id, raw bytes sent inside a TLS tunnel to API (format: {api}, {other}), status, reason or None)
+CASES = [
+    ("absolute-form inside tunnel", "GET https://{other}/abs HTTP/1.1\r\nHost: {api}\r\n\r\n", 403, "absolute_form_in_tunnel"),
+    ("nested CONNECT", "CONNECT {other} HTTP/1.1\r\nHost: {other}\r\n\r\n", 400, None),
+    ("CL and TE together", "POST /s HTTP/1.1\r\nHost: {api}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+     "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: {api}\r\n\r\n", 400, None),
+    ("duplicate Content-Length", "POST /s HTTP/1.1\r\nHost: {api}\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde", 400, None),
+    ("obsolete line folding", "GET /f HTTP/1.1\r\nHost: {api}\r\nX-A: a\r\n b\r\n\r\n", 400, "malformed_request"),
+    ("bare CR in a header value", "GET /c HTTP/1.1\r\nHost: {api}\r\nX-A: a\rb\r\n\r\n", 400, "malformed_request"),
+    ("LF in the request line", "GET /l\nX HTTP/1.1\r\nHost: {api}\r\n\r\n", 400, None),
+    ("duplicate Host", "GET /d HTTP/1.1\r\nHost: {api}\r\nHost: {other}\r\n\r\n", 403, "host_header_mismatch"),
+    ("Host names another server", "GET /h HTTP/1.1\r\nHost: {other}\r\n\r\n", 403, "host_header_mismatch"),
+    ("malformed Host", "GET /m HTTP/1.1\r\nHost: a b\r\n\r\n", 403, "host_header_mismatch"),
+    ("no Host", "GET /n HTTP/1.0\r\n\r\n", 403, "host_header_mismatch"),
+    ("WebSocket upgrade without websocket: true", "GET /ws HTTP/1.1\r\nHost: {api}\r\nUpgrade: websocket\r\n"
+     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 403,
+     "websocket_not_allowed"),
+    ("a polite request, for contrast", "GET /ok HTTP/1.1\r\nHost: {api}\r\n\r\n", 200, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "reason"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_raw_requests_inside_a_tunnel(
+    proxy: RunningProxy, upstream: Upstream, raw: str, status: int, reason: str | None
+) -> None:
+    api, other = f"{API}:{upstream.port}", f"{OTHER}:{upstream.port}"
+    with connect_tunnel(proxy.port, API, upstream.port, proxy.ca) as s:
+        response = exchange(s, raw.format(api=api, other=other).encode())
+    assert status_of(response) == status, response[:300]
+    if reason:
+        assert f"x-egress-reason: {reason}".encode() in response
+        assert proxy.audit()[-1]["reason"] == reason
+    time.sleep(0.1)
+    assert len(upstream.requests) == (1 if status == 200 else 0), [
+        r.path for r in upstream.requests
+    ]
+
+
+def test_non_http_bytes_inside_a_tunnel_are_not_relayed(
+    proxy: RunningProxy, upstream: Upstream
+) -> None:
+    with connect_tunnel(proxy.port, API, upstream.port, proxy.ca) as s:
+        response = exchange(s, b"\x00\x01\x02 SSH-2.0-not-http\r\n\r\n")
+    assert response == b""  # closed, nothing relayed back
+    time.sleep(0.2)
+    assert upstream.requests == []
+    rec = proxy.audit()[-1]
+    assert (rec["event"], rec["host"], rec["reason"]) == ("tunnel", API, "non_http_protocol")
+
+
+def test_sni_must_match_the_connect_target(proxy: RunningProxy, upstream: Upstream) -> None:
+    import ssl
+
+    # A client asking for another name in its TLS SNI gets a certificate for the tunnel's
+    # host (so it fails verification); one that does not verify is refused per request.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        connect_tunnel(proxy.port, API, upstream.port, proxy.ca, sni=OTHER)
+    s = connect_tunnel(
+        proxy.port, API, upstream.port, proxy.ca, sni=None
+    )  # no SNI: the tunnel's host
+    with s:
+        assert (
+            status_of(
+                exchange(s, f"GET /nosni HTTP/1.1\r\nHost: {API}:{upstream.port}\r\n\r\n".encode())
+            )
+            == 200
+        )
+
+
+def test_sni_mismatch_with_a_client_that_does_not_verify(
+    proxy: RunningProxy, upstream: Upstream
+) -> None:
+    import socket
+    import ssl
+
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    s.sendall(
+        f"CONNECT {API}:{upstream.port} HTTP/1.1\r\nHost: {API}:{upstream.port}\r\n\r\n".encode()
+    )
+    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with ctx.wrap_socket(s, server_hostname=OTHER) as tls:
+        response = exchange(
+            tls, f"GET /sni HTTP/1.1\r\nHost: {API}:{upstream.port}\r\n\r\n".encode()
+        )
+    assert status_of(response) == 403 and b"x-egress-reason: sni_mismatch" in response
+    assert upstream.requests == []
