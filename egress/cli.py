@@ -9,17 +9,14 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from urllib.parse import urlsplit
 
 from egress import __version__
 from egress import config as config_mod
 from egress.audit import AuditWriter
 from egress.config import Config
-from egress.errors import EgressError, InvalidHost
-from egress.hostnames import canonical_host
+from egress.errors import EgressError
+from egress.hostnames import is_ip
 from egress.messages import how_to_allow
-from egress.policy import Decision
-from egress.reasons import Reason
 from egress.runtime import Runtime
 
 log = logging.getLogger("egress")
@@ -135,36 +132,18 @@ async def _exec(cfg: Config, argv: Sequence[str]) -> int:
         rt.close()
 
 
-def check(cfg: Config, method: str, url: str) -> tuple[Decision, list[str], str]:
-    """The decision the proxy would take for one request, without sending anything."""
-    from egress.policy import Allowlist
-
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise EgressError(f"{url!r}: give a full http:// or https:// URL")
-    host_raw = parts.hostname or ""
-    if parts.username is not None or parts.password is not None:
-        return (
-            Decision(False, Reason.USERINFO_IN_URL, None, "the URL carries credentials ('user@')"),
-            [],
-            host_raw,
-        )
-    try:
-        host = canonical_host(host_raw)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except (InvalidHost, ValueError) as e:
-        return Decision(False, Reason.INVALID_HOST, None, str(e)), [], host_raw
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    d = Allowlist(cfg.rules).decide(parts.scheme, host, port, method.upper(), path)
-    bound = [s.name for s in cfg.secrets if s.bound_to(host)] if d.allowed else []
-    if d.allowed and parts.scheme == "http":
-        bound = [s.name for s in cfg.secrets if s.bound_to(host) and s.allow_http]
-    return d, bound, host
-
-
 def _print_check(cfg: Config, method: str, url: str) -> int:
-    d, secrets, host = check(cfg, method, url)
-    parts = urlsplit(url)
+    from egress.decide import decide_url
+    from egress.policy import Allowlist
+    from egress.runtime import address_policy
+
+    # Static answers from upstream.resolve are checked; other names are resolved only by the
+    # running proxy (check sends nothing, DNS queries included).
+    static = {name: list(addrs) for name, addrs in cfg.resolve.items()}
+    out = decide_url(Allowlist(cfg.rules), method, url)
+    if out.decision.allowed and (out.host in static or is_ip(out.host)):
+        out = decide_url(Allowlist(cfg.rules), method, url, static, address_policy(cfg))
+    d = out.decision
     if d.allowed:
         r = d.rule
         assert r is not None
@@ -172,12 +151,21 @@ def _print_check(cfg: Config, method: str, url: str) -> int:
         print(f"  rule:    {r.label} (host {r.host}, ports {list(r.ports)}, schemes {list(r.schemes)}"
               + (f", methods {list(r.methods)}" if r.methods else "")
               + (f", paths {list(r.paths)}" if r.paths else "") + ")")  # fmt: skip
+        secrets = [
+            s.name
+            for s in cfg.secrets
+            if s.bound_to(out.host) and (out.scheme == "https" or s.allow_http)
+        ]
         if secrets:
             print(
                 f"  secrets: {', '.join(secrets)} (injected where the request carries the placeholder)"
             )
         else:
             print("  secrets: none bound to this host")
+        if out.address is not None:
+            print(f"  address: {out.address} (from upstream.resolve)")
+        else:
+            print("  address: resolved and checked by the running proxy when it connects")
         print(f"  config:  {cfg.path}")
         return 0
     print(f"DENY {method.upper()} {url}")
@@ -185,13 +173,8 @@ def _print_check(cfg: Config, method: str, url: str) -> int:
     if d.rule_label:
         print(f"  rule:    {d.rule_label}")
     print(f"  why:     {d.detail}")
-    port = (
-        parts.port or (443 if parts.scheme == "https" else 80)
-        if d.reason is not Reason.INVALID_HOST
-        else 0
-    )
     hint = how_to_allow(
-        d.reason, host, port, parts.scheme, method.upper(), parts.path or "/", d.rule_label
+        d.reason, out.host, out.port, out.scheme, method.upper(), out.path, d.rule_label
     )
     if hint:
         print("  to allow it, " + hint.replace("\n", "\n    "))

@@ -470,6 +470,8 @@ def _parse_vault(c: _Checker, node: Any, base: Path) -> VaultConfig | None:
     if address is not None and not address.startswith(("https://", "http://")):
         c.err("vault.address", f"{address!r} must be a URL such as https://vault.example:8200")
     timeout = c.typed(m, "vault", "timeout_seconds", (int, float), 5)
+    if timeout <= 0:
+        c.err("vault.timeout_seconds", "must be more than 0")
     ints = {}
     for name, default, low in (("refresh_seconds", 300, 1), ("retry_seconds", 5, 1),
                                ("max_stale_seconds", 3600, 0)):  # fmt: skip

@@ -6,12 +6,9 @@ import atexit
 import ipaddress
 import logging
 import shutil
-import ssl
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import certifi
 
 from egress import config as config_mod
 from egress.addresses import AddressPolicy
@@ -22,18 +19,10 @@ from egress.hostnames import IPAddress
 from egress.policy import Allowlist
 from egress.resolver import Resolver
 from egress.secrets import SecretSource, SecretStore, make_source
+from egress.trust import system_trust_bundle
 from egress.vault import VaultClient, VaultError, VaultRefresher, VaultSource
 
 log = logging.getLogger("egress")
-
-
-def system_trust_bundle() -> Path:
-    """The system CA bundle (what curl and OpenSSL use), or certifi's where there is none."""
-    paths = ssl.get_default_verify_paths()
-    for candidate in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    return Path(certifi.where())
 
 
 @dataclass(frozen=True)

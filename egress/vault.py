@@ -25,6 +25,7 @@ import requests
 from egress.config import SecretSpec, SourceSpec, VaultConfig
 from egress.errors import EgressError, SecretLoadError
 from egress.secrets import SecretSource, SecretStore, SecretValue, check_value
+from egress.trust import system_trust_bundle
 
 log = logging.getLogger("egress.vault")
 
@@ -47,13 +48,17 @@ def connection_settings(cfg: VaultConfig, environ: Mapping[str, str] = os.enviro
     address = cfg.address or environ.get("VAULT_ADDR", "").rstrip("/")
     if not address:
         raise VaultError("vault.address is not set and $VAULT_ADDR is empty")
-    ca = str(cfg.ca_file) if cfg.ca_file else environ.get("VAULT_CACERT")
+    ca = (
+        str(cfg.ca_file)
+        if cfg.ca_file
+        else environ.get("VAULT_CACERT") or str(system_trust_bundle())
+    )
     cert = str(cfg.client_cert) if cfg.client_cert else environ.get("VAULT_CLIENT_CERT")
     key = str(cfg.client_key) if cfg.client_key else environ.get("VAULT_CLIENT_KEY")
     return Connection(
         address=address,
         namespace=cfg.namespace or environ.get("VAULT_NAMESPACE") or None,
-        verify=ca or True,
+        verify=ca,
         cert=(cert, key) if cert and key else None,
         timeout=cfg.timeout_seconds,
     )
@@ -79,8 +84,11 @@ def describe_error(exc: BaseException, address: str, timeout: float) -> str:
     if isinstance(exc, hvac.exceptions.VaultError):
         errors = [e.strip() for e in (exc.errors or []) if isinstance(e, str)] if exc.errors else []
         text = "; ".join(errors) if errors else str(exc)
+        text = re.sub(r", on (get|post|put|delete|list) \S+$", "", text)  # the URL adds nothing
         text = re.sub(r"\s+", " ", text.replace("1 error occurred:", "").replace("*", "")).strip()
-        return f"{text} (HTTP {exc.__class__.__name__})" if text else exc.__class__.__name__
+        if not text or text == "None" or text.startswith("{"):
+            text = _HVAC_DEFAULTS.get(type(exc).__name__, "unexpected answer")
+        return f"{text[:300]} ({type(exc).__name__})"
     if isinstance(exc, requests.exceptions.SSLError):
         return f"TLS to {address} failed: {_reason(exc)}"
     if isinstance(exc, requests.exceptions.Timeout):
@@ -88,6 +96,15 @@ def describe_error(exc: BaseException, address: str, timeout: float) -> str:
     if isinstance(exc, requests.exceptions.ConnectionError):
         return f"cannot connect to {address}: {_reason(exc)}"
     return f"{type(exc).__name__}: {exc}"
+
+
+_HVAC_DEFAULTS = {
+    "InvalidPath": "nothing at this path (or a KV mount of another version)",
+    "Forbidden": "permission denied",
+    "Unauthorized": "not authorised",
+    "InvalidRequest": "invalid request",
+    "VaultDown": "Vault is sealed or down",
+}
 
 
 def _reason(exc: BaseException) -> str:
@@ -135,7 +152,8 @@ class VaultClient:
             token="",
             namespace=self.conn.namespace,
             verify=self.conn.verify,
-            cert=self.conn.cert,
+            # () not None: hvac would take $VAULT_CLIENT_CERT itself; connection_settings decided
+            cert=self.conn.cert or (),
             timeout=self.conn.timeout,
             session=self._session,
         )
@@ -235,7 +253,7 @@ class VaultClient:
                     self._set_token_life(ttl, bool(resp["auth"].get("renewable")))
                     return
             except VaultError as e:
-                log.info("vault: %s; logging in again", e)
+                log.debug("vault: %s; logging in again", e)
         self.login()
 
     def revoke_self(self) -> None:
@@ -348,6 +366,7 @@ class VaultRefresher:
         self.last_good = {s.spec.name: now for s in sources}
         self.due = {s.spec.name: self._next_due(s, now) for s in sources}
         self.failing: set[str] = set()  # secrets whose last refresh failed
+        self.login_retry = 0.0  # monotonic time of the next renewal/login attempt while failing
         self.dropped: set[str] = set()  # secrets past max_stale
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="egress-vault", daemon=True)
@@ -367,11 +386,12 @@ class VaultRefresher:
 
     def tick(self) -> None:
         now = self.client.clock()
-        if self.client.token_due() or _LOGIN in self.failing:
+        if (self.client.token_due() or _LOGIN in self.failing) and now >= self.login_retry:
             try:
                 self.client.renew_or_login()
                 self._recovered(_LOGIN)
             except VaultError as e:
+                self.login_retry = now + self.cfg.retry_seconds
                 self._failed(_LOGIN, str(e))
         for src in self.sources:
             if self._stop.is_set():
@@ -381,6 +401,7 @@ class VaultRefresher:
 
     def _refresh(self, src: VaultSource, now: float) -> None:
         name = src.spec.name
+        old_lease = src.lease
         try:
             lease = src.lease
             if lease and lease.lease_id and lease.renewable:
@@ -391,23 +412,38 @@ class VaultRefresher:
             else:
                 self.store.set(name, src.fetch())
         except (VaultError, SecretLoadError) as e:
-            self._failed(name, f"secret {name!r}: {e}")
+            self._failed(
+                name, str(e) if isinstance(e, SecretLoadError) else f"secret {name!r}: {e}"
+            )
             self.due[name] = now + self.cfg.retry_seconds
             lease_end = (
                 src.lease.obtained + src.lease.duration
                 if src.lease and src.lease.duration
                 else None
             )
-            if (
-                now - self.last_good[name] > self.cfg.max_stale_seconds
-                or lease_end
-                and now >= lease_end
-            ) and (name not in self.dropped):
+            stale = now - self.last_good[name] > self.cfg.max_stale_seconds
+            ended = lease_end is not None and now >= lease_end
+            if (stale or ended) and name not in self.dropped:
                 self.store.drop(name)
                 self.dropped.add(name)
-                log.error("vault: secret %s is stale past max_stale (%d s); requests that need it get 503 "
-                          "until Vault answers again", name, self.cfg.max_stale_seconds)  # fmt: skip
+                why = (
+                    "its lease ended"
+                    if ended
+                    else f"it is stale past max_stale ({self.cfg.max_stale_seconds} s)"
+                )
+                log.error("vault: secret %s: %s; requests that need it get 503 until Vault answers again",
+                          name, why)  # fmt: skip
             return
+        if (
+            old_lease
+            and old_lease.lease_id
+            and src.lease
+            and src.lease.lease_id != old_lease.lease_id
+        ):
+            try:  # a re-read made a new credential: the old one must not live on
+                self.client.revoke_lease(old_lease.lease_id)
+            except VaultError as e:
+                log.warning("vault: could not revoke the previous lease of secret %s: %s", name, e)
         self.last_good[name] = now
         self.due[name] = self._next_due(src, now)
         self.dropped.discard(name)
@@ -435,9 +471,11 @@ class VaultRefresher:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.client.conn.timeout + 2)
+        if revoke:
+            self._revoke_all()
         log.info("vault: %d calls in this run", self.client.calls)
-        if not revoke:
-            return
+
+    def _revoke_all(self) -> None:
         for src in self.sources:
             if src.lease and src.lease.lease_id:
                 try:

@@ -37,6 +37,7 @@ OTHER_PH = "sk-EGRESSPLACEHOLDEROTHER0000"
 READ_POLICY = """
 path "secret/data/agent/gh" { capabilities = ["read"] }
 path "kv/agent/other" { capabilities = ["read"] }
+path "secret/data/agent/none" { capabilities = ["read"] }
 """
 
 
@@ -53,7 +54,7 @@ def vault_config(tmp: Path, ca_file: Path, port: int, vault: VaultServer, auth: 
                  **vault_opts: Any) -> dict[str, Any]:  # fmt: skip
     cfg = base_config(tmp, ca_file, port)
     cfg["vault"] = {"address": vault.address, "ca_file": str(vault.ca_file), "auth": auth,
-                    "timeout_seconds": 2, **vault_opts}  # fmt: skip
+                    "timeout_seconds": 5, **vault_opts}  # fmt: skip
     cfg["secrets"][0]["source"] = {"vault": {"path": "agent/gh", "key": "token"}}
     cfg["secrets"][1]["source"] = {
         "vault": {"engine": "kv1", "mount": "kv", "path": "agent/other", "key": "token"}
@@ -274,7 +275,11 @@ STARTUP_ERRORS = [
             "key 'nope' is not in the secret (keys: token, unused)",
         ],
     ),
-    ("missing secret", {"path": "agent/none"}, ["api_token", "secret/data/agent/none"]),
+    (
+        "missing secret",
+        {"path": "agent/none"},
+        ["api_token", "secret/data/agent/none", "nothing at this path"],
+    ),
 ]
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from egress import config
 from egress.errors import ConfigError
+from egress.trust import system_trust_bundle
 from egress.vault import VaultError, connection_settings
 
 BASE = "allow: [a.test]\nsecrets:\n  - {name: t, hosts: [a.test], source: {vault: {path: app/t, key: token}}}\n"
@@ -38,6 +39,7 @@ BAD = [
     ("vault:\n  client_cert: c.pem\n", "vault.client_key: client_cert and client_key go together"),
     ("vault:\n  max_stale_seconds: -1\n", "vault.max_stale_seconds: must be at least 0"),
     ("vault:\n  timeout_seconds: fast\n", "vault.timeout_seconds: must be a number, not a string"),
+    ("vault:\n  timeout_seconds: 0\n", "vault.timeout_seconds: must be more than 0"),
 ]
 
 
@@ -113,6 +115,12 @@ def test_vault_env_fills_what_config_leaves_out(tmp_path: Path) -> None:
     cfg = config.load(path).vault
     assert cfg is not None
     c = connection_settings(cfg, {"VAULT_ADDR": "https://v:8200/"})
-    assert (c.address, c.verify, c.cert, c.timeout) == ("https://v:8200", True, None, 5.0)
+    # No CA file anywhere: the system store, as for upstreams.
+    assert (c.address, c.verify, c.cert, c.timeout) == (
+        "https://v:8200",
+        str(system_trust_bundle()),
+        None,
+        5.0,
+    )
     with pytest.raises(VaultError, match=r"vault.address is not set and \$VAULT_ADDR is empty"):
         connection_settings(cfg, {})

@@ -83,7 +83,7 @@ audit "file" "test-audit" {{
 
     def client(self, token: str | None = None) -> hvac.Client:
         return hvac.Client(
-            url=self.address, token=token or self.root_token, verify=str(self.ca_file), timeout=10
+            url=self.address, token=token or self.root_token, verify=str(self.ca_file), timeout=30
         )
 
     def start(self) -> None:
