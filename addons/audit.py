@@ -76,6 +76,7 @@ class AuditLog(EgressAddon):
                 decision=m.get("decision", "error"),
                 reason=m.get("reason", Reason.UPSTREAM_ERROR.value),
                 rule=m.get("rule"),
+                would_deny=m.get("would_deny"),
                 secrets=list(m.get("secrets", [])),
                 scrubbed=m.get("scrubbed", 0),
                 status=resp.status_code if resp else m.get("status", 502),

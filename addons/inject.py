@@ -52,6 +52,8 @@ class SecretInjector(EgressAddon):
             return
         if not result.injected:
             return
+        if m.get("would_deny"):
+            return  # report mode: never inject into a request enforce mode would deny
         req.headers = http.Headers(
             [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
              for k, v in result.headers]

@@ -18,6 +18,7 @@ from egress.audit import redact_path
 from egress.errors import InvalidHost
 from egress.hostnames import canonical_host, split_host_port
 from egress.messages import how_to_allow
+from egress.policy import Decision
 from egress.reasons import Reason
 from egress.resolver import Refused
 from egress.runtime import Tunnel
@@ -35,7 +36,7 @@ class Allowlist(EgressAddon):
         m = meta(flow)
         m.update(host=host, port=port, scheme="https", url=f"{host}:{port}")
         d = rt.allowlist.decide_connect(host, port)
-        if not d.allowed:
+        if not d.allowed and self._enforce(flow, d):
             hint = how_to_allow(d.reason, host, port, "https", "CONNECT", "/", d.rule_label)
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
             return
@@ -43,8 +44,16 @@ class Allowlist(EgressAddon):
         if isinstance(picked, Refused):
             deny(flow, rt, picked.reason, picked.detail, rule=d.rule_label)
             return
-        m.update(decision="allow", reason=d.reason.value, rule=d.rule_label)
+        m.update(decision="allow", reason=Reason.ALLOWED.value, rule=d.rule_label)
         rt.tunnels[flow.client_conn.id] = Tunnel(host, port, picked.address)
+
+    def _enforce(self, flow: http.HTTPFlow, d: Decision) -> bool:
+        """In report mode an allowlist denial is recorded as would_deny and not enforced.
+        Identity, address and secret checks are enforced in both modes."""
+        if self.runtime.config.mode != "report":
+            return True
+        meta(flow).update(would_deny=d.reason.value, detail=d.detail)
+        return False
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         """An allowed tunnel whose upstream could not be reached: replace mitmproxy's 502
@@ -94,7 +103,7 @@ class Allowlist(EgressAddon):
             return
         websocket = req.headers.get("upgrade", "").lower() == "websocket"
         d = rt.allowlist.decide(scheme, host, port, req.method, req.path, websocket)
-        if not d.allowed:
+        if not d.allowed and self._enforce(flow, d):
             hint = how_to_allow(d.reason, host, port, scheme, req.method, req.path, d.rule_label)
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
             return
@@ -104,7 +113,7 @@ class Allowlist(EgressAddon):
                 deny(flow, rt, picked.reason, picked.detail, rule=d.rule_label)
                 return
             rt.dial[(flow.client_conn.id, host, port)] = picked.address
-        m.update(decision="allow", reason=d.reason.value, rule=d.rule_label)
+        m.update(decision="allow", reason=Reason.ALLOWED.value, rule=d.rule_label)
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Last guard before a TCP connection: the destination must be allowed, and the
@@ -121,7 +130,7 @@ class Allowlist(EgressAddon):
             server.error = f"egress: {e}"
             return
         d = rt.allowlist.decide_connect(host, port)
-        if not d.allowed:
+        if not d.allowed and rt.config.mode != "report":
             server.error = f"egress {d.reason.value}: {d.detail}"
             return
         tunnel = rt.tunnels.get(data.client.id)

@@ -41,6 +41,7 @@ class AuditRecord:
     decision: str  # "allow" | "deny" | "error"
     reason: str  # a reason code from egress.reasons
     rule: str | None = None  # "allow[3]"
+    would_deny: str | None = None  # report mode: the reason enforce mode would have denied with
     secrets: list[str] = field(default_factory=list)  # names injected
     scrubbed: int = 0  # secret values replaced by placeholders in the response
     status: int | None = None

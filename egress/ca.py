@@ -58,7 +58,9 @@ class EphemeralCA:
         return f"EphemeralCA(subject={self.cert.subject.rfc4514_string()!r}, key=<redacted>)"
 
     @classmethod
-    def create(cls, rules: tuple[Rule, ...], validity_hours: int) -> EphemeralCA:
+    def create(
+        cls, rules: tuple[Rule, ...], validity_hours: int, constrained: bool = True
+    ) -> EphemeralCA:
         # P-256: new client TLS connections through the proxy are much cheaper than with RSA.
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
@@ -92,15 +94,15 @@ class EphemeralCA:
                     decipher_only=False,
                 ),
                 critical=True,
-            )  # fmt: skip
-            # RFC 5280 4.2.1.10: name constraints MUST be critical.
-            .add_extension(name_constraints(rules), critical=True)
+            )
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
-            .sign(key, hashes.SHA256())
         )
-        return cls(key=key, cert=cert)
+        if constrained:
+            # RFC 5280 4.2.1.10: name constraints MUST be critical.
+            cert = cert.add_extension(name_constraints(rules), critical=True)
+        return cls(key=key, cert=cert.sign(key, hashes.SHA256()))
 
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)

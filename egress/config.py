@@ -134,11 +134,13 @@ class Config:
     upstream_ca_files: tuple[Path, ...]
     resolve: dict[str, tuple[str, ...]]  # static answers, in order
     allow_private: tuple[IPNetwork, ...]  # private/special ranges names may resolve into
+    dns: str  # "system": getaddrinfo after upstream.resolve; "static": upstream.resolve only
     rules: tuple[Rule, ...]
     secrets: tuple[SecretSpec, ...]
     audit_path: str  # "stdout", "stderr" or a file path
     max_body_bytes: int = 10 * 1024 * 1024
     vault: VaultConfig | None = None
+    mode: str = "enforce"  # "report": allowlist denials are logged as would_deny and let through
 
 
 def default_placeholder(name: str) -> str:
@@ -560,7 +562,9 @@ def parse(data: Any, file: str, base: Path) -> Config:
     """Validate parsed YAML. Raises ConfigError listing every problem."""
     c = _Checker()
     top = c.mapping(
-        data, "", ("listen", "ca", "upstream", "allow", "secrets", "vault", "audit", "limits")
+        data,
+        "",
+        ("mode", "listen", "ca", "upstream", "allow", "secrets", "vault", "audit", "limits"),
     )
     if top is None:
         raise ConfigError(file, c.problems)
@@ -581,7 +585,13 @@ def parse(data: Any, file: str, base: Path) -> Config:
     if not 1 <= validity <= 24 * 31:
         c.err("ca.validity_hours", f"{validity} must be between 1 and 744 (31 days)")
 
-    up = c.mapping(top.get("upstream"), "upstream", ("ca_files", "resolve", "allow_private")) or {}
+    up = (
+        c.mapping(top.get("upstream"), "upstream", ("ca_files", "resolve", "allow_private", "dns"))
+        or {}
+    )
+    dns = c.typed(up, "upstream", "dns", str, "system")
+    if dns not in ("system", "static"):
+        c.err("upstream.dns", f"{dns!r} is not one of system, static")
     ca_files: list[Path] = []
     for j, f in enumerate(c.str_list(up, "upstream", "ca_files", allow_empty=True) or []):
         p = _path(base, f)
@@ -651,6 +661,9 @@ def parse(data: Any, file: str, base: Path) -> Config:
     if max_body <= 0:
         c.err("limits.max_body_bytes", "must be positive")
 
+    mode = c.typed(top, "", "mode", str, "enforce")
+    if mode not in ("enforce", "report"):
+        c.err("mode", f"{mode!r} is not one of enforce, report")
     vault = _parse_vault(c, top.get("vault"), base)
     if "vault" not in top and any(s.source.kind == "vault" for s in secrets):
         vault = _parse_vault(c, {}, base)  # all from VAULT_* variables, token auth
@@ -666,10 +679,12 @@ def parse(data: Any, file: str, base: Path) -> Config:
         upstream_ca_files=tuple(ca_files),
         resolve=resolve,
         allow_private=tuple(allow_private),
+        dns=dns,
         rules=tuple(rules),
         secrets=tuple(secrets),
         audit_path=audit_path,
         max_body_bytes=max_body,
+        mode=mode,
         vault=vault if "vault" in top or any(s.source.kind == "vault" for s in secrets) else None,
     )
 

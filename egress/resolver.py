@@ -30,8 +30,13 @@ class Refused:
 
 class Resolver:
     def __init__(
-        self, static: dict[str, tuple[str, ...]], policy: AddressPolicy, timeout: float = 5.0
+        self,
+        static: dict[str, tuple[str, ...]],
+        policy: AddressPolicy,
+        timeout: float = 5.0,
+        static_only: bool = False,
     ):
+        self.static_only = static_only
         self.static = {
             name: tuple(ipaddress.ip_address(a) for a in addrs) for name, addrs in static.items()
         }
@@ -44,6 +49,8 @@ class Resolver:
             return [ipaddress.ip_address(host)]
         if host in self.static:
             return list(self.static[host])
+        if self.static_only:
+            return []  # upstream.dns: static: answers come only from upstream.resolve
         loop = asyncio.get_running_loop()
         infos = await asyncio.wait_for(
             loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), self.timeout

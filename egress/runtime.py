@@ -101,7 +101,12 @@ class Runtime:
                     )
                 )
                 trust = combined
-            ca = EphemeralCA.create(cfg.rules, cfg.ca_validity_hours)
+            if cfg.mode == "report":
+                log.warning("report mode: allowlist denials are logged as would_deny and let through; the CA "
+                            "carries no name constraints so that it can serve hosts outside the allowlist")  # fmt: skip
+            ca = EphemeralCA.create(
+                cfg.rules, cfg.ca_validity_hours, constrained=cfg.mode != "report"
+            )
             ca.write_cert(cfg.ca_cert_path)
         except BaseException:
             shutil.rmtree(private, ignore_errors=True)
@@ -116,7 +121,7 @@ class Runtime:
             audit=audit or AuditWriter(cfg.audit_path),
             private_dir=private,
             upstream_trust=trust,
-            resolver=Resolver(cfg.resolve, address_policy(cfg)),
+            resolver=Resolver(cfg.resolve, address_policy(cfg), static_only=cfg.dns == "static"),
             vault=refresher,
         )
 

@@ -81,6 +81,7 @@ def base_config(
             "resolve": {API: "127.0.0.1", OTHER: "127.0.0.1", DOWN: "127.0.0.1"},
             # The names resolve to loopback, which egress dials only when allowed explicitly.
             "allow_private": ["127.0.0.1/32"],
+            "dns": "static",  # tests never send a real DNS query
         },
         "allow": allow,
         "secrets": [

@@ -146,3 +146,30 @@ async def test_connect_to_a_name_that_resolves_privately_is_refused(rt: Runtime)
             f.response is not None and f.response.headers["x-egress-reason"] == "resolved_private"
         )
         assert "10.9.9.9 (private)" in f.response.get_text()
+
+
+async def test_dns_rebinding_cannot_swap_the_checked_address(rt: Runtime) -> None:
+    """The first answer is checked and remembered; a later lookup would say 10.9.9.9 (private),
+    but the connection goes to the address that was checked, with no second lookup."""
+    from egress.resolver import Resolver
+
+    class Rebinding(Resolver):
+        calls = 0
+
+        async def lookup(self, host: str) -> list:
+            Rebinding.calls += 1
+            return [ipaddress.ip_address("127.0.0.2" if Rebinding.calls == 1 else "10.9.9.9")]
+
+    rt.resolver = Rebinding({}, rt.resolver.policy)
+    addon = Allowlist(rt)
+    with taddons.context(addon):
+        f = connect_flow("api.test")
+        await addon.http_connect(f)
+        assert f.response is None
+        server = f.server_conn
+        server.address, server.sni, server.error = ("api.test", 443), None, None
+        await addon.server_connect(
+            server_hooks.ServerConnectionHookData(client=f.client_conn, server=server)
+        )
+    assert server.error is None and server.address == ("127.0.0.2", 443)
+    assert Rebinding.calls == 1

@@ -6,6 +6,7 @@ import base64
 import json
 import ssl
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -272,3 +273,44 @@ def test_real_secret_in_path_to_unbound_host_is_blocked_and_never_audited(
     rec = last_audit(proxy, reason="secret_to_unbound_host")
     assert rec["path"] == "/exfil/[secret:api_token]"
     assert_no_secret(proxy.outputs(), body, err)
+
+
+def test_report_mode_lets_denials_through_as_would_deny(
+    tmp_path: Path, upstream: Upstream, test_ca_file: Path
+) -> None:
+    from tests.conftest import base_config, start_proxy, write_config
+
+    cfg = base_config(tmp_path, test_ca_file, upstream.port)
+    cfg["mode"] = "report"
+    cfg["allow"] = [
+        r for r in cfg["allow"] if r["host"] != OTHER
+    ]  # OTHER is now outside the allowlist
+    cfg["secrets"] = cfg["secrets"][:1]
+    cfg["allow"][0]["methods"] = ["GET"]  # so that a DELETE to API is one enforce mode would deny
+    p = start_proxy(write_config(tmp_path, cfg), tmp_path)
+    try:
+        code, body, err = curl(p, f"https://{OTHER}:{upstream.port}/would", "-H", "X-Key: value")
+        assert code == 200, err
+        rec = last_audit(p, path="/would")
+        assert (rec["decision"], rec["would_deny"]) == ("allow", "host_not_allowed")
+        # A bound secret is never injected into a request enforce mode would deny.
+        code, _, _ = curl(
+            p,
+            f"https://{API}:{upstream.port}/",
+            "-X",
+            "DELETE",
+            "-H",
+            f"Authorization: Bearer {PH}",
+        )
+        assert code == 200
+        # Address and secret checks still hold in report mode.
+        code, body, _ = curl(
+            p, f"https://{OTHER}:{upstream.port}/leak", "-H", f"Authorization: Bearer {PH}"
+        )
+        assert code == 403 and "placeholder_to_unbound_host" in body
+    finally:
+        assert p.stop() == 0
+    assert [r.path for r in upstream.requests] == ["/would", "/"]
+    assert upstream.requests[1].headers["authorization"] == f"Bearer {PH}"  # not injected
+    assert last_audit(p, path="/")["would_deny"] == "method_not_allowed"
+    assert "report mode" in p.stderr_path.read_text()
