@@ -97,7 +97,11 @@ class Allowlist(EgressAddon):
             return
         m.update(host=host, port=port, scheme=scheme, path=redact_path(req.path),
                  url=f"{scheme}://{_authority(host, port)}{req.path}")  # fmt: skip
-        problem = _malformed(flow) or _identity_problem(flow, host, port, tunnel is not None)
+        problem = (
+            _malformed(flow)
+            or _proxy_header(flow)
+            or _identity_problem(flow, host, port, tunnel is not None)
+        )
         if problem is not None:
             deny(flow, rt, problem[0], problem[1])
             return
@@ -192,6 +196,17 @@ def _malformed(flow: http.HTTPFlow) -> tuple[Reason, str] | None:
                 Reason.MALFORMED_REQUEST,
                 f"the header {shown!r} holds CR, LF or NUL (or is folded)",
             )
+    return None
+
+
+def _proxy_header(flow: http.HTTPFlow) -> tuple[Reason, str] | None:
+    """A client must not choose a proxy for the upstream: a 'Proxy' header becomes HTTP_PROXY
+    in CGI-style servers (httpoxy). Credentials and options meant for a proxy never go
+    upstream either."""
+    if "proxy" in flow.request.headers:
+        return Reason.PROXY_HEADER, "the request carries a 'Proxy' header (httpoxy); remove it"
+    for name in ("proxy-authorization", "proxy-connection"):
+        flow.request.headers.pop(name, None)
     return None
 
 

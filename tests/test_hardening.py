@@ -33,6 +33,7 @@ CASES = [
     ("WebSocket upgrade without websocket: true", "GET /ws HTTP/1.1\r\nHost: {api}\r\nUpgrade: websocket\r\n"
      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", 403,
      "websocket_not_allowed"),
+    ("httpoxy Proxy header", "GET /p HTTP/1.1\r\nHost: {api}\r\nProxy: http://evil.test:8080\r\n\r\n", 403, "proxy_header"),
     ("a polite request, for contrast", "GET /ok HTTP/1.1\r\nHost: {api}\r\n\r\n", 200, None),
 ]  # fmt: skip
 
@@ -106,3 +107,44 @@ def test_sni_mismatch_with_a_client_that_does_not_verify(
         )
     assert status_of(response) == 403 and b"x-egress-reason: sni_mismatch" in response
     assert upstream.requests == []
+
+
+def test_http2_each_stream_is_decided_on_its_own_authority(
+    tmp_path,
+    test_ca,
+    test_ca_file,  # noqa: ANN001
+) -> None:
+    """Connection coalescing: a second host must not ride an HTTP/2 connection that was
+    allowed for the first."""
+    import ssl as _ssl
+
+    from tests.conftest import base_config, start_proxy, write_config
+    from tests.h2util import H2Upstream, h2_requests
+
+    ctx = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
+    test_ca.issue_cert(API, OTHER).configure_cert(ctx)
+    with H2Upstream(ctx) as up:
+        p = start_proxy(
+            write_config(tmp_path, base_config(tmp_path, test_ca_file, up.port)), tmp_path
+        )
+        try:
+            s = connect_tunnel(p.port, API, up.port, p.ca, alpn=["h2"])
+            assert s.selected_alpn_protocol() == "h2"
+            with s:
+                status = h2_requests(s, [(f"{API}:{up.port}", "/first"), (f"{OTHER}:{up.port}", "/coalesced"),
+                                         (f"{API}:{up.port}", "/third")])  # fmt: skip
+        finally:
+            assert p.stop() == 0
+        assert status == {"/first": 200, "/coalesced": 403, "/third": 200}
+        assert [r.path for r in up.recorder.requests] == ["/first", "/third"]
+        reasons = [a["reason"] for a in p.audit() if a["path"] == "/coalesced"]
+        assert reasons == ["host_header_mismatch"]
+
+
+def test_proxy_credentials_never_go_upstream(proxy: RunningProxy, upstream: Upstream) -> None:
+    raw = (f"GET /pa HTTP/1.1\r\nHost: {API}:{upstream.port}\r\nProxy-Authorization: Basic dTpw\r\n"
+           "Proxy-Connection: keep-alive\r\n\r\n")  # fmt: skip
+    with connect_tunnel(proxy.port, API, upstream.port, proxy.ca) as s:
+        assert status_of(exchange(s, raw.encode())) == 200
+    (req,) = upstream.requests
+    assert "proxy-authorization" not in req.headers and "proxy-connection" not in req.headers

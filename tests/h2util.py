@@ -1,0 +1,108 @@
+"""A minimal HTTP/2 upstream that records each stream, and a raw HTTP/2 client that can put
+several authorities on one connection (what connection coalescing does)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+
+import h2.config
+import h2.connection
+import h2.events
+
+from tests.upstream import Received, Recorder
+
+
+class H2Upstream:
+    def __init__(self, tls: ssl.SSLContext):
+        tls.set_alpn_protocols(["h2"])
+        self.tls = tls
+        self.recorder = Recorder()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> H2Upstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.recorder.lock:
+                self.recorder.connections += 1
+            threading.Thread(target=self._handle, args=(raw,), daemon=True).start()
+
+    def _handle(self, raw: socket.socket) -> None:
+        try:
+            s = self.tls.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        s.sendall(conn.data_to_send())
+        while True:
+            try:
+                data = s.recv(65536)
+            except (ssl.SSLError, OSError):
+                break
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    headers = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+                               for k, v in event.headers}  # fmt: skip
+                    with self.recorder.lock:
+                        self.recorder.requests.append(
+                            Received(headers[":method"], headers[":path"], headers, b"")
+                        )
+                    body = json.dumps({"authority": headers.get(":authority")}).encode()
+                    conn.send_headers(
+                        event.stream_id, [(":status", "200"), ("content-length", str(len(body)))]
+                    )
+                    conn.send_data(event.stream_id, body, end_stream=True)
+            s.sendall(conn.data_to_send())
+        s.close()
+
+
+def h2_requests(sock: ssl.SSLSocket, requests: list[tuple[str, str]]) -> dict[str, int]:
+    """Send GET requests (authority, path) as streams of one connection; return path -> status."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    paths: dict[int, str] = {}
+    for authority, path in requests:
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "GET"), (":scheme", "https"), (":authority", authority),
+                                (":path", path)], end_stream=True)  # fmt: skip
+        paths[sid] = path
+    sock.sendall(conn.data_to_send())
+    status: dict[str, int] = {}
+    done: set[int] = set()
+    sock.settimeout(10)
+    while len(done) < len(paths):
+        data = sock.recv(65536)
+        if not data:
+            break
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                status[paths[event.stream_id]] = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                done.add(event.stream_id)
+            elif isinstance(event, h2.events.DataReceived):
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        sock.sendall(conn.data_to_send())
+    return status
