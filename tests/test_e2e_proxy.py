@@ -314,3 +314,15 @@ def test_report_mode_lets_denials_through_as_would_deny(
     assert upstream.requests[1].headers["authorization"] == f"Bearer {PH}"  # not injected
     assert last_audit(p, path="/")["would_deny"] == "method_not_allowed"
     assert "report mode" in p.stderr_path.read_text()
+
+
+def test_redirects_are_not_followed_and_a_followed_one_is_decided_anew(
+    proxy: RunningProxy, upstream: Upstream
+) -> None:
+    target = f"https://denied.egress.test:{upstream.port}/x"
+    code, _, _ = curl(proxy, f"https://{API}:{upstream.port}/redirect?to={target}")
+    assert code == 302  # the proxy passes the redirect on; it never follows it itself
+    code, _, err = curl(proxy, f"https://{API}:{upstream.port}/redirect?to={target}", "-L")
+    assert "response 403" in err  # the client followed it: a new request, decided on its own
+    assert [r.path for r in upstream.requests] == [f"/redirect?to={target}"] * 2
+    assert proxy.audit()[-1]["host"] == "denied.egress.test"

@@ -43,6 +43,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _handle(self) -> None:
+        if self.path.startswith("/redirect?to="):
+            self.send_response(302)
+            self.send_header("location", self.path.split("=", 1)[1])
+            self.send_header("content-length", "0")
+            self.end_headers()
+            with self.server.recorder.lock:
+                self.server.recorder.requests.append(Received(self.command, self.path, {}, b""))
+            return
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
         rec = Received(
