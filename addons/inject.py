@@ -46,7 +46,10 @@ class SecretInjector(EgressAddon):
             body=body,
             content_type=req.headers.get("content-type", ""),
         )
-        result = plan(parts, [(s, rt.secrets.get(s.name)) for s in rt.config.secrets])
+        forms: dict[str, list] = {}
+        for f in rt.forms():
+            forms.setdefault(f.name, []).append(f)
+        result = plan(parts, [(s, rt.secrets.get(s.name)) for s in rt.config.secrets], forms)
         if isinstance(result, Denial):
             deny(flow, rt, result.reason, result.detail, rule=m.get("rule"), secret=result.secret)
             return
@@ -62,8 +65,6 @@ class SecretInjector(EgressAddon):
         if result.body_changed and result.body is not None:
             req.content = result.body
         m["secrets"] = list(result.injected)
-        if result.derived:
-            m["derived"] = result.derived  # SecretValue pairs, for the response scrubber
 
 
 addons = [SecretInjector()]

@@ -1,47 +1,111 @@
-"""Response scrubbing: a real secret value never reaches the agent, even when an upstream
-reflects it (echo services, error pages that quote the request)."""
+"""Response scrubbing: a real secret value never reaches the agent, in any common encoding,
+even when an upstream reflects it (echo services, error pages that quote the request).
+
+Buffered bodies are decoded (gzip, deflate, br, zstd), scrubbed and encoded again, and
+Content-Length follows. Bodies streamed because they are large or of unknown length are
+scrubbed chunk by chunk, with same-length masks so that the Content-Length already sent
+stays true. A body that cannot be scrubbed (an unknown content-encoding, or a compressed
+body too large to buffer) is refused on a flow that carried an injected secret.
+"""
 
 from __future__ import annotations
 
-from egress.addons.base import EgressAddon, meta
+from egress.addons.base import EgressAddon, deny, meta
 from mitmproxy import http
 
-from egress.injection import scrub
+from egress.encodings import StreamScrubber, scrub, stream_forms
+from egress.reasons import Reason
+
+# What mitmproxy can decode for us.
+DECODABLE = {"", "identity", "gzip", "deflate", "br", "zstd", "x-gzip"}
+
+
+def _encoding(resp: http.Response) -> str:
+    return resp.headers.get("content-encoding", "").strip().lower()
 
 
 class ResponseScrubber(EgressAddon):
-    def _pairs(self, flow: http.HTTPFlow) -> list[tuple[bytes, bytes]]:
-        derived = [
-            (v.reveal().encode(), orig.encode()) for v, orig in meta(flow).get("derived", ())
-        ]
-        return derived + [
-            (v.reveal().encode(), s.placeholder.encode()) for s, v in self.runtime.secrets.loaded()
-        ]
+    def _active(self, flow: http.HTTPFlow) -> bool:
+        return (
+            flow.response is not None
+            and meta(flow).get("decision") == "allow"
+            and bool(self.runtime.forms())
+        )
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if not self._active(flow):
+            return
+        resp = flow.response
+        assert resp is not None
+        self._scrub_headers(flow, resp)
+        length = resp.headers.get("content-length", "")
+        large = not length.isdigit() or int(length) > self.runtime.config.max_body_bytes
+        if not large and not resp.stream:
+            return  # buffered: scrubbed whole in response()
+        if _encoding(resp) in ("", "identity"):
+            scrubber = StreamScrubber(stream_forms(self.runtime.forms()))
+            meta(flow)["stream_scrubber"] = scrubber
+            resp.stream = scrubber
+        elif meta(flow).get("secrets"):
+            self._refuse(flow, f"the response is {_encoding(resp)}-compressed and too large to buffer "
+                               f"(over limits.max_body_bytes), so it cannot be scrubbed")  # fmt: skip
 
     def response(self, flow: http.HTTPFlow) -> None:
+        if not self._active(flow):
+            return
         resp = flow.response
-        if resp is None or meta(flow).get("decision") != "allow":
+        assert resp is not None
+        m = meta(flow)
+        if "stream_scrubber" in m:
+            m["scrubbed"] = m.get("scrubbed", 0) + m.pop("stream_scrubber").count
             return
-        pairs = self._pairs(flow)
-        if not pairs:
+        if resp.raw_content is None:
             return
+        if _encoding(resp) not in DECODABLE:
+            if m.get("secrets"):
+                self._refuse(
+                    flow, f"the response has an unknown content-encoding ({_encoding(resp)!r})"
+                )
+            return
+        try:
+            body = resp.get_content(strict=True) or b""
+        except ValueError:
+            if m.get("secrets"):
+                self._refuse(flow, f"the response's {_encoding(resp)} body cannot be decoded")
+            return
+        new_body, n = scrub(body, self.runtime.forms())
+        if n:
+            resp.content = new_body  # encodes again and fixes Content-Length
+            m["scrubbed"] = m.get("scrubbed", 0) + n
+
+    def _scrub_headers(self, flow: http.HTTPFlow, resp: http.Response) -> None:
+        forms = self.runtime.forms()
         total = 0
-        for name, value in list(resp.headers.items(multi=True)):
-            new, n = scrub(value.encode("utf-8", "surrogateescape"), pairs)
-            if n:
-                resp.headers.set_all(name, [
-                    scrub(v.encode("utf-8", "surrogateescape"), pairs)[0].decode("utf-8", "surrogateescape")
-                    for v in resp.headers.get_all(name)
-                ])  # fmt: skip
-                total += n
-        if resp.raw_content:  # buffered body (streamed bodies pass by; see docs/secrets.md)
-            body = resp.get_content(strict=False) or b""
-            new_body, n = scrub(body, pairs)
-            if n:
-                resp.content = new_body  # re-encodes and fixes Content-Length
-                total += n
+        fields = []
+        for name, value in resp.headers.fields:
+            new, n = scrub(value, forms)
+            total += n
+            fields.append((name, new))
         if total:
-            meta(flow)["scrubbed"] = total
+            resp.headers = http.Headers(fields)
+            meta(flow)["scrubbed"] = meta(flow).get("scrubbed", 0) + total
+
+    def _refuse(self, flow: http.HTTPFlow, why: str) -> None:
+        resp = flow.response
+        deny(flow, self.runtime, Reason.UNSCRUBBABLE_RESPONSE,
+             f"{why}; this flow carried an injected secret, so the response was not passed on")  # fmt: skip
+        if resp is not None and flow.response is not resp:
+            flow.response.stream = False  # type: ignore[union-attr]
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None or meta(flow).get("decision") != "allow":
+            return
+        message = flow.websocket.messages[-1]
+        if not message.from_client:
+            new, n = scrub(message.content, self.runtime.forms())
+            if n:
+                message.content = new
+                meta(flow)["scrubbed"] = meta(flow).get("scrubbed", 0) + n
 
 
 addons = [ResponseScrubber()]

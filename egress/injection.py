@@ -17,9 +17,10 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote_to_bytes
 
 from egress.config import SecretSpec
+from egress.encodings import SecretForms, find, make_forms
 from egress.reasons import Reason
 from egress.secrets import MIN_SCAN_LENGTH, SecretValue
 
@@ -51,9 +52,6 @@ class Injection:
     body: bytes | None
     injected: list[str] = field(default_factory=list)
     body_changed: bool = False
-    # Encoded forms this request carries that embed a secret (the Basic token we built),
-    # with what the client sent in their place: scrubbed from the response like the secret.
-    derived: list[tuple[SecretValue, str]] = field(default_factory=list)
 
 
 def _decode_basic(value: str) -> str | None:
@@ -92,20 +90,44 @@ def _body_replacement(content_type: str, value: str) -> bytes:
     return value.encode()
 
 
-def _substitute_header(value: str, placeholder: str, secret: str, out: Injection) -> str:
+def _substitute_header(value: str, placeholder: str, secret: str) -> str:
     decoded = _decode_basic(value)
     if decoded is not None and placeholder in decoded:
         # git and many clients send a token as the password of Basic auth.
         token = base64.b64encode(decoded.replace(placeholder, secret).encode("utf-8")).decode()
-        out.derived.append((SecretValue(token), value.split(" ", 1)[1].strip()))
         return value.split(" ", 1)[0] + " " + token
     return value.replace(placeholder, secret)
 
 
+def _leaked(req: RequestParts, forms: SecretForms) -> str | None:
+    """Where a secret's real value is in the request, in any of its encodings."""
+    path, _, query = req.path.partition("?")
+    surfaces = [("headers", "\n".join(f"{k}: {v}" for k, v in req.headers).encode("utf-8", "surrogateescape")),
+                ("path", path.encode("utf-8", "surrogateescape")),
+                ("query", query.encode("utf-8", "surrogateescape")),
+                ("body", req.body or b"")]  # fmt: skip
+    for name, data in surfaces:
+        # Also the percent-decoded text: an agent may encode every character.
+        for candidate, how in ((data, None), (unquote_to_bytes(data.replace(b"+", b" ")), "percent")):
+            found = find(candidate, [forms])
+            if found:
+                return f"{name} ({how or found[1]})"
+    return None
+
+
 def plan(
-    req: RequestParts, secrets: list[tuple[SecretSpec, SecretValue | None]]
+    req: RequestParts,
+    secrets: list[tuple[SecretSpec, SecretValue | None]],
+    forms: dict[str, list[SecretForms]] | None = None,
 ) -> Denial | Injection:
-    """Check a request against every secret and return what to send, or why not to."""
+    """Check a request against every secret and return what to send, or why not to.
+
+    ``forms``: each secret's encoded forms (current and previous values), for the leak
+    guard; by default made from ``secrets``."""
+    if forms is None:
+        forms = {
+            s.name: [make_forms(s.name, v, s.placeholder)] for s, v in secrets if v is not None
+        }
     to_inject: list[tuple[SecretSpec, SecretValue, list[str]]] = []
     for spec, value in secrets:
         where = _surfaces_with(req, spec.placeholder)
@@ -119,12 +141,12 @@ def plan(
                     f"it, add it to secrets[{spec.index}].hosts",
                     spec.name,
                 )
-            if value is not None and len(value.reveal()) >= MIN_SCAN_LENGTH:
-                leaked = _surfaces_with(req, value.reveal())
+            for f in forms.get(spec.name, ()):
+                leaked = _leaked(req, f) if len(f.raw) >= MIN_SCAN_LENGTH else None
                 if leaked:
                     return Denial(
                         Reason.SECRET_TO_UNBOUND_HOST,
-                        f"the real value of secret {spec.name!r} is in the {leaked[0]} of a "
+                        f"the real value of secret {spec.name!r} is in the {leaked} of a "
                         f"request to {req.host!r}, which it is not bound to",
                         spec.name,
                     )
@@ -171,7 +193,7 @@ def plan(
         secret = value.reveal()
         if "headers" in where:
             out.headers = [
-                (k, _substitute_header(v, spec.placeholder, secret, out)) for k, v in out.headers
+                (k, _substitute_header(v, spec.placeholder, secret)) for k, v in out.headers
             ]
         if "query" in where:
             path, _, query = out.path.partition("?")
@@ -182,18 +204,3 @@ def plan(
             out.body_changed = True
         out.injected.append(spec.name)
     return out
-
-
-def scrub(data: bytes, pairs: list[tuple[bytes, bytes]]) -> tuple[bytes, int]:
-    """Replace every real secret value with its placeholder; return the data and the count.
-
-    Raw form only here; encoded forms and streamed bodies are handled by the scrubbing
-    work of docs/secrets.md.
-    """
-    count = 0
-    for secret, placeholder in pairs:
-        n = data.count(secret)
-        if n:
-            data = data.replace(secret, placeholder)
-            count += n
-    return data, count

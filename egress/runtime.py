@@ -15,6 +15,7 @@ from egress.addresses import AddressPolicy
 from egress.audit import AuditWriter
 from egress.ca import EphemeralCA
 from egress.config import Config
+from egress.encodings import SecretForms, make_forms
 from egress.hostnames import IPAddress
 from egress.policy import Allowlist
 from egress.resolver import Resolver
@@ -49,6 +50,8 @@ class Runtime:
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
     # checked addresses for plain-HTTP requests: (client id, host, port) -> address
     dial: dict[tuple[str, str, int], IPAddress] = field(default_factory=dict)
+    _forms: list[SecretForms] = field(default_factory=list, repr=False)
+    _forms_version: int = -1
 
     @classmethod
     def start(cls, cfg: Config, audit: AuditWriter | None = None) -> Runtime:
@@ -125,6 +128,14 @@ class Runtime:
             vault=refresher,
         )
 
+    def forms(self) -> list[SecretForms]:
+        """Every secret's encoded forms (current and previous values), recomputed only when a
+        value changes."""
+        if self._forms_version != self.secrets.version:
+            self._forms = [make_forms(s.name, v, s.placeholder) for s, v in self.secrets.known()]
+            self._forms_version = self.secrets.version
+        return self._forms
+
     def listening_on(self, host: str, port: int) -> None:
         """Record the proxy's own listener: egress never dials itself."""
         own = (ipaddress.ip_address(host), port)
@@ -135,9 +146,11 @@ class Runtime:
     def redact(self, text: str) -> str:
         """Replace every loaded secret value in ``text`` with ``[secret:<name>]``: for text that
         echoes what a client sent (denial bodies, audited paths, error details)."""
-        for spec, value in self.secrets.loaded():
-            text = text.replace(value.reveal(), f"[secret:{spec.name}]")
-        return text
+        data = text.encode("utf-8", "surrogateescape")
+        for f in self.forms():
+            for secret, _, _ in f.pairs:
+                data = data.replace(secret, f"[secret:{f.name}]".encode())
+        return data.decode("utf-8", "surrogateescape")
 
     def close(self) -> None:
         if self.vault is not None:

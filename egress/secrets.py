@@ -168,6 +168,9 @@ class SecretStore:
         self.specs = specs
         self.sources = sources or {s.name: make_source(s) for s in specs}
         self._values: dict[str, SecretValue] = {}
+        # The value each secret had before its last rotation: upstreams may still echo it.
+        self._previous: dict[str, SecretValue] = {}
+        self.version = 0  # changes whenever a value does
         self.problems: dict[str, str] = {}  # name -> why it is not loaded (no values)
 
     def load_all(self) -> None:
@@ -175,7 +178,7 @@ class SecretStore:
         optional ones that fail are recorded in ``problems`` and fail closed at use."""
         for spec in self.specs:
             try:
-                self._values[spec.name] = self.sources[spec.name].fetch()
+                self.set(spec.name, self.sources[spec.name].fetch())
                 self.problems.pop(spec.name, None)
             except SecretLoadError as e:
                 if spec.required:
@@ -186,14 +189,26 @@ class SecretStore:
         return self._values.get(name)
 
     def set(self, name: str, value: SecretValue) -> None:
-        self._values[name] = value
+        old = self._values.get(name)
+        if old != value:
+            if old is not None:
+                self._previous[name] = old
+            self._values[name] = value
+            self.version += 1
 
     def drop(self, name: str) -> None:
         """Forget a value that can no longer be trusted: requests that need it fail closed."""
-        self._values.pop(name, None)
+        if self._values.pop(name, None) is not None:
+            self.version += 1
 
     def loaded(self) -> list[tuple[SecretSpec, SecretValue]]:
         return [(s, self._values[s.name]) for s in self.specs if s.name in self._values]
+
+    def known(self) -> list[tuple[SecretSpec, SecretValue]]:
+        """Current and previous values: everything that must never reach a client."""
+        return self.loaded() + [
+            (s, self._previous[s.name]) for s in self.specs if s.name in self._previous
+        ]
 
     def env_vars_consumed(self) -> set[str]:
         return {v for src in self.sources.values() for v in src.env_vars_consumed()}

@@ -51,6 +51,8 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.recorder.lock:
                 self.server.recorder.requests.append(Received(self.command, self.path, {}, b""))
             return
+        if self.path.startswith("/reflect"):
+            return self._reflect()
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
         rec = Received(
@@ -74,6 +76,50 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("alt-svc", 'h3=":443"; ma=86400')
         self.end_headers()
         self.wfile.write(payload)
+
+    def _reflect(self) -> None:
+        """Echo the request's Authorization in the form ?as= asks for, in a header too."""
+        import base64
+        import gzip
+        import zlib
+
+        with self.server.recorder.lock:
+            self.server.recorder.requests.append(
+                Received(self.command, self.path, dict(self.headers), b"")
+            )
+        auth = self.headers.get("authorization", "")
+        form = self.path.split("as=", 1)[1] if "as=" in self.path else "raw"
+        doc = json.dumps({"authorization": auth, "headers": dict(self.headers)}).encode()
+        body, extra = doc, {}
+        if form == "base64":
+            body = base64.b64encode(doc)
+        elif form == "hex":
+            body = doc.hex().encode()
+        elif form == "gzip":
+            body, extra = gzip.compress(doc), {"content-encoding": "gzip"}
+        elif form == "deflate":
+            body, extra = zlib.compress(doc), {"content-encoding": "deflate"}
+        elif form == "weird-encoding":
+            body, extra = doc, {"content-encoding": "x-egress-unknown"}
+        elif form == "big":
+            body = b"a" * 70_000 + doc + b"b" * 70_000  # over the proxy's buffering limit
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("x-echo", auth)
+        self.send_header("set-cookie", f"session={base64.b64encode(auth.encode()).decode()}")
+        for k, v in extra.items():
+            self.send_header(k, v)
+        if form == "chunked":
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(doc), 7):  # small chunks: the secret is split across them
+                piece = doc[i : i + 7]
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 

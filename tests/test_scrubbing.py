@@ -1,0 +1,75 @@
+"""The client never sees a real secret, whatever the upstream reflects and however."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import ssl
+
+import httpx
+import pytest
+
+from egress.encodings import find, make_forms
+from egress.secrets import SecretValue
+from tests.conftest import API, SECRET, RunningProxy
+from tests.upstream import Upstream
+
+PH = "egress-api_token-placeholder"
+FORMS = [make_forms("api_token", SecretValue(SECRET), PH)]
+
+
+def client(proxy: RunningProxy) -> httpx.Client:
+    return httpx.Client(
+        proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.ca)), timeout=20
+    )
+
+
+def decoded_views(body: bytes) -> list[bytes]:
+    """Every way a client might read the body: as is, and decoded."""
+    views = [body]
+    for decode in (base64.b64decode, bytes.fromhex, gzip.decompress):
+        try:
+            views.append(decode(body if decode is not bytes.fromhex else body.decode()))  # type: ignore[arg-type]
+        except Exception:  # noqa: S112 (not that encoding)
+            continue
+    return views
+
+
+@pytest.mark.parametrize("form", ["raw", "base64", "hex", "gzip", "deflate", "chunked", "big"])
+def test_reflected_secret_is_scrubbed(proxy: RunningProxy, upstream: Upstream, form: str) -> None:
+    with client(proxy) as c:
+        r = c.get(
+            f"https://{API}:{upstream.port}/reflect?as={form}",
+            headers={"authorization": f"Bearer {PH}"},
+        )
+    assert r.status_code == 200
+    assert upstream.requests[0].headers["authorization"] == f"Bearer {SECRET}"  # injected
+    for view in [*decoded_views(r.content), str(r.headers).encode()]:
+        assert find(view, FORMS) is None, f"secret reached the client ({form})"
+    if form in ("raw", "gzip", "deflate"):
+        assert json.loads(r.content)["authorization"] == f"Bearer {PH}"  # put back, readable
+    if form == "big":
+        assert len(r.content) == int(r.headers["content-length"])  # streamed; length unchanged
+
+
+def test_unknown_content_encoding_on_a_secret_flow_is_refused(
+    proxy: RunningProxy, upstream: Upstream
+) -> None:
+    with client(proxy) as c:
+        r = c.get(
+            f"https://{API}:{upstream.port}/reflect?as=weird-encoding",
+            headers={"authorization": f"Bearer {PH}"},
+        )
+    assert r.status_code == 502 and r.headers["x-egress-reason"] == "unscrubbable_response"
+    assert SECRET not in r.text
+
+
+def test_response_without_secret_is_byte_identical(proxy: RunningProxy, upstream: Upstream) -> None:
+    with client(proxy) as c:
+        r = c.get(
+            f"https://{API}:{upstream.port}/reflect?as=gzip",
+            headers={"authorization": "Bearer nothing-secret"},
+        )
+    assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
+    assert json.loads(r.content)["authorization"] == "Bearer nothing-secret"
