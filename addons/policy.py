@@ -105,7 +105,13 @@ class Allowlist(EgressAddon):
         if problem is not None:
             deny(flow, rt, problem[0], problem[1])
             return
-        websocket = req.headers.get("upgrade", "").lower() == "websocket"
+        upgrade = _upgrade_tokens(req)
+        if upgrade and upgrade != ["websocket"]:
+            # mitmproxy relays any other upgraded protocol as raw TCP, past every rule.
+            deny(flow, rt, Reason.UPGRADE_NOT_ALLOWED,
+                 f"the request asks to upgrade to {', '.join(upgrade)!r}; only WebSocket upgrades can be allowed")  # fmt: skip
+            return
+        websocket = upgrade == ["websocket"]
         d = rt.allowlist.decide(scheme, host, port, req.method, req.path, websocket)
         if not d.allowed and self._enforce(flow, d):
             hint = how_to_allow(d.reason, host, port, scheme, req.method, req.path, d.rule_label)
@@ -170,6 +176,11 @@ class Allowlist(EgressAddon):
         # them to try QUIC around it.
         if flow.response is not None:
             flow.response.headers.pop("alt-svc", None)
+            if flow.response.status_code == 101 and _upgrade_tokens(flow.request) != ["websocket"]:
+                # Whatever the request said, never switch protocols to anything but WebSocket.
+                meta(flow).update(decision="deny", reason=Reason.UPGRADE_NOT_ALLOWED.value,
+                                  detail="the upstream switched protocols without an allowed WebSocket upgrade")  # fmt: skip
+                flow.kill()
 
 
 class RefuseConnection(layer.Layer):
@@ -197,6 +208,12 @@ def _malformed(flow: http.HTTPFlow) -> tuple[Reason, str] | None:
                 f"the header {shown!r} holds CR, LF or NUL (or is folded)",
             )
     return None
+
+
+def _upgrade_tokens(req: http.Request) -> list[str]:
+    return [
+        t.strip().lower() for v in req.headers.get_all("upgrade") for t in v.split(",") if t.strip()
+    ]
 
 
 def _proxy_header(flow: http.HTTPFlow) -> tuple[Reason, str] | None:
@@ -238,6 +255,19 @@ def _identity_problem(
             Reason.HOST_HEADER_MISMATCH,
             f"the Host header names {claimed!r} but the request goes to {_authority(host, port)}",
         )
+    for value in host_headers:  # HTTP/2: a Host header beside :authority must agree too
+        try:
+            h, h_port = split_host_port(value, default_port)
+            same = canonical_host(h) == host and (
+                ":" not in value.rsplit("]", 1)[-1] or h_port == port
+            )
+        except InvalidHost:
+            same = False
+        if not same:
+            return (
+                Reason.HOST_HEADER_MISMATCH,
+                f"the Host header names {value!r} but the request goes to {_authority(host, port)}",
+            )
     sni = flow.client_conn.sni if in_tunnel and req.scheme == "https" else None
     if sni:
         try:

@@ -45,6 +45,10 @@ def canonical_host(raw: str) -> str:
     host = raw.strip() if isinstance(raw, str) else ""
     if not host or host != raw:
         raise InvalidHost(f"invalid host {raw!r}: empty or surrounded by white space")
+    if "%" in host:
+        raise InvalidHost(
+            f"invalid host {raw!r}: an IPv6 zone id (or '%') has no place in a destination"
+        )
     if host.startswith("[") and host.endswith("]"):
         try:
             ipaddress.IPv6Address(host[1:-1])

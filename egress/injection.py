@@ -108,7 +108,10 @@ def _leaked(req: RequestParts, forms: SecretForms) -> str | None:
                 ("body", req.body or b"")]  # fmt: skip
     for name, data in surfaces:
         # Also the percent-decoded text: an agent may encode every character.
-        for candidate, how in ((data, None), (unquote_to_bytes(data.replace(b"+", b" ")), "percent")):
+        for candidate, how in (
+            (data, None),
+            (unquote_to_bytes(data.replace(b"+", b" ")), "percent"),
+        ):
             found = find(candidate, [forms])
             if found:
                 return f"{name} ({how or found[1]})"

@@ -29,6 +29,7 @@ class Reason(StrEnum):
     NON_HTTP_PROTOCOL = "non_http_protocol"
     WEBSOCKET_NOT_ALLOWED = "websocket_not_allowed"
     PROXY_HEADER = "proxy_header"
+    UPGRADE_NOT_ALLOWED = "upgrade_not_allowed"
     HOST_HEADER_MISMATCH = "host_header_mismatch"
     SNI_MISMATCH = "sni_mismatch"
     # denied by the secret guards
@@ -61,6 +62,7 @@ _STATUS: dict[Reason, int] = {
     Reason.NON_HTTP_PROTOCOL: 403,
     Reason.WEBSOCKET_NOT_ALLOWED: 403,
     Reason.PROXY_HEADER: 403,
+    Reason.UPGRADE_NOT_ALLOWED: 403,
     Reason.HOST_HEADER_MISMATCH: 403,
     Reason.SNI_MISMATCH: 403,
     Reason.PLACEHOLDER_TO_UNBOUND_HOST: 403,

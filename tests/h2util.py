@@ -78,16 +78,21 @@ class H2Upstream:
         s.close()
 
 
-def h2_requests(sock: ssl.SSLSocket, requests: list[tuple[str, str]]) -> dict[str, int]:
+def h2_requests(
+    sock: ssl.SSLSocket, requests: list[tuple[str, str]], extra: list[tuple[str, str]] | None = None
+) -> dict[str, int]:
     """Send GET requests (authority, path) as streams of one connection; return path -> status."""
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    # No outbound validation: this client sends what polite clients would not.
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
+    )
     conn.initiate_connection()
     sock.sendall(conn.data_to_send())
     paths: dict[int, str] = {}
     for authority, path in requests:
         sid = conn.get_next_available_stream_id()
         conn.send_headers(sid, [(":method", "GET"), (":scheme", "https"), (":authority", authority),
-                                (":path", path)], end_stream=True)  # fmt: skip
+                                (":path", path), *(extra or [])], end_stream=True)  # fmt: skip
         paths[sid] = path
     sock.sendall(conn.data_to_send())
     status: dict[str, int] = {}
@@ -100,9 +105,14 @@ def h2_requests(sock: ssl.SSLSocket, requests: list[tuple[str, str]]) -> dict[st
         for event in conn.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived):
                 status[paths[event.stream_id]] = int(dict(event.headers)[b":status"])
-            elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+            elif isinstance(event, h2.events.StreamReset):
+                status.setdefault(paths[event.stream_id], 0)  # 0: refused with a stream reset
+                done.add(event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
                 done.add(event.stream_id)
             elif isinstance(event, h2.events.DataReceived):
                 conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         sock.sendall(conn.data_to_send())
+    for path in paths.values():
+        status.setdefault(path, 0)  # no answer: the connection was closed on it
     return status

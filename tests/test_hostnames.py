@@ -30,7 +30,7 @@ def test_canonical_host(raw: str, canonical: str) -> None:
 @pytest.mark.parametrize(
     "raw",
     ["", " a.com", "a..com", "a.com..", "a b.com", "a.com/x", "user@a.com", "1.2.3.999", "[a.com]",
-     "-a.com", "a" * 64 + ".com", "xn--zz.com", "a\r\nb.com"],
+     "-a.com", "a" * 64 + ".com", "xn--zz.com", "a\r\nb.com", "[fe80::1%eth0]", "fe80::1%25eth0"],
 )  # fmt: skip
 def test_invalid_hosts(raw: str) -> None:
     with pytest.raises(InvalidHost):
