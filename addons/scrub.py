@@ -46,7 +46,7 @@ class ResponseScrubber(EgressAddon):
             scrubber = StreamScrubber(stream_forms(self.runtime.forms()))
             meta(flow)["stream_scrubber"] = scrubber
             resp.stream = scrubber
-        elif meta(flow).get("secrets"):
+        elif self._strict(flow):
             self._refuse(flow, f"the response is {_encoding(resp)}-compressed and too large to buffer "
                                f"(over limits.max_body_bytes), so it cannot be scrubbed")  # fmt: skip
 
@@ -62,7 +62,7 @@ class ResponseScrubber(EgressAddon):
         if resp.raw_content is None:
             return
         if _encoding(resp) not in DECODABLE:
-            if m.get("secrets"):
+            if self._strict(flow):
                 self._refuse(
                     flow, f"the response has an unknown content-encoding ({_encoding(resp)!r})"
                 )
@@ -70,13 +70,20 @@ class ResponseScrubber(EgressAddon):
         try:
             body = resp.get_content(strict=True) or b""
         except ValueError:
-            if m.get("secrets"):
+            if self._strict(flow):
                 self._refuse(flow, f"the response's {_encoding(resp)} body cannot be decoded")
             return
         new_body, n = scrub(body, self.runtime.forms())
         if n:
             resp.content = new_body  # encodes again and fixes Content-Length
             m["scrubbed"] = m.get("scrubbed", 0) + n
+
+    def _strict(self, flow: http.HTTPFlow) -> bool:
+        """Did this flow carry an injected secret that does not allow unscrubbable responses?"""
+        injected = set(meta(flow).get("secrets", ()))
+        return any(
+            s.name in injected and not s.allow_unscrubbable for s in self.runtime.config.secrets
+        )
 
     def _scrub_headers(self, flow: http.HTTPFlow, resp: http.Response) -> None:
         forms = self.runtime.forms()

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import Any
 
 import yaml
@@ -119,6 +120,9 @@ class SecretSpec:
     body_max_bytes: int
     allow_http: bool
     required: bool
+    require_placeholder: bool = True  # its auth headers carry the placeholder or are absent
+    auth_headers: tuple[str, ...] = ("authorization", "x-api-key")
+    allow_unscrubbable: bool = False  # pass responses egress cannot scrub on its flows
 
     def bound_to(self, host: str) -> bool:
         return any(p.matches(host) for p in self.hosts)
@@ -141,6 +145,12 @@ class Config:
     max_body_bytes: int = 10 * 1024 * 1024
     vault: VaultConfig | None = None
     mode: str = "enforce"  # "report": allowlist denials are logged as would_deny and let through
+
+
+def auto_placeholder(prefix: str, length: int) -> str:
+    """A placeholder made at start-up: the prefix, then random URL-safe characters."""
+    body = token_urlsafe(length)[: max(length - len(prefix), 0)]
+    return prefix + body
 
 
 def default_placeholder(name: str) -> str:
@@ -349,8 +359,9 @@ def _parse_secret(
 ) -> SecretSpec | None:
     key = f"secrets[{i}]"
     known = (
-        "name", "source", "hosts", "placeholder", "env", "inject", "body_max_bytes",
-        "allow_http", "required",
+        "name", "source", "hosts", "placeholder", "placeholder_prefix", "placeholder_length", "env",
+        "inject", "body_max_bytes", "allow_http", "required", "require_placeholder", "auth_headers",
+        "allow_unscrubbable",
     )  # fmt: skip
     m = c.mapping(node, key, known, ("name", "source", "hosts"))
     if m is None:
@@ -375,6 +386,20 @@ def _parse_secret(
             )
         hosts.append(pattern)
     placeholder = c.typed(m, key, "placeholder", str, None)
+    prefix = c.typed(m, key, "placeholder_prefix", str, "")
+    length = c.typed(m, key, "placeholder_length", int, 40)
+    if ("placeholder_prefix" in m or "placeholder_length" in m) and placeholder != "auto":
+        c.err(
+            f"{key}.placeholder",
+            "placeholder_prefix and placeholder_length go with 'placeholder: auto'",
+        )
+    if placeholder == "auto":
+        if not 16 <= length <= 256 or len(prefix) > length - 16:
+            c.err(
+                f"{key}.placeholder_length",
+                "must be 16-256 and leave at least 16 random characters after the prefix",
+            )
+        placeholder = auto_placeholder(prefix, length)
     if placeholder is None and name is not None:
         placeholder = default_placeholder(name)
     elif placeholder is not None and not _PLACEHOLDER.match(placeholder):
@@ -397,6 +422,9 @@ def _parse_secret(
         c.err(f"{key}.body_max_bytes", "must be positive")
     allow_http = c.typed(m, key, "allow_http", bool, False)
     required = c.typed(m, key, "required", bool, True)
+    auth_headers = [
+        h.lower() for h in c.str_list(m, key, "auth_headers") or ["authorization", "x-api-key"]
+    ]
     if len(c.problems) > start or name is None or source is None or placeholder is None:
         return None
     return SecretSpec(
@@ -410,6 +438,9 @@ def _parse_secret(
         body_max_bytes=body_max,
         allow_http=allow_http,
         required=required,
+        require_placeholder=c.typed(m, key, "require_placeholder", bool, True),
+        auth_headers=tuple(auth_headers),
+        allow_unscrubbable=c.typed(m, key, "allow_unscrubbable", bool, False),
     )
 
 

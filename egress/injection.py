@@ -118,6 +118,34 @@ def _leaked(req: RequestParts, forms: SecretForms) -> str | None:
     return None
 
 
+def _signed(req: RequestParts) -> bool:
+    """AWS SigV4, in a header or a presigned URL."""
+    if any(k.lower() == "authorization" and v.startswith("AWS4-") for k, v in req.headers):
+        return True
+    return "x-amz-signature=" in req.path.lower()
+
+
+def _foreign_credential(req: RequestParts, specs: list[SecretSpec]) -> Denial | None:
+    """On a host with bound secrets, the headers those secrets use must carry one of their
+    placeholders or be absent: the agent must not log in with a credential of its own."""
+    guarded = [s for s in specs if s.require_placeholder and s.bound_to(req.host)]
+    for name, value in req.headers:
+        owners = [s for s in guarded if name.lower() in s.auth_headers]
+        if not owners:
+            continue
+        decoded = _decode_basic(value) or ""
+        if not any(s.placeholder in value or s.placeholder in decoded for s in owners):
+            names = ", ".join(s.name for s in owners)
+            return Denial(
+                Reason.FOREIGN_CREDENTIAL,
+                f"the {name} header of a request to {req.host!r} carries a credential that is not the "
+                f"placeholder of {names}: send the placeholder (egress injects the real one) or leave "
+                f"the header out; to allow other credentials, set require_placeholder: false",
+                owners[0].name,
+            )
+    return None
+
+
 def plan(
     req: RequestParts,
     secrets: list[tuple[SecretSpec, SecretValue | None]],
@@ -132,9 +160,10 @@ def plan(
             s.name: [make_forms(s.name, v, s.placeholder)] for s, v in secrets if v is not None
         }
     to_inject: list[tuple[SecretSpec, SecretValue, list[str]]] = []
-    for spec, value in secrets:
-        where = _surfaces_with(req, spec.placeholder)
+    # 1. Nothing of a secret may go to a host it is not bound to.
+    for spec, _ in secrets:
         if not spec.bound_to(req.host):
+            where = _surfaces_with(req, spec.placeholder)
             if where:
                 return Denial(
                     Reason.PLACEHOLDER_TO_UNBOUND_HOST,
@@ -153,7 +182,13 @@ def plan(
                         f"request to {req.host!r}, which it is not bound to",
                         spec.name,
                     )
-            continue
+    # 2. The agent must not log in to a bound host with a credential of its own.
+    foreign = _foreign_credential(req, [s for s, _ in secrets])
+    if foreign is not None:
+        return foreign
+    # 3. Each placeholder on its bound host: where it is, and whether it can be injected.
+    for spec, value in secrets:
+        where = _surfaces_with(req, spec.placeholder) if spec.bound_to(req.host) else []
         if not where:
             continue
         outside = [s for s in where if s not in spec.surfaces]
@@ -167,6 +202,14 @@ def plan(
                 Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED,
                 f"the placeholder of secret {spec.name!r} is in the {outside[0]} of the request, "
                 f"where {spec.name!r} is not injected; {hint}",
+                spec.name,
+            )
+        if _signed(req):
+            return Denial(
+                Reason.SIGNATURE_SCHEME_UNSUPPORTED,
+                f"the request is signed (AWS SigV4) and carries the placeholder of {spec.name!r}: its "
+                "signature was computed over the placeholder and cannot survive the swap; egress does "
+                "not inject into signed requests",
                 spec.name,
             )
         if req.scheme != "https" and not spec.allow_http:

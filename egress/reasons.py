@@ -37,6 +37,8 @@ class Reason(StrEnum):
     SECRET_TO_UNBOUND_HOST = "secret_to_unbound_host"
     PLACEHOLDER_SURFACE_NOT_ALLOWED = "placeholder_surface_not_allowed"
     PLAINTEXT_INJECTION = "plaintext_injection"
+    FOREIGN_CREDENTIAL = "foreign_credential"
+    SIGNATURE_SCHEME_UNSUPPORTED = "signature_scheme_unsupported"
     BODY_TOO_LARGE = "body_too_large"
     # the proxy could not do what the request needs
     SECRET_UNAVAILABLE = "secret_unavailable"
@@ -69,6 +71,8 @@ _STATUS: dict[Reason, int] = {
     Reason.SECRET_TO_UNBOUND_HOST: 403,
     Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED: 403,
     Reason.PLAINTEXT_INJECTION: 403,
+    Reason.FOREIGN_CREDENTIAL: 403,
+    Reason.SIGNATURE_SCHEME_UNSUPPORTED: 403,
     Reason.BODY_TOO_LARGE: 413,
     Reason.SECRET_UNAVAILABLE: 503,
     Reason.UPSTREAM_ERROR: 502,

@@ -18,6 +18,7 @@ import pytest
 import trustme
 import yaml
 
+from tests.canary import CANARIES, OUTPUTS
 from tests.upstream import Upstream
 from tests.vault_server import VaultServer, bao_binary
 
@@ -28,6 +29,7 @@ OTHER = "other.egress.test"
 DOWN = "down.egress.test"
 SECRET = "s3cr3t-VALUE-0123456789abcdef"  # the real secret the proxy injects
 OTHER_SECRET = "0ther-s3cr3t-ZYXWVU987654"
+CANARIES.update({SECRET, OTHER_SECRET})
 
 
 @pytest.fixture(scope="session")
@@ -170,6 +172,7 @@ def start_proxy(config: Path, tmp: Path, env: dict[str, str] | None = None) -> R
         egress_cmd("run", "--config", str(config)),
         stdout=out.open("wb"), stderr=err.open("wb"), env=env or proxy_env(),
     )  # fmt: skip
+    OUTPUTS.extend([out, err])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         text = err.read_text(errors="replace")
@@ -179,6 +182,7 @@ def start_proxy(config: Path, tmp: Path, env: dict[str, str] | None = None) -> R
             port = int(m.group(1))
             cfg = yaml.safe_load(config.read_text())
             audit = Path(cfg.get("audit", {}).get("path", tmp / "none"))
+            OUTPUTS.append(audit)
             return RunningProxy(proc, f"http://127.0.0.1:{port}", port,
                                 Path(cfg["ca"]["cert_path"]), config, out, err, audit)  # fmt: skip
         if proc.poll() is not None:
@@ -216,3 +220,22 @@ def vault(tmp_path_factory: pytest.TempPathFactory, test_ca: trustme.CA) -> Iter
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def canary_audit() -> Iterator[None]:
+    """After the whole suite: no secret value, in any encoding, in anything a proxy wrote."""
+    yield
+    from egress.encodings import find, make_forms
+    from egress.secrets import SecretValue
+
+    forms = [
+        make_forms(f"canary{i}", SecretValue(c), "x" * 8) for i, c in enumerate(sorted(CANARIES))
+    ]
+    hits = []
+    for path in dict.fromkeys(OUTPUTS):
+        if path.is_file():
+            found = find(path.read_bytes(), forms)
+            if found:
+                hits.append(f"{path}: {found[1]}")
+    assert not hits, "secret values leaked into proxy output:\n" + "\n".join(hits)

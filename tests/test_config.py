@@ -129,3 +129,18 @@ def test_cli_refuses_bad_config(tmp_path: Path, command: str) -> None:
     assert r.returncode == 2
     assert f"{path}: allow[0].host: '*.co.uk' would allow every host" in r.stderr
     assert "Traceback" not in r.stderr and "listening" not in r.stderr
+
+
+def test_auto_placeholders_are_random_and_shaped(tmp_path: Path) -> None:
+    path = tmp_path / "egress.yaml"
+    path.write_text("allow: [api.test]\nsecrets:\n  - {name: k, source: {env: X}, hosts: [api.test], "
+                    "placeholder: auto, placeholder_prefix: sk-ant-, placeholder_length: 48}\n")  # fmt: skip
+    one, two = config.load(path).secrets[0].placeholder, config.load(path).secrets[0].placeholder
+    assert one != two
+    assert one.startswith("sk-ant-") and len(one) == 48
+    path.write_text("allow: [api.test]\nsecrets:\n  - {name: k, source: {env: X}, hosts: [api.test], "
+                    "placeholder_prefix: sk-}\n")  # fmt: skip
+    with pytest.raises(
+        ConfigError, match="placeholder_prefix and placeholder_length go with 'placeholder: auto'"
+    ):
+        config.load(path)

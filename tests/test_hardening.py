@@ -145,7 +145,10 @@ def test_http2_each_stream_is_decided_on_its_own_authority(
         finally:
             assert p.stop() == 0
         host_too = status.pop("/host-too")
-        assert host_too in (0, 403)  # refused by egress (403) or by mitmproxy's h2 checks (reset/close)
+        assert host_too in (
+            0,
+            403,
+        )  # refused by egress (403) or by mitmproxy's h2 checks (reset/close)
         assert status == {"/first": 200, "/coalesced": 403, "/third": 200}
         assert [r.path for r in up.recorder.requests] == ["/first", "/third"]
         reasons = [a["reason"] for a in p.audit() if a["path"] == "/coalesced"]

@@ -69,7 +69,37 @@ def test_response_without_secret_is_byte_identical(proxy: RunningProxy, upstream
     with client(proxy) as c:
         r = c.get(
             f"https://{API}:{upstream.port}/reflect?as=gzip",
-            headers={"authorization": "Bearer nothing-secret"},
+            headers={"x-note": "nothing secret"},
         )
     assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
-    assert json.loads(r.content)["authorization"] == "Bearer nothing-secret"
+    assert json.loads(r.content)["headers"]["x-note"] == "nothing secret"
+
+
+GUARDS = [
+    # (id, headers, path, expected status, reason)
+    ("own credential in the secret's header", {"authorization": "Bearer sk-agents-own-key-000000"}, "/g1", 403,
+     "foreign_credential"),
+    ("own credential as Basic", {"authorization": "Basic " + base64.b64encode(b"me:my-own-password").decode()}, "/g2",
+     403, "foreign_credential"),
+    ("own key in x-api-key", {"x-api-key": "agents-own-key"}, "/g3", 403, "foreign_credential"),
+    ("placeholder in the header", {"authorization": f"Bearer {PH}"}, "/g4", 200, None),
+    ("no credential at all", {}, "/g5", 200, None),
+    ("SigV4 signed over the placeholder", {"authorization": f"AWS4-HMAC-SHA256 Credential={PH}/20261124/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00"},
+     "/g6", 403, "signature_scheme_unsupported"),
+    ("presigned URL over the placeholder", {}, f"/g7?X-Amz-Credential={PH}&X-Amz-Signature=00", 403,
+     "signature_scheme_unsupported"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("headers", "path", "status", "reason"), [g[1:] for g in GUARDS], ids=[g[0] for g in GUARDS]
+)
+def test_credential_guards(proxy: RunningProxy, upstream: Upstream, headers: dict, path: str, status: int,
+                           reason: str | None) -> None:  # fmt: skip
+    with client(proxy) as c:
+        r = c.get(f"https://{API}:{upstream.port}{path}", headers=headers)
+    assert r.status_code == status, r.text
+    if reason:
+        assert r.headers["x-egress-reason"] == reason
+        assert upstream.requests == []
+    assert SECRET not in r.text

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from tests.canary import CANARIES
 from tests.conftest import (
     API,
     OTHER,
@@ -34,6 +35,7 @@ GH_VALUE = "vault-gh-token-0000000001"
 KV1_VALUE = "vault-kv1-token-000000002"
 PH = "egress-api_token-placeholder"
 OTHER_PH = "sk-EGRESSPLACEHOLDEROTHER0000"
+CANARIES.update({GH_VALUE, KV1_VALUE, "vault-gh-token-ROTATED-0002"})
 READ_POLICY = """
 path "secret/data/agent/gh" { capabilities = ["read"] }
 path "kv/agent/other" { capabilities = ["read"] }
