@@ -69,7 +69,8 @@ class H2Upstream:
                         self.recorder.requests.append(
                             Received(headers[":method"], headers[":path"], headers, b"")
                         )
-                    body = json.dumps({"authority": headers.get(":authority")}).encode()
+                    body = json.dumps({"authority": headers.get(":authority"),
+                                       "authorization": headers.get("authorization", "")}).encode()  # fmt: skip
                     conn.send_headers(
                         event.stream_id, [(":status", "200"), ("content-length", str(len(body)))]
                     )
@@ -79,7 +80,10 @@ class H2Upstream:
 
 
 def h2_requests(
-    sock: ssl.SSLSocket, requests: list[tuple[str, str]], extra: list[tuple[str, str]] | None = None
+    sock: ssl.SSLSocket,
+    requests: list[tuple[str, str]],
+    extra: list[tuple[str, str]] | None = None,
+    bodies: dict[str, bytes] | None = None,
 ) -> dict[str, int]:
     """Send GET requests (authority, path) as streams of one connection; return path -> status."""
     # No outbound validation: this client sends what polite clients would not.
@@ -112,6 +116,10 @@ def h2_requests(
                 done.add(event.stream_id)
             elif isinstance(event, h2.events.DataReceived):
                 conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if bodies is not None:
+                    bodies[paths[event.stream_id]] = (
+                        bodies.get(paths[event.stream_id], b"") + event.data
+                    )
         sock.sendall(conn.data_to_send())
     for path in paths.values():
         status.setdefault(path, 0)  # no answer: the connection was closed on it

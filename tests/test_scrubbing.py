@@ -103,3 +103,52 @@ def test_credential_guards(proxy: RunningProxy, upstream: Upstream, headers: dic
         assert r.headers["x-egress-reason"] == reason
         assert upstream.requests == []
     assert SECRET not in r.text
+
+
+def test_websocket_frames_are_scrubbed(tmp_path, test_ca, test_ca_file) -> None:  # noqa: ANN001
+    import ssl as _ssl
+
+    from tests.conftest import base_config, start_proxy, write_config
+    from tests.rawclient import connect_tunnel
+    from tests.wsutil import WsUpstream, ws_exchange
+
+    ctx = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
+    test_ca.issue_cert(API).configure_cert(ctx)
+    up = WsUpstream(ctx)
+    cfg = base_config(tmp_path, test_ca_file, up.port)
+    cfg["allow"][0]["websocket"] = True
+    p = start_proxy(write_config(tmp_path, cfg), tmp_path)
+    try:
+        with connect_tunnel(p.port, API, up.port, p.ca) as s:
+            got = ws_exchange(s, f"{API}:{up.port}", [("authorization", f"Bearer {PH}")], ["hello"])
+    finally:
+        assert p.stop() == 0
+        up.close()
+    assert up.seen_auth == [f"Bearer {SECRET}"]  # injected into the upgrade request
+    assert got == [f"auth:Bearer {PH}", "echo:hello"]  # the reflected secret came back scrubbed
+
+
+def test_http2_reflection_is_scrubbed(tmp_path, test_ca, test_ca_file) -> None:  # noqa: ANN001
+    import ssl as _ssl
+
+    from tests.conftest import base_config, start_proxy, write_config
+    from tests.h2util import H2Upstream, h2_requests
+    from tests.rawclient import connect_tunnel
+
+    ctx = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
+    test_ca.issue_cert(API).configure_cert(ctx)
+    with H2Upstream(ctx) as up:
+        p = start_proxy(
+            write_config(tmp_path, base_config(tmp_path, test_ca_file, up.port)), tmp_path
+        )
+        try:
+            bodies: dict[str, bytes] = {}
+            with connect_tunnel(p.port, API, up.port, p.ca, alpn=["h2"]) as s:
+                status = h2_requests(
+                    s, [(f"{API}:{up.port}", "/h2")], [("authorization", f"Bearer {PH}")], bodies
+                )
+        finally:
+            assert p.stop() == 0
+    assert status == {"/h2": 200}
+    assert up.recorder.requests[0].headers["authorization"] == f"Bearer {SECRET}"
+    assert json.loads(bodies["/h2"])["authorization"] == f"Bearer {PH}"
