@@ -203,6 +203,16 @@ class _Checker:
             return default
         return value
 
+    def choice(
+        self, node: dict[str, Any], key: str, name: str, choices: tuple[str, ...], default: str
+    ) -> str | None:
+        """A string that must be one of ``choices``; None (with a problem recorded) otherwise."""
+        value = self.typed(node, key, name, str, default)
+        if value not in choices:
+            self.err(_join(key, name), f"{value!r} is not one of {', '.join(choices)}")
+            return None
+        return value
+
     def str_list(
         self, node: dict[str, Any], key: str, name: str, allow_empty: bool = False
     ) -> list[str] | None:
@@ -302,9 +312,8 @@ def _parse_vault_source(c: _Checker, node: Any, key: str) -> SourceSpec | None:
     m = c.mapping(node, key, ("mount", "path", "key", "engine"), ("path", "key"))
     if m is None:
         return None
-    engine = c.typed(m, key, "engine", str, "kv2")
-    if engine not in VAULT_ENGINES:
-        c.err(f"{key}.engine", f"{engine!r} is not one of {', '.join(VAULT_ENGINES)}")
+    engine = c.choice(m, key, "engine", VAULT_ENGINES, "kv2")
+    if engine is None:
         return None
     path = c.typed(m, key, "path", str, None)
     secret_key = c.typed(m, key, "key", str, None)
@@ -553,9 +562,8 @@ def _parse_vault_auth(c: _Checker, node: Any, base: Path) -> VaultAuth | None:
     )
     if m is None:
         return None
-    method = c.typed(m, key, "method", str, "token")
-    if method not in VAULT_AUTH_METHODS:
-        c.err(f"{key}.method", f"{method!r} is not one of {', '.join(VAULT_AUTH_METHODS)}")
+    method = c.choice(m, key, "method", VAULT_AUTH_METHODS, "token")
+    if method is None:
         return None
     for k in m:
         if (
@@ -620,9 +628,7 @@ def parse(data: Any, file: str, base: Path) -> Config:
         c.mapping(top.get("upstream"), "upstream", ("ca_files", "resolve", "allow_private", "dns"))
         or {}
     )
-    dns = c.typed(up, "upstream", "dns", str, "system")
-    if dns not in ("system", "static"):
-        c.err("upstream.dns", f"{dns!r} is not one of system, static")
+    dns = c.choice(up, "upstream", "dns", ("system", "static"), "system") or "system"
     ca_files: list[Path] = []
     for j, f in enumerate(c.str_list(up, "upstream", "ca_files", allow_empty=True) or []):
         p = _path(base, f)
@@ -692,9 +698,7 @@ def parse(data: Any, file: str, base: Path) -> Config:
     if max_body <= 0:
         c.err("limits.max_body_bytes", "must be positive")
 
-    mode = c.typed(top, "", "mode", str, "enforce")
-    if mode not in ("enforce", "report"):
-        c.err("mode", f"{mode!r} is not one of enforce, report")
+    mode = c.choice(top, "", "mode", ("enforce", "report"), "enforce") or "enforce"
     vault = _parse_vault(c, top.get("vault"), base)
     if "vault" not in top and any(s.source.kind == "vault" for s in secrets):
         vault = _parse_vault(c, {}, base)  # all from VAULT_* variables, token auth

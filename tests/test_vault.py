@@ -84,6 +84,19 @@ def assert_injects(proxy: RunningProxy, upstream: Upstream, gh: str = GH_VALUE) 
     assert gh not in r.text and KV1_VALUE not in r2.text
 
 
+def check_injection(tmp: Path, cfg: dict[str, Any], env: dict[str, str] | None, upstream: Upstream,
+                    *never: str) -> RunningProxy:  # fmt: skip
+    """Start a proxy on ``cfg``, check that both Vault secrets are injected, stop it, and check
+    that none of ``never`` is in anything it wrote."""
+    p = start_proxy(write_config(tmp, cfg), tmp, env)
+    try:
+        assert_injects(p, upstream)
+    finally:
+        assert p.stop() == 0
+    no_leak(p, *never)
+    return p
+
+
 def no_leak(proxy: RunningProxy, *values: str) -> None:
     out = proxy.outputs()
     for v in values:
@@ -93,18 +106,18 @@ def no_leak(proxy: RunningProxy, *values: str) -> None:
 def test_token_auth_kv2_and_kv1_ignoring_env_proxies(tmp_path: Path, seeded: VaultServer, upstream: Upstream,
                                                      test_ca_file: Path) -> None:  # fmt: skip
     token = seeded.token(["egress-read"])
-    cfg = write_config(tmp_path, vault_config(tmp_path, test_ca_file, upstream.port, seeded,
-                                              {"method": "token", "token_env": "EGRESS_VAULT_TOKEN"}))  # fmt: skip
+    cfg = vault_config(
+        tmp_path,
+        test_ca_file,
+        upstream.port,
+        seeded,
+        {"method": "token", "token_env": "EGRESS_VAULT_TOKEN"},
+    )
     # A proxy in the environment must not capture the proxy's own Vault traffic.
     env = proxy_env(
         EGRESS_VAULT_TOKEN=token, HTTPS_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9"
     )
-    p = start_proxy(cfg, tmp_path, env)
-    try:
-        assert_injects(p, upstream)
-    finally:
-        assert p.stop() == 0
-    no_leak(p, token, GH_VALUE, KV1_VALUE)
+    check_injection(tmp_path, cfg, env, upstream, token, GH_VALUE, KV1_VALUE)
 
 
 def test_approle_login(
@@ -120,15 +133,8 @@ def test_approle_login(
     secret_id = root.auth.approle.generate_secret_id("egress")["data"]["secret_id"]
     (tmp_path / "secret-id").write_text(secret_id)
     auth = {"method": "approle", "role_id": role_id, "secret_id_file": str(tmp_path / "secret-id")}
-    p = start_proxy(
-        write_config(tmp_path, vault_config(tmp_path, test_ca_file, upstream.port, seeded, auth)),
-        tmp_path,
-    )
-    try:
-        assert_injects(p, upstream)
-    finally:
-        assert p.stop() == 0
-    no_leak(p, secret_id, GH_VALUE)
+    cfg = vault_config(tmp_path, test_ca_file, upstream.port, seeded, auth)
+    check_injection(tmp_path, cfg, None, upstream, secret_id, GH_VALUE)
 
 
 def b64url(data: bytes) -> str:
@@ -169,15 +175,8 @@ def test_workload_identity_login(tmp_path: Path, seeded: VaultServer, upstream: 
     token_file.write_text(make_jwt(jwt_key, {"sub": "system:serviceaccount:agents:egress", "aud": "vault",
                                              "iat": now, "nbf": now - 5, "exp": now + 600}))  # fmt: skip
     auth = {"method": method, "mount": "jwt", "role": "egress", "jwt_file": str(token_file)}
-    p = start_proxy(
-        write_config(tmp_path, vault_config(tmp_path, test_ca_file, upstream.port, seeded, auth)),
-        tmp_path,
-    )
-    try:
-        assert_injects(p, upstream)
-    finally:
-        assert p.stop() == 0
-    no_leak(p, token_file.read_text(), GH_VALUE)
+    cfg = vault_config(tmp_path, test_ca_file, upstream.port, seeded, auth)
+    check_injection(tmp_path, cfg, None, upstream, token_file.read_text(), GH_VALUE)
 
 
 def test_client_certificate_listener(tmp_path: Path, seeded: VaultServer, upstream: Upstream,
@@ -192,11 +191,7 @@ def test_client_certificate_listener(tmp_path: Path, seeded: VaultServer, upstre
                        capture_output=True, text=True, env=proxy_env(T=token), timeout=60)  # fmt: skip
     assert r.returncode == 2 and f"vault at {seeded.mtls_address}" in r.stderr, r.stderr
     c["vault"].update(client_cert=str(seeded.client_cert), client_key=str(seeded.client_key))
-    p = start_proxy(write_config(tmp_path, c), tmp_path, proxy_env(T=token))
-    try:
-        assert_injects(p, upstream)
-    finally:
-        assert p.stop() == 0
+    check_injection(tmp_path, c, proxy_env(T=token), upstream, token)
 
 
 def test_no_vault_call_per_proxied_request(tmp_path: Path, seeded: VaultServer, upstream: Upstream,
