@@ -6,7 +6,7 @@ import time
 
 from egress.addons.base import EgressAddon, meta
 from egress.addons.policy import RefuseConnection
-from mitmproxy import http
+from mitmproxy import connection, http
 from mitmproxy.proxy.layer import NextLayer
 
 from egress.audit import AuditRecord, now_iso, redact_path
@@ -22,11 +22,18 @@ class AuditLog(EgressAddon):
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         self._write(flow, event="connect")
 
+    def client_connected(self, client: connection.Client) -> None:
+        self.runtime.metrics.open_connections.inc()
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.runtime.metrics.open_connections.dec()
+
     def next_layer(self, nextlayer: NextLayer) -> None:
         if not isinstance(nextlayer.layer, RefuseConnection):
             return
         tunnel = self.runtime.tunnels.get(nextlayer.context.client.id)
         peer = nextlayer.context.client.peername
+        self.runtime.metrics.requests.labels("deny", Reason.NON_HTTP_PROTOCOL.value).inc()
         self.runtime.audit.write(
             AuditRecord(
                 time=now_iso(), event="tunnel", flow_id=nextlayer.context.client.id,
@@ -62,30 +69,31 @@ class AuditLog(EgressAddon):
             "" if event == "connect" else self.runtime.redact(m.get("path", redact_path(req.path)))
         )
         detail = self.runtime.redact(m["detail"]) if m.get("detail") else None
-        self.runtime.audit.write(
-            AuditRecord(
-                time=now_iso(req.timestamp_start),
-                event=event,
-                flow_id=flow.id,
-                client=f"{peer[0]}:{peer[1]}" if peer else "",
-                method=req.method,
-                scheme=m.get("scheme", req.scheme),
-                host=m.get("host", req.host),
-                port=m.get("port", req.port),
-                path=path,
-                decision=m.get("decision", "error"),
-                reason=m.get("reason", Reason.UPSTREAM_ERROR.value),
-                rule=m.get("rule"),
-                would_deny=m.get("would_deny"),
-                secrets=list(m.get("secrets", [])),
-                scrubbed=m.get("scrubbed", 0),
-                status=resp.status_code if resp else m.get("status", 502),
-                bytes_in=m.get("bytes_in", len(req.raw_content or b"")),
-                bytes_out=len(resp.raw_content or b"") if resp else 0,
-                duration_ms=round((end - req.timestamp_start) * 1000, 2),
-                detail=detail,
-            )
+        record = AuditRecord(
+            time=now_iso(req.timestamp_start),
+            event=event,
+            flow_id=flow.id,
+            client=f"{peer[0]}:{peer[1]}" if peer else "",
+            method=req.method,
+            scheme=m.get("scheme", req.scheme),
+            host=m.get("host", req.host),
+            port=m.get("port", req.port),
+            path=path,
+            decision=m.get("decision", "error"),
+            reason=m.get("reason", Reason.UPSTREAM_ERROR.value),
+            rule=m.get("rule"),
+            would_deny=m.get("would_deny"),
+            secrets=list(m.get("secrets", [])),
+            scrubbed=m.get("scrubbed", 0),
+            status=resp.status_code if resp else m.get("status", 502),
+            bytes_in=m.get("bytes_in", len(req.raw_content or b"")),
+            bytes_out=len(resp.raw_content or b"") if resp else 0,
+            duration_ms=round((end - req.timestamp_start) * 1000, 2),
+            detail=detail,
         )
+        self.runtime.audit.write(record)
+        self.runtime.metrics.record(record.decision, record.reason, record.secrets, record.scrubbed,
+                                    (record.duration_ms or 0) / 1000)  # fmt: skip
 
 
 addons = [AuditLog()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -80,28 +81,63 @@ def _banner(cfg: Config, host: str, port: int) -> str:
 
 
 async def _serve(cfg: Config, listen_port: int | None) -> int:
+    from egress.admin import AdminServer
+    from egress.metrics import Metrics
     from egress.proxy import EmbeddedProxy
 
-    rt = Runtime.start(cfg)
+    loop = asyncio.get_running_loop()
+    signals = asyncio.Queue[int]()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    metrics = Metrics()
+    admin = None
+    if cfg.admin is not None:
+        admin = AdminServer(metrics, cfg.admin.host, cfg.admin.port)
+        a_host, a_port = await admin.start()
+        print(f"egress: admin listener on http://{a_host}:{a_port} (/healthz /readyz /metrics)",
+              file=sys.stderr, flush=True)  # fmt: skip
+    try:
+        # Secrets may take a while (Vault): load them off the event loop so that /healthz and
+        # /readyz answer meanwhile.
+        rt = await asyncio.to_thread(Runtime.start, cfg, None, metrics)
+    except BaseException:
+        if admin is not None:
+            await admin.stop()
+        raise
     try:
         proxy = EmbeddedProxy(
             rt, cfg.listen_host, cfg.listen_port if listen_port is None else listen_port
         )
         host, port = await proxy.start()
+        if admin is not None:
+            admin.before_scrape = lambda: _refresh_gauges(rt)
+            admin.set_ready()
         print(_banner(cfg, host, port), file=sys.stderr, flush=True)
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping.set)
-        waiter = asyncio.create_task(stopping.wait())
         server = asyncio.create_task(proxy.wait())
+        waiter = asyncio.create_task(signals.get())
         await asyncio.wait({waiter, server}, return_when=asyncio.FIRST_COMPLETED)
-        await proxy.stop()
+        if waiter.done() and waiter.result() == signal.SIGTERM and admin is not None and cfg.admin:
+            # Drain: report not ready so that traffic moves away, keep serving for a while;
+            # a second signal stops at once.
+            admin.set_ready("draining")
+            print(f"egress: draining for {cfg.admin.drain_seconds} s (a second signal stops now)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(signals.get(), cfg.admin.drain_seconds)
         waiter.cancel()
+        await proxy.stop()
         print("egress: stopped", file=sys.stderr, flush=True)
         return 0
     finally:
-        rt.close()
+        await asyncio.to_thread(rt.close)  # may revoke Vault leases
+        if admin is not None:
+            await admin.stop()
+
+
+def _refresh_gauges(rt: Runtime) -> None:
+    if rt.vault is not None:
+        rt.metrics.vault_calls.set(rt.vault.client.calls)
+        rt.metrics.vault_errors.set(rt.vault.errors)
 
 
 async def _exec(cfg: Config, argv: Sequence[str]) -> int:

@@ -129,6 +129,13 @@ class SecretSpec:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    host: str
+    port: int
+    drain_seconds: int  # on SIGTERM: not ready, keep serving this long, then stop
+
+
+@dataclass(frozen=True)
 class Config:
     path: str  # the file it came from, or EMBEDDED_DEFAULT
     listen_host: str
@@ -145,6 +152,7 @@ class Config:
     max_body_bytes: int = 10 * 1024 * 1024
     vault: VaultConfig | None = None
     mode: str = "enforce"  # "report": allowlist denials are logged as would_deny and let through
+    admin: AdminConfig | None = None  # health, readiness and metrics listener
 
 
 def auto_placeholder(prefix: str, length: int) -> str:
@@ -603,7 +611,18 @@ def parse(data: Any, file: str, base: Path) -> Config:
     top = c.mapping(
         data,
         "",
-        ("mode", "listen", "ca", "upstream", "allow", "secrets", "vault", "audit", "limits"),
+        (
+            "mode",
+            "listen",
+            "admin",
+            "ca",
+            "upstream",
+            "allow",
+            "secrets",
+            "vault",
+            "audit",
+            "limits",
+        ),
     )
     if top is None:
         raise ConfigError(file, c.problems)
@@ -699,6 +718,21 @@ def parse(data: Any, file: str, base: Path) -> Config:
         c.err("limits.max_body_bytes", "must be positive")
 
     mode = c.choice(top, "", "mode", ("enforce", "report"), "enforce") or "enforce"
+    admin = None
+    if "admin" in top:
+        a = c.mapping(top["admin"], "admin", ("host", "port", "drain_seconds")) or {}
+        admin_host = c.typed(a, "admin", "host", str, "127.0.0.1")
+        try:
+            ipaddress.ip_address(admin_host)
+        except ValueError:
+            c.err("admin.host", f"{admin_host!r} must be an IP address (e.g. 127.0.0.1)")
+        admin_port = c.typed(a, "admin", "port", int, 9901)
+        if not 0 <= admin_port < 65536:
+            c.err("admin.port", f"{admin_port} is not a port number (0 picks a free port)")
+        drain = c.typed(a, "admin", "drain_seconds", int, 5)
+        if drain < 0:
+            c.err("admin.drain_seconds", "must be 0 or more")
+        admin = AdminConfig(admin_host, admin_port, drain)
     vault = _parse_vault(c, top.get("vault"), base)
     if "vault" not in top and any(s.source.kind == "vault" for s in secrets):
         vault = _parse_vault(c, {}, base)  # all from VAULT_* variables, token auth
@@ -720,6 +754,7 @@ def parse(data: Any, file: str, base: Path) -> Config:
         audit_path=audit_path,
         max_body_bytes=max_body,
         mode=mode,
+        admin=admin,
         vault=vault if "vault" in top or any(s.source.kind == "vault" for s in secrets) else None,
     )
 

@@ -17,6 +17,7 @@ from egress.ca import EphemeralCA
 from egress.config import Config
 from egress.encodings import SecretForms, make_forms
 from egress.hostnames import IPAddress
+from egress.metrics import Metrics
 from egress.policy import Allowlist
 from egress.resolver import Resolver
 from egress.secrets import SecretSource, SecretStore, make_source
@@ -45,6 +46,7 @@ class Runtime:
     private_dir: Path  # 0700, only the proxy's user; removed by close()
     upstream_trust: Path  # the CA bundle upstream certificates are verified against
     resolver: Resolver
+    metrics: Metrics = field(default_factory=Metrics)
     vault: VaultRefresher | None = None
     # CONNECT tunnels by client connection id
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
@@ -54,7 +56,9 @@ class Runtime:
     _forms_version: int = -1
 
     @classmethod
-    def start(cls, cfg: Config, audit: AuditWriter | None = None) -> Runtime:
+    def start(
+        cls, cfg: Config, audit: AuditWriter | None = None, metrics: Metrics | None = None
+    ) -> Runtime:
         """Load every secret and make the CA. Raises SecretLoadError or VaultError before
         anything listens."""
         sources: dict[str, SecretSource] = {}
@@ -125,6 +129,7 @@ class Runtime:
             private_dir=private,
             upstream_trust=trust,
             resolver=Resolver(cfg.resolve, address_policy(cfg), static_only=cfg.dns == "static"),
+            metrics=metrics or Metrics(),
             vault=refresher,
         )
 

@@ -367,6 +367,7 @@ class VaultRefresher:
         self.due = {s.spec.name: self._next_due(s, now) for s in sources}
         self.failing: set[str] = set()  # secrets whose last refresh failed
         self.login_retry = 0.0  # monotonic time of the next renewal/login attempt while failing
+        self.errors = 0  # failed refreshes and logins, for metrics
         self.dropped: set[str] = set()  # secrets past max_stale
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="egress-vault", daemon=True)
@@ -450,6 +451,7 @@ class VaultRefresher:
         self._recovered(name)
 
     def _failed(self, name: str, message: str) -> None:
+        self.errors += 1
         # An outage is logged once, when it starts; not once per retry or per request.
         if not self.failing:
             log.warning(
