@@ -218,6 +218,46 @@ def _print_check(cfg: Config, method: str, url: str) -> int:
     return 1
 
 
+def _redirect(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from egress import redirect as r
+
+    try:
+        spec = r.RedirectSpec(proxy_port=args.proxy_port, proxy_uid=args.proxy_uid,
+                              ports=tuple(int(p) for p in args.ports.split(",")), dns=tuple(args.dns or ()))  # fmt: skip
+    except ValueError as e:
+        print(f"egress: error: {e}", file=sys.stderr)
+        return 2
+    if args.backend == "nftables":
+        texts = [(["nft", "-f", "-"], r.nftables(spec))]
+        removes = r.nftables_remove()
+    else:
+        texts = [(["iptables-restore", "--noflush"], r.iptables_restore(spec, 4)),
+                 (["ip6tables-restore", "--noflush"], r.iptables_restore(spec, 6))]  # fmt: skip
+        removes = r.iptables_remove(4) + r.iptables_remove(6)
+    if args.action == "print":
+        for cmd, text in texts:
+            print(f"# {' '.join(cmd)}\n{text}", end="")
+        return 0
+    if shutil.which(texts[0][0][0]) is None:
+        print(
+            f"egress: error: {texts[0][0][0]} not found (install {args.backend})", file=sys.stderr
+        )
+        return 2
+    if args.action == "remove":
+        for cmd in removes:
+            subprocess.run(cmd, capture_output=True)  # already gone is fine
+        return 0
+    for cmd, text in texts:
+        done = subprocess.run(cmd, input=text, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"egress: error: {' '.join(cmd)} failed: {done.stderr.strip()}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="egress", description="Credential-injecting egress proxy for AI agents."
@@ -237,6 +277,17 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("--config", "-c", help=cfg_help)
     ck.add_argument("--method", "-X", default="GET")
     ck.add_argument("url")
+    rd = sub.add_parser(
+        "redirect", help="print, apply or remove the sidecar's traffic redirect rules"
+    )
+    rd.add_argument("action", choices=["print", "apply", "remove"])
+    rd.add_argument("--proxy-port", type=int, default=15001, help="the proxy's transparent port")
+    rd.add_argument(
+        "--proxy-uid", type=int, default=1337, help="the proxy's UID (its traffic is exempt)"
+    )
+    rd.add_argument("--ports", default="80,443", help="TCP ports to redirect (comma-separated)")
+    rd.add_argument("--dns", action="append", help="a DNS server the agent may query (repeatable)")
+    rd.add_argument("--backend", choices=["iptables", "nftables"], default="iptables")
     return p
 
 
@@ -245,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from egress.proxy import configure_logging
 
     configure_logging()
+    if args.command == "redirect":
+        return _redirect(args)
     try:
         cfg = config_mod.load_or_default(args.config)
         if args.command == "check":
