@@ -17,7 +17,7 @@ from egress.encodings import StreamScrubber, scrub, stream_forms
 from egress.reasons import Reason
 
 # What mitmproxy can decode for us.
-DECODABLE = {"", "identity", "gzip", "deflate", "br", "zstd", "x-gzip"}
+DECODABLE = {"", "identity", "gzip", "deflate", "br", "zstd"}
 
 
 def _encoding(resp: http.Response) -> str:

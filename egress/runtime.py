@@ -15,7 +15,7 @@ from egress.addresses import AddressPolicy
 from egress.audit import AuditWriter
 from egress.ca import EphemeralCA
 from egress.config import Config
-from egress.encodings import SecretForms, make_forms
+from egress.encodings import SecretForms, make_forms, scrub
 from egress.hostnames import IPAddress
 from egress.metrics import Metrics
 from egress.policy import Allowlist
@@ -152,9 +152,11 @@ class Runtime:
         """Replace every loaded secret value in ``text`` with ``[secret:<name>]``: for text that
         echoes what a client sent (denial bodies, audited paths, error details)."""
         data = text.encode("utf-8", "surrogateescape")
-        for f in self.forms():
+        forms = self.forms()
+        for f in forms:
             for secret, _, _ in f.pairs:
                 data = data.replace(secret, f"[secret:{f.name}]".encode())
+        data, _ = scrub(data, forms)  # what is left: values inside larger base64 blobs
         return data.decode("utf-8", "surrogateescape")
 
     def close(self) -> None:

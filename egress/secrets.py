@@ -198,7 +198,10 @@ class SecretStore:
 
     def drop(self, name: str) -> None:
         """Forget a value that can no longer be trusted: requests that need it fail closed."""
-        if self._values.pop(name, None) is not None:
+        old = self._values.pop(name, None)
+        if old is not None:
+            # No longer injected, but still a value that must never reach a client.
+            self._previous[name] = old
             self.version += 1
 
     def loaded(self) -> list[tuple[SecretSpec, SecretValue]]:

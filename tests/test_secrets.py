@@ -124,3 +124,12 @@ def test_required_secret_missing_raises(tmp_path: Path) -> None:
         SecretLoadError, match=r"secret 't' \(env:EGRESS_NOPE\): \$EGRESS_NOPE is not set"
     ):
         s.load_all()
+
+
+def test_a_dropped_value_is_still_known(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("EGRESS_T", VALUE)
+    s = store(tmp_path, {"name": "t", "source": {"env": "EGRESS_T"}, "hosts": ["a.test"]})
+    s.load_all()
+    s.drop("t")  # stale past max_stale: no longer injected...
+    assert s.get("t") is None
+    assert [v.reveal() for _, v in s.known()] == [VALUE]  # ...but still scrubbed and searched for
