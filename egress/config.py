@@ -605,6 +605,19 @@ def _parse_vault_auth(c: _Checker, node: Any, base: Path) -> VaultAuth | None:
     return VaultAuth(method, mount, role=c.typed(m, key, "role", str, None), jwt_file=jwt_file)
 
 
+def _host_port(c: _Checker, m: dict[str, Any], key: str, default_port: int) -> tuple[str, int]:
+    """A listener's host (an IP address, default loopback) and port (0 picks a free one)."""
+    host = c.typed(m, key, "host", str, "127.0.0.1")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        c.err(f"{key}.host", f"{host!r} must be an IP address (e.g. 127.0.0.1)")
+    port = c.typed(m, key, "port", int, default_port)
+    if not 0 <= port < 65536:
+        c.err(f"{key}.port", f"{port} is not a port number (0 picks a free port)")
+    return host, port
+
+
 def parse(data: Any, file: str, base: Path) -> Config:
     """Validate parsed YAML. Raises ConfigError listing every problem."""
     c = _Checker()
@@ -628,14 +641,7 @@ def parse(data: Any, file: str, base: Path) -> Config:
         raise ConfigError(file, c.problems)
 
     listen = c.mapping(top.get("listen"), "listen", ("host", "port")) or {}
-    listen_host = c.typed(listen, "listen", "host", str, "127.0.0.1")
-    try:
-        ipaddress.ip_address(listen_host)
-    except ValueError:
-        c.err("listen.host", f"{listen_host!r} must be an IP address (e.g. 127.0.0.1)")
-    listen_port = c.typed(listen, "listen", "port", int, 8080)
-    if not 0 <= listen_port < 65536:
-        c.err("listen.port", f"{listen_port} is not a port number (0 picks a free port)")
+    listen_host, listen_port = _host_port(c, listen, "listen", 8080)
 
     ca = c.mapping(top.get("ca"), "ca", ("cert_path", "validity_hours")) or {}
     cert_path = _path(base, c.typed(ca, "ca", "cert_path", str, "egress-ca.pem"))
@@ -721,14 +727,7 @@ def parse(data: Any, file: str, base: Path) -> Config:
     admin = None
     if "admin" in top:
         a = c.mapping(top["admin"], "admin", ("host", "port", "drain_seconds")) or {}
-        admin_host = c.typed(a, "admin", "host", str, "127.0.0.1")
-        try:
-            ipaddress.ip_address(admin_host)
-        except ValueError:
-            c.err("admin.host", f"{admin_host!r} must be an IP address (e.g. 127.0.0.1)")
-        admin_port = c.typed(a, "admin", "port", int, 9901)
-        if not 0 <= admin_port < 65536:
-            c.err("admin.port", f"{admin_port} is not a port number (0 picks a free port)")
+        admin_host, admin_port = _host_port(c, a, "admin", 9901)
         drain = c.typed(a, "admin", "drain_seconds", int, 5)
         if drain < 0:
             c.err("admin.drain_seconds", "must be 0 or more")
