@@ -76,7 +76,7 @@ class AuditLog(EgressAddon):
             client=f"{peer[0]}:{peer[1]}" if peer else "",
             method=req.method,
             scheme=m.get("scheme", req.scheme),
-            host=m.get("host", req.host),
+            host=self.runtime.redact(m.get("host", req.host)),
             port=m.get("port", req.port),
             path=path,
             decision=m.get("decision", "error"),

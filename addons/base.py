@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
+from collections.abc import Callable
 from typing import Any, cast
 
 from mitmproxy import ctx, exceptions, http
@@ -12,6 +16,7 @@ from egress.reasons import Reason, http_status
 from egress.runtime import Runtime, shared
 
 META = "egress"  # key in flow.metadata
+log = logging.getLogger("egress")
 
 
 class EgressAddon:
@@ -41,6 +46,39 @@ class EgressAddon:
         # Set by the constructor or configure(); hooks never run before. No assert here:
         # mitmproxy reads every attribute of an addon when it registers it.
         return cast(Runtime, self._runtime)
+
+
+def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """An exception in an egress hook must never let a flow through: mitmproxy logs addon
+    errors and carries on. Deny the flow (or refuse the connection) instead."""
+
+    def refuse(self: EgressAddon, arg: Any, e: BaseException) -> None:
+        log.error("egress: %s failed (%s); the flow is refused", hook.__name__, type(e).__name__)
+        if isinstance(arg, http.HTTPFlow):
+            deny(arg, self.runtime, Reason.INTERNAL_ERROR,
+                 f"egress could not decide this request ({type(e).__name__}); it was not sent")  # fmt: skip
+        elif hasattr(arg, "server"):  # server_connect data
+            arg.server.error = f"egress {Reason.INTERNAL_ERROR.value}: {type(e).__name__}"
+
+    if inspect.iscoroutinefunction(hook):
+
+        @functools.wraps(hook)
+        async def run_async(self: EgressAddon, arg: Any) -> None:
+            try:
+                await hook(self, arg)
+            except Exception as e:  # noqa: BLE001 (any failure must refuse)
+                refuse(self, arg, e)
+
+        return run_async
+
+    @functools.wraps(hook)
+    def run(self: EgressAddon, arg: Any) -> None:
+        try:
+            hook(self, arg)
+        except Exception as e:  # noqa: BLE001
+            refuse(self, arg, e)
+
+    return run
 
 
 def meta(flow: http.HTTPFlow) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from egress.addons.base import EgressAddon, deny, meta
+from egress.addons.base import EgressAddon, deny, fail_closed, meta
 from mitmproxy import http
 
 from egress.injection import Denial, RequestParts, plan
@@ -10,6 +10,7 @@ from egress.reasons import Reason
 
 
 class SecretInjector(EgressAddon):
+    @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """A body over limits.max_body_bytes streams through unbuffered, so it cannot be
         scanned: refuse it here, before it is sent, if a secret bound to this host injects
@@ -26,6 +27,7 @@ class SecretInjector(EgressAddon):
                  f"the request body ({length} bytes) is over limits.max_body_bytes "
                  f"({rt.config.max_body_bytes}) and cannot be scanned for placeholders")  # fmt: skip
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or meta(flow).get("decision") != "allow":
             return

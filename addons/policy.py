@@ -9,7 +9,7 @@ destination.
 
 from __future__ import annotations
 
-from egress.addons.base import EgressAddon, deny, meta
+from egress.addons.base import EgressAddon, deny, fail_closed, meta
 from mitmproxy import connection, http
 from mitmproxy.proxy import commands, events, layer, layers, server_hooks
 from mitmproxy.proxy.layer import NextLayer
@@ -25,6 +25,7 @@ from egress.runtime import Tunnel
 
 
 class Allowlist(EgressAddon):
+    @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         rt = self.runtime
         port = flow.request.port
@@ -55,6 +56,7 @@ class Allowlist(EgressAddon):
         meta(flow).update(would_deny=d.reason.value, detail=d.detail)
         return False
 
+    @fail_closed
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         """An allowed tunnel whose upstream could not be reached: replace mitmproxy's 502
         (which suggests changing connection_strategy) with ours, naming the reason."""
@@ -73,6 +75,7 @@ class Allowlist(EgressAddon):
              rule=m.get("rule"))  # fmt: skip
         self.runtime.tunnels.pop(flow.client_conn.id, None)
 
+    @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
@@ -125,6 +128,7 @@ class Allowlist(EgressAddon):
             rt.dial[(flow.client_conn.id, host, port)] = picked.address
         m.update(decision="allow", reason=Reason.ALLOWED.value, rule=d.rule_label)
 
+    @fail_closed
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """Last guard before a TCP connection: the destination must be allowed, and the
         connection goes to the address checked for it (never a second resolution), with TLS
@@ -134,16 +138,18 @@ class Allowlist(EgressAddon):
         if server.address is None:
             return
         raw_host, port = server.address
+        tunnel = rt.tunnels.get(data.client.id)
+        if tunnel is not None and (str(raw_host), port) == (str(tunnel.address), tunnel.port):
+            raw_host = tunnel.host  # a reconnect inside the tunnel: decide on its name again
         try:
             host = canonical_host(str(raw_host))
         except InvalidHost as e:
-            server.error = f"egress: {e}"
+            server.error = f"egress {Reason.INVALID_HOST.value}: {e}"
             return
         d = rt.allowlist.decide_connect(host, port)
         if not d.allowed and rt.config.mode != "report":
             server.error = f"egress {d.reason.value}: {d.detail}"
             return
-        tunnel = rt.tunnels.get(data.client.id)
         if tunnel is not None and (tunnel.host, tunnel.port) == (host, port):
             address = tunnel.address
         elif (data.client.id, host, port) in rt.dial:
@@ -171,6 +177,7 @@ class Allowlist(EgressAddon):
         for key in [k for k in rt.dial if k[0] == client.id]:
             del rt.dial[key]
 
+    @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Keep clients on TCP through the proxy: an Alt-Svc advertising HTTP/3 would invite
         # them to try QUIC around it.

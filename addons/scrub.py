@@ -10,7 +10,7 @@ body too large to buffer) is refused on a flow that carried an injected secret.
 
 from __future__ import annotations
 
-from egress.addons.base import EgressAddon, deny, meta
+from egress.addons.base import EgressAddon, deny, fail_closed, meta
 from mitmproxy import http
 
 from egress.encodings import StreamScrubber, scrub, stream_forms
@@ -32,6 +32,7 @@ class ResponseScrubber(EgressAddon):
             and bool(self.runtime.forms())
         )
 
+    @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if not self._active(flow):
             return
@@ -50,12 +51,22 @@ class ResponseScrubber(EgressAddon):
             self._refuse(flow, f"the response is {_encoding(resp)}-compressed and too large to buffer "
                                f"(over limits.max_body_bytes), so it cannot be scrubbed")  # fmt: skip
 
+    @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
         if not self._active(flow):
             return
         resp = flow.response
         assert resp is not None
         m = meta(flow)
+        if resp.trailers:  # HTTP/2 and chunked trailers (grpc-message echoes, for one)
+            fields, n = [], 0
+            for name, value in resp.trailers.fields:
+                new, k = scrub(value, self.runtime.forms())
+                fields.append((name, new))
+                n += k
+            if n:
+                resp.trailers = http.Headers(fields)
+                m["scrubbed"] = m.get("scrubbed", 0) + n
         if "stream_scrubber" in m:
             m["scrubbed"] = m.get("scrubbed", 0) + m.pop("stream_scrubber").count
             return
@@ -109,7 +120,11 @@ class ResponseScrubber(EgressAddon):
             return
         message = flow.websocket.messages[-1]
         if not message.from_client:
-            new, n = scrub(message.content, self.runtime.forms())
+            try:
+                new, n = scrub(message.content, self.runtime.forms())
+            except Exception:  # noqa: BLE001 (never pass an unscrubbed message on)
+                flow.kill()
+                return
             if n:
                 message.content = new
                 meta(flow)["scrubbed"] = meta(flow).get("scrubbed", 0) + n

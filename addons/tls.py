@@ -65,6 +65,9 @@ class EgressTls(TlsConfig):
         # Not TlsConfig.running(), which would load a CA from confdir. Loaded into a plain
         # mitmdump, take the options egress run would set.
         if self._runtime is not None and not self._embedded:
+            if "flow_detail" in ctx.options:
+                # mitmdump's printer shows URLs and headers after injection: keep it quiet.
+                ctx.options.update(flow_detail=0)
             ctx.options.update(
                 ssl_insecure=False,
                 ssl_verify_upstream_trusted_ca=str(self._runtime.upstream_trust),

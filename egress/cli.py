@@ -45,9 +45,15 @@ def agent_env(
 ) -> dict[str, str]:
     """The environment of the command ``egress exec`` runs: proxy and CA variables set,
     each secret's placeholder in its variable, and no real secret anywhere."""
-    secret_values = {v.reveal() for _, v in rt.secrets.loaded()}
+    from egress.encodings import find
+
+    forms = rt.forms()
     consumed = rt.secrets.env_vars_consumed()
-    env = {k: v for k, v in base.items() if k not in consumed and v not in secret_values}
+    # Drop every variable that holds a secret in any form, e.g. inside a URL's userinfo.
+    env = {
+        k: v for k, v in base.items()
+        if k not in consumed and find(v.encode("utf-8", "surrogateescape"), forms) is None
+    }  # fmt: skip
     for var in PROXY_ENV_VARS:
         env[var] = proxy_url
     env["NO_PROXY"] = env["no_proxy"] = NO_PROXY_VALUE

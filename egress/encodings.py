@@ -205,12 +205,14 @@ class StreamScrubber:
                 self.count += n
         return data
 
-    def __call__(self, chunk: bytes) -> bytes:
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        """Returns chunks to send: never an empty chunk mid-body, which mitmproxy would send
+        as the end of a chunked body."""
         data = self._scrub(self.carry + chunk)
         if chunk == b"":  # end of the body
             self.carry = b""
-            return data
+            return [data] if data else []
         if self.keep == 0:
-            return data
+            return [data] if data else []
         out, self.carry = data[: -self.keep], data[-self.keep :]
-        return out
+        return [out] if out else []

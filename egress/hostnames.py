@@ -106,7 +106,7 @@ def split_host_port(authority: str, default_port: int) -> tuple[str, int]:
         host, port_text = authority.split(":")
     else:
         return authority, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise InvalidHost(f"invalid port in {authority!r}")
     return host, int(port_text)
 

@@ -43,6 +43,7 @@ class Reason(StrEnum):
     # the proxy could not do what the request needs
     SECRET_UNAVAILABLE = "secret_unavailable"
     UPSTREAM_ERROR = "upstream_error"
+    INTERNAL_ERROR = "internal_error"
     UNSCRUBBABLE_RESPONSE = "unscrubbable_response"
     DNS_FAILURE = "dns_failure"
 
@@ -76,6 +77,7 @@ _STATUS: dict[Reason, int] = {
     Reason.BODY_TOO_LARGE: 413,
     Reason.SECRET_UNAVAILABLE: 503,
     Reason.UPSTREAM_ERROR: 502,
+    Reason.INTERNAL_ERROR: 500,
     Reason.UNSCRUBBABLE_RESPONSE: 502,
     Reason.DNS_FAILURE: 502,
 }

@@ -136,9 +136,12 @@ class Runtime:
     def forms(self) -> list[SecretForms]:
         """Every secret's encoded forms (current and previous values), recomputed only when a
         value changes."""
-        if self._forms_version != self.secrets.version:
+        version = (
+            self.secrets.version
+        )  # read first: a rotation meanwhile forces a rebuild next time
+        if self._forms_version != version:
             self._forms = [make_forms(s.name, v, s.placeholder) for s, v in self.secrets.known()]
-            self._forms_version = self.secrets.version
+            self._forms_version = version
         return self._forms
 
     def listening_on(self, host: str, port: int) -> None:

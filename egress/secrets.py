@@ -205,12 +205,13 @@ class SecretStore:
             self.version += 1
 
     def loaded(self) -> list[tuple[SecretSpec, SecretValue]]:
-        return [(s, self._values[s.name]) for s in self.specs if s.name in self._values]
+        # .get, not [] after `in`: the refresher thread may drop a value in between.
+        return [(s, v) for s in self.specs if (v := self._values.get(s.name)) is not None]
 
     def known(self) -> list[tuple[SecretSpec, SecretValue]]:
         """Current and previous values: everything that must never reach a client."""
         return self.loaded() + [
-            (s, self._previous[s.name]) for s in self.specs if s.name in self._previous
+            (s, v) for s in self.specs if (v := self._previous.get(s.name)) is not None
         ]
 
     def env_vars_consumed(self) -> set[str]:
