@@ -118,7 +118,7 @@ def _leaked(req: RequestParts, forms: SecretForms) -> str | None:
     return None
 
 
-def _signed(req: RequestParts) -> bool:
+def is_signed(req: RequestParts) -> bool:
     """AWS SigV4, in a header or a presigned URL."""
     if any(k.lower() == "authorization" and v.startswith("AWS4-") for k, v in req.headers):
         return True
@@ -204,7 +204,7 @@ def plan(
                 f"where {spec.name!r} is not injected; {hint}",
                 spec.name,
             )
-        if _signed(req):
+        if is_signed(req):
             return Denial(
                 Reason.SIGNATURE_SCHEME_UNSUPPORTED,
                 f"the request is signed (AWS SigV4) and carries the placeholder of {spec.name!r}: its "

@@ -118,6 +118,7 @@ async def test_injector_on_a_real_flow(rt: Runtime) -> None:
         f.request.headers["host"] = "api.test"
         f.request.headers["authorization"] = "Bearer egress-t-placeholder"
         await policy.requestheaders(f)
+        injector.requestheaders(f)
         injector.request(f)
         assert f.response is None
         assert f.request.headers["authorization"] == f"Bearer {SECRET}"
@@ -132,6 +133,7 @@ async def test_injector_skips_denied_flows(rt: Runtime) -> None:
         f.request.headers["host"] = "evil.test"
         f.request.headers["authorization"] = "Bearer egress-t-placeholder"
         await policy.requestheaders(f)
+        injector.requestheaders(f)
         injector.request(f)
         assert f.response is not None and f.response.status_code == 403
         assert f.request.headers["authorization"] == "Bearer egress-t-placeholder"
@@ -173,3 +175,38 @@ async def test_dns_rebinding_cannot_swap_the_checked_address(rt: Runtime) -> Non
         )
     assert server.error is None and server.address == ("127.0.0.2", 443)
     assert Rebinding.calls == 1
+
+
+async def test_a_failing_check_refuses_the_flow(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mitmproxy carries on after an addon error: egress hooks must refuse instead."""
+    addon = Allowlist(rt)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(rt.allowlist, "decide", broken)
+    with taddons.context(addon):
+        f = tflow.tflow()
+        rt.tunnels[f.client_conn.id] = Tunnel("api.test", 443, ipaddress.ip_address("127.0.0.2"))
+        f.client_conn.sni = "api.test"
+        f.request.scheme, f.request.host, f.request.port = "https", "api.test", 443
+        f.request.headers["host"] = "api.test"
+        await addon.requestheaders(f)
+    assert f.response is not None and f.response.status_code == 500
+    assert f.response.headers["x-egress-reason"] == "internal_error"
+
+
+def test_trailers_are_scrubbed(rt: Runtime) -> None:
+    from egress.addons.scrub import ResponseScrubber
+    from mitmproxy import http as mhttp
+
+    addon = ResponseScrubber(rt)
+    with taddons.context(addon):
+        f = tflow.tflow(resp=True)
+        f.metadata["egress"] = {"decision": "allow"}
+        f.response.trailers = mhttp.Headers(grpc_message=f"bad token Bearer {SECRET}")
+        addon.response(f)
+    assert SECRET not in str(f.response.trailers)
+    assert f.response.trailers["grpc-message"] == "bad token Bearer egress-t-placeholder"

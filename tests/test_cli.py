@@ -36,7 +36,8 @@ def egress(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 def test_exec_environment_has_placeholders_and_no_secret(cfg: Path) -> None:
-    env = proxy_env(ALIAS_OF_SECRET=SECRET, HTTPS_PROXY="http://elsewhere:1")
+    env = proxy_env(ALIAS_OF_SECRET=SECRET, HTTPS_PROXY="http://elsewhere:1",
+                    PIP_INDEX_URL=f"https://me:{SECRET}@pypi.example.invalid/simple")  # fmt: skip
     r = egress("exec", "--config", str(cfg), "--", "python3", "-c",
                "import json, os; print(json.dumps(dict(os.environ)))", env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -44,6 +45,7 @@ def test_exec_environment_has_placeholders_and_no_secret(cfg: Path) -> None:
     assert child["API_TOKEN"] == PH
     assert child["OTHER_TOKEN"] == "sk-EGRESSPLACEHOLDEROTHER0000"
     assert "EGRESS_TEST_API_TOKEN" not in child and "ALIAS_OF_SECRET" not in child
+    assert "PIP_INDEX_URL" not in child  # a secret inside a URL counts too
     assert (
         child["HTTPS_PROXY"].startswith("http://127.0.0.1:")
         and child["HTTPS_PROXY"] == child["http_proxy"]

@@ -162,3 +162,27 @@ def test_proxy_credentials_never_go_upstream(proxy: RunningProxy, upstream: Upst
         assert status_of(exchange(s, raw.encode())) == 200
     (req,) = upstream.requests
     assert "proxy-authorization" not in req.headers and "proxy-connection" not in req.headers
+
+
+def test_unicode_digit_port_in_host_is_refused(proxy: RunningProxy, upstream: Upstream) -> None:
+    # "²".isdigit() is True in Python; such a port once crashed the check and let the request by.
+    raw = f"POST /forbidden HTTP/1.1\r\nHost: {API}:²\r\nContent-Length: 0\r\n\r\n"
+    with connect_tunnel(proxy.port, API, upstream.port, proxy.ca) as s:
+        response = exchange(s, raw.encode())
+    assert status_of(response) == 403 and b"host_header_mismatch" in response
+    assert upstream.requests == []
+
+
+def test_streamed_request_is_decided_before_its_headers_leave(
+    proxy: RunningProxy, upstream: Upstream
+) -> None:
+    # 70 KB is over limits.max_body_bytes: mitmproxy streams it and sends the headers at once,
+    # so the credential checks must already have run.
+    body = b"x" * 70_000
+    raw = (f"POST /big HTTP/1.1\r\nHost: {OTHER}:{upstream.port}\r\nAuthorization: Bearer agents-own-token\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+    with connect_tunnel(proxy.port, OTHER, upstream.port, proxy.ca) as s:
+        exchange(s, raw)
+    time.sleep(0.2)
+    assert upstream.requests == []
+    assert proxy.audit()[-1]["reason"] == "foreign_credential"
