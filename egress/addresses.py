@@ -78,7 +78,9 @@ class AddressPolicy:
 
     def blocked(self, addr: IPAddress, port: int | None = None) -> str | None:
         """The blocked class of ``addr`` (e.g. "loopback"), or None if it may be dialled."""
-        if port is not None and any(addr == a and port == p for a, p in self.own):
+        if port is not None and any(port == p and (addr == a or a.is_unspecified and _class_of(addr) is not None)
+                                    for a, p in self.own):  # fmt: skip
+            # A listener on 0.0.0.0/:: answers on every local (loopback or private) address.
             return "the proxy itself"
         if self._allowed(addr):
             return None

@@ -116,6 +116,7 @@ async def _serve(cfg: Config, listen_port: int | None) -> int:
         )
         host, port = await proxy.start()
         if admin is not None:
+            rt.listening_on(a_host, a_port)  # the admin port is the proxy's own, too
             admin.before_scrape = lambda: _refresh_gauges(rt)
             admin.set_ready()
         print(_banner(cfg, host, port), file=sys.stderr, flush=True)

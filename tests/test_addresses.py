@@ -58,6 +58,16 @@ def test_the_proxy_never_dials_itself() -> None:
     assert POLICY.blocked(ipaddress.ip_address("127.0.0.1"), 8081) is None
 
 
+def test_a_wildcard_listener_is_every_local_address() -> None:
+    p = AddressPolicy(
+        allowed=(ipaddress.ip_network("10.0.0.0/8"),),
+        own=((ipaddress.ip_address("0.0.0.0"), 8080),),
+    )
+    assert p.blocked(ipaddress.ip_address("10.1.2.3"), 8080) == "the proxy itself"
+    assert p.blocked(ipaddress.ip_address("10.1.2.3"), 8081) is None
+    assert p.blocked(ipaddress.ip_address("8.8.8.8"), 8080) is None
+
+
 def test_usable_keeps_answer_order() -> None:
     addrs = [ipaddress.ip_address(a) for a in ("10.9.0.1", "8.8.4.4", "8.8.8.8")]
     ok, refused = POLICY.usable(addrs, 443)
