@@ -246,11 +246,14 @@ class VaultClient:
                 resp = self._call(
                     "token renewal (auth/token/renew-self)", self.client.auth.token.renew_self
                 )
-                ttl = resp["auth"].get("lease_duration") or 0
+                auth = resp.get("auth") if isinstance(resp, dict) else None
+                if not auth:
+                    raise VaultError("token renewal (auth/token/renew-self): no auth in the answer")
+                ttl = auth.get("lease_duration") or 0
                 # A renewal capped by the token's max TTL gives less and less: log in anew
                 # rather than running into the wall.
                 if ttl >= self.token_ttl / 2 or self.cfg.auth.method == "token":
-                    self._set_token_life(ttl, bool(resp["auth"].get("renewable")))
+                    self._set_token_life(ttl, bool(auth.get("renewable")))
                     return
             except VaultError as e:
                 log.debug("vault: %s; logging in again", e)
@@ -383,7 +386,12 @@ class VaultRefresher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.TICK):
-            self.tick()
+            try:
+                self.tick()
+            except Exception as e:  # noqa: BLE001 (this thread must outlive any one failure)
+                self.errors += 1
+                # The type only: an unexpected error's text could quote a Vault answer.
+                log.warning("vault: refresh failed unexpectedly (%s); retrying", type(e).__name__)
 
     def tick(self) -> None:
         now = self.client.clock()

@@ -124,3 +124,32 @@ def test_vault_env_fills_what_config_leaves_out(tmp_path: Path) -> None:
     )
     with pytest.raises(VaultError, match=r"vault.address is not set and \$VAULT_ADDR is empty"):
         connection_settings(cfg, {})
+
+
+def test_the_refresher_thread_survives_unexpected_errors() -> None:
+    """If the background thread died, secrets would silently stop being renewed."""
+    import threading
+    import time
+
+    from egress.vault import VaultRefresher
+
+    class Flaky(VaultRefresher):
+        TICK = 0.01
+
+        def __init__(self) -> None:  # no Vault needed: only the loop is under test
+            self._stop, self.errors, self.ticks = threading.Event(), 0, 0
+            self._thread = threading.Thread(target=self._run, daemon=True)
+
+        def tick(self) -> None:
+            self.ticks += 1
+            if self.ticks <= 2:
+                raise TypeError("unexpected answer")
+
+    r = Flaky()
+    r._thread.start()
+    deadline = time.monotonic() + 5
+    while r.ticks < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    r._stop.set()
+    r._thread.join()
+    assert r.ticks >= 5 and r.errors == 2
