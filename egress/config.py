@@ -153,6 +153,8 @@ class Config:
     vault: VaultConfig | None = None
     mode: str = "enforce"  # "report": allowlist denials are logged as would_deny and let through
     admin: AdminConfig | None = None  # health, readiness and metrics listener
+    agent_dir: Path | None = None  # where files for the agent are written (sidecar)
+    agent_proxy_url: str | None = None  # written into the agent's env file as HTTPS_PROXY etc.
 
 
 def auto_placeholder(prefix: str, length: int) -> str:
@@ -628,6 +630,7 @@ def parse(data: Any, file: str, base: Path) -> Config:
             "mode",
             "listen",
             "admin",
+            "agent",
             "ca",
             "upstream",
             "allow",
@@ -724,6 +727,14 @@ def parse(data: Any, file: str, base: Path) -> Config:
         c.err("limits.max_body_bytes", "must be positive")
 
     mode = c.choice(top, "", "mode", ("enforce", "report"), "enforce") or "enforce"
+    agent = c.mapping(top.get("agent"), "agent", ("dir", "proxy_url")) or {}
+    agent_dir = _opt_path(c, agent, "agent", "dir", base)
+    agent_proxy_url = c.typed(agent, "agent", "proxy_url", str, None)
+    if agent_proxy_url is not None and not re.match(r"^http://[^\s'\"]+$", agent_proxy_url):
+        c.err(
+            "agent.proxy_url",
+            f"{agent_proxy_url!r} must be an http:// URL such as http://127.0.0.1:8080",
+        )
     admin = None
     if "admin" in top:
         a = c.mapping(top["admin"], "admin", ("host", "port", "drain_seconds")) or {}
@@ -754,6 +765,8 @@ def parse(data: Any, file: str, base: Path) -> Config:
         max_body_bytes=max_body,
         mode=mode,
         admin=admin,
+        agent_dir=agent_dir,
+        agent_proxy_url=agent_proxy_url,
         vault=vault if "vault" in top or any(s.source.kind == "vault" for s in secrets) else None,
     )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from egress import config as config_mod
 from egress.addresses import AddressPolicy
+from egress.agentfiles import write_agent_files
 from egress.audit import AuditWriter
 from egress.ca import EphemeralCA
 from egress.config import Config
@@ -115,6 +116,8 @@ class Runtime:
                 cfg.rules, cfg.ca_validity_hours, constrained=cfg.mode != "report"
             )
             ca.write_cert(cfg.ca_cert_path)
+            write_agent_files(cfg, ca.cert_pem(), system_trust_bundle())
+            write_agent_files(cfg, ca.cert_pem(), system_trust_bundle())
         except BaseException:
             shutil.rmtree(private, ignore_errors=True)
             raise

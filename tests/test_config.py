@@ -52,6 +52,7 @@ BAD = [
      "secrets[0].placeholder: is contained in the placeholder of secrets[1] (u)"),
     ("bool as int", "limits: {max_body_bytes: true}\n", "limits.max_body_bytes: must be an integer, not a boolean"),
     ("int as string", "audit: {path: 5}\n", "audit.path: must be a string, not int"),
+    ("agent proxy url", "agent: {dir: shared, proxy_url: 'https://x'}\n", "agent.proxy_url: 'https://x' must be an http:// URL"),
     ("bool port", "allow:\n  - {host: a.com, ports: [true]}\n", "allow[0].ports[0]: must be a string or number, not a boolean"),
     ("secret host with no rules", "secrets:\n  - {name: t, source: {env: X}, hosts: [a.com]}\n",
      "secrets[0].hosts[0]: 'a.com' is not allowed by any rule under 'allow'"),
