@@ -32,6 +32,18 @@ def rt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
     runtime.close()
 
 
+def tunnel_flow(
+    rt: Runtime, sni: str = "api.test", host_header: str = "api.test"
+) -> tflow.HTTPFlow:
+    """A request inside a CONNECT tunnel to api.test (checked address 127.0.0.2)."""
+    f = tflow.tflow()
+    rt.tunnels[f.client_conn.id] = Tunnel("api.test", 443, ipaddress.ip_address("127.0.0.2"))
+    f.client_conn.sni = sni
+    f.request.scheme, f.request.host, f.request.port = "https", "api.test", 443
+    f.request.headers["host"] = host_header
+    return f
+
+
 def connect_flow(host: str, port: int = 443) -> tflow.HTTPFlow:
     f = tflow.tflow()
     f.request.method = "CONNECT"
@@ -66,11 +78,7 @@ async def test_http_connect(
 async def test_request_in_tunnel_must_name_the_tunnel_host(rt: Runtime) -> None:
     addon = Allowlist(rt)
     with taddons.context(addon):
-        f = tflow.tflow()
-        rt.tunnels[f.client_conn.id] = Tunnel("api.test", 443, ipaddress.ip_address("127.0.0.2"))
-        f.client_conn.sni = "api.test"
-        f.request.scheme, f.request.host, f.request.port = "https", "api.test", 443
-        f.request.headers["host"] = "web.test"
+        f = tunnel_flow(rt, sni="api.test", host_header="web.test")
         await addon.requestheaders(f)
         assert (
             f.response is not None
@@ -81,11 +89,7 @@ async def test_request_in_tunnel_must_name_the_tunnel_host(rt: Runtime) -> None:
 async def test_sni_must_name_the_tunnel_host(rt: Runtime) -> None:
     addon = Allowlist(rt)
     with taddons.context(addon):
-        f = tflow.tflow()
-        rt.tunnels[f.client_conn.id] = Tunnel("api.test", 443, ipaddress.ip_address("127.0.0.2"))
-        f.client_conn.sni = "web.test"
-        f.request.scheme, f.request.host, f.request.port = "https", "api.test", 443
-        f.request.headers["host"] = "api.test"
+        f = tunnel_flow(rt, sni="web.test", host_header="api.test")
         await addon.requestheaders(f)
         assert f.response is not None and f.response.headers["x-egress-reason"] == "sni_mismatch"
 
@@ -111,11 +115,7 @@ async def test_server_connect_guard_and_resolve(rt: Runtime) -> None:
 async def test_injector_on_a_real_flow(rt: Runtime) -> None:
     policy, injector = Allowlist(rt), SecretInjector(rt)
     with taddons.context(policy, injector):
-        f = tflow.tflow()
-        rt.tunnels[f.client_conn.id] = Tunnel("api.test", 443, ipaddress.ip_address("127.0.0.2"))
-        f.client_conn.sni = "api.test"
-        f.request.scheme, f.request.host, f.request.port = "https", "api.test", 443
-        f.request.headers["host"] = "api.test"
+        f = tunnel_flow(rt, sni="api.test", host_header="api.test")
         f.request.headers["authorization"] = "Bearer egress-t-placeholder"
         await policy.requestheaders(f)
         injector.requestheaders(f)
@@ -188,11 +188,7 @@ async def test_a_failing_check_refuses_the_flow(
 
     monkeypatch.setattr(rt.allowlist, "decide", broken)
     with taddons.context(addon):
-        f = tflow.tflow()
-        rt.tunnels[f.client_conn.id] = Tunnel("api.test", 443, ipaddress.ip_address("127.0.0.2"))
-        f.client_conn.sni = "api.test"
-        f.request.scheme, f.request.host, f.request.port = "https", "api.test", 443
-        f.request.headers["host"] = "api.test"
+        f = tunnel_flow(rt, sni="api.test", host_header="api.test")
         await addon.requestheaders(f)
     assert f.response is not None and f.response.status_code == 500
     assert f.response.headers["x-egress-reason"] == "internal_error"
