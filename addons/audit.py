@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 
-from egress.addons.base import EgressAddon, meta
-from egress.addons.policy import RefuseConnection
+from egress.addons.base import EgressAddon, RefuseConnection, meta
 from mitmproxy import connection, http
 from mitmproxy.proxy.layer import NextLayer
 
 from egress.audit import AuditRecord, now_iso, redact_path
-from egress.reasons import Reason
+from egress.reasons import Reason, http_status
 
 
 class AuditLog(EgressAddon):
@@ -29,18 +28,20 @@ class AuditLog(EgressAddon):
         self.runtime.metrics.open_connections.dec()
 
     def next_layer(self, nextlayer: NextLayer) -> None:
-        if not isinstance(nextlayer.layer, RefuseConnection):
+        refused = nextlayer.layer
+        if not isinstance(refused, RefuseConnection):
             return
-        tunnel = self.runtime.tunnels.get(nextlayer.context.client.id)
         peer = nextlayer.context.client.peername
-        self.runtime.metrics.requests.labels("deny", Reason.NON_HTTP_PROTOCOL.value).inc()
+        decision = "deny" if http_status(refused.reason) < 500 else "error"
+        self.runtime.metrics.requests.labels(decision, refused.reason.value).inc()
         self.runtime.audit.write(
             AuditRecord(
                 time=now_iso(), event="tunnel", flow_id=nextlayer.context.client.id,
-                client=f"{peer[0]}:{peer[1]}" if peer else "", method="", scheme="tcp",
-                host=tunnel.host if tunnel else "", port=tunnel.port if tunnel else 0, path="",
-                decision="deny", reason=Reason.NON_HTTP_PROTOCOL.value, status=None,
-                detail="the client spoke something other than HTTP inside the tunnel; it was closed",
+                client=f"{peer[0]}:{peer[1]}" if peer else "", method="", scheme=refused.scheme,
+                host=self.runtime.redact(refused.host), port=refused.port, path="",
+                decision=decision,
+                reason=refused.reason.value, rule=refused.rule, status=None,
+                detail=self.runtime.redact(refused.detail),
             )
         )  # fmt: skip
 

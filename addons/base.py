@@ -9,6 +9,9 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy import context as connection_context
+from mitmproxy.proxy.layer import NextLayer
 
 from egress.errors import EgressError
 from egress.messages import denial_body
@@ -57,6 +60,9 @@ def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
         if isinstance(arg, http.HTTPFlow):
             deny(arg, self.runtime, Reason.INTERNAL_ERROR,
                  f"egress could not decide this request ({type(e).__name__}); it was not sent")  # fmt: skip
+        elif isinstance(arg, NextLayer):
+            arg.layer = RefuseConnection(arg.context, Reason.INTERNAL_ERROR,
+                                         f"egress could not decide this connection ({type(e).__name__})")  # fmt: skip
         elif hasattr(arg, "server"):  # server_connect data
             arg.server.error = f"egress {Reason.INTERNAL_ERROR.value}: {type(e).__name__}"
 
@@ -114,3 +120,32 @@ def deny(
         {"content-type": "text/plain; charset=utf-8", "x-egress-reason": reason.value,
          "connection": "close"},
     )  # fmt: skip
+
+
+# A fatal TLS alert record, access_denied (49): what a client shows for a refused TLS
+# connection ("tlsv1 alert access denied"), sent before any handshake message.
+TLS_ACCESS_DENIED = bytes([21, 3, 3, 0, 2, 2, 49])
+
+
+class RefuseConnection(layer.Layer):
+    """Closes the client connection (and its upstream one) without relaying a byte; the
+    audit addon records why."""
+
+    def __init__(
+        self, context: connection_context.Context, reason: Reason = Reason.NON_HTTP_PROTOCOL,
+        detail: str = "the client spoke something other than HTTP; the connection was closed",
+        *, host: str = "", port: int = 0, scheme: str = "tcp", rule: str | None = None,
+        tls_alert: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(context)
+        self.reason, self.detail, self.rule = reason, detail, rule
+        self.host, self.port, self.scheme = host, port, scheme
+        self.tls_alert = tls_alert
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            if self.tls_alert:
+                yield commands.SendData(self.context.client, TLS_ACCESS_DENIED)
+            yield commands.CloseConnection(self.context.client)
+            if self.context.server.connected:
+                yield commands.CloseConnection(self.context.server)

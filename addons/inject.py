@@ -33,6 +33,7 @@ class SecretInjector(EgressAddon):
             headers=tuple(req.headers.items(multi=True)) if headers else (),
             body=body,
             content_type=req.headers.get("content-type", ""),
+            transparent=bool(m.get("transparent")),
         )
 
     @fail_closed

@@ -9,14 +9,19 @@ destination.
 
 from __future__ import annotations
 
-from egress.addons.base import EgressAddon, deny, fail_closed, meta
+import ipaddress
+
+from egress.addons.base import EgressAddon, RefuseConnection, deny, fail_closed, meta
 from mitmproxy import connection, http
-from mitmproxy.proxy import commands, events, layer, layers, server_hooks
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy import layers, server_hooks
 from mitmproxy.proxy.layer import NextLayer
+from mitmproxy.proxy.layers.tls import parse_client_hello
+from mitmproxy.proxy.mode_specs import TransparentMode
 
 from egress.audit import redact_path
 from egress.errors import InvalidHost
-from egress.hostnames import canonical_host, split_host_port
+from egress.hostnames import IPAddress, canonical_host, split_host_port
 from egress.messages import how_to_allow
 from egress.policy import Decision
 from egress.reasons import Reason
@@ -84,9 +89,23 @@ class Allowlist(EgressAddon):
         m = meta(flow)
         tunnel = rt.tunnels.get(flow.client_conn.id)
         scheme = req.scheme
+        transparent = is_transparent(flow.client_conn)
+        if transparent:
+            m["transparent"] = True
         try:
             if tunnel is not None:
                 host, port = tunnel.host, tunnel.port
+            elif transparent:
+                # Plain HTTP redirected by the kernel: the Host header is all there is to
+                # decide on. The connection is pinned to the first allowed host.
+                port = flow.client_conn.sockname[1]
+                claimed = req.host_header or ""
+                host = canonical_host(split_host_port(claimed, port)[0]) if claimed else ""
+                if not host:
+                    m.update(host="", port=port, scheme=scheme)
+                    deny(flow, rt, Reason.HOST_HEADER_MISMATCH,
+                         "the request has no Host header; in transparent mode it names the host")  # fmt: skip
+                    return
             else:
                 if "@" in req.authority:
                     m.update(host=req.host, port=req.port, scheme=scheme)
@@ -103,7 +122,7 @@ class Allowlist(EgressAddon):
         problem = (
             _malformed(flow)
             or _proxy_header(flow)
-            or _identity_problem(flow, host, port, tunnel is not None)
+            or _identity_problem(flow, host, port, tunnel is not None or transparent)
         )
         if problem is not None:
             deny(flow, rt, problem[0], problem[1])
@@ -120,7 +139,13 @@ class Allowlist(EgressAddon):
             hint = how_to_allow(d.reason, host, port, scheme, req.method, req.path, d.rule_label)
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
             return
-        if tunnel is None:  # a plain-HTTP proxy request: check where it would go, once
+        if tunnel is None and transparent:
+            picked = await rt.resolver.pick(host, port, prefer=_original_ip(flow.client_conn))
+            if isinstance(picked, Refused):
+                deny(flow, rt, picked.reason, picked.detail, rule=d.rule_label)
+                return
+            rt.tunnels[flow.client_conn.id] = Tunnel(host, port, picked.address)
+        elif tunnel is None:  # a plain-HTTP proxy request: check where it would go, once
             picked = await rt.resolver.pick(host, port)
             if isinstance(picked, Refused):
                 deny(flow, rt, picked.reason, picked.detail, rule=d.rule_label)
@@ -139,7 +164,19 @@ class Allowlist(EgressAddon):
             return
         raw_host, port = server.address
         tunnel = rt.tunnels.get(data.client.id)
-        if tunnel is not None and (str(raw_host), port) == (str(tunnel.address), tunnel.port):
+        if is_transparent(data.client):
+            if tunnel is None:
+                # Redirected connections are decided on their first bytes (SNI or Host); a
+                # dial before that (connection_strategy=eager) would go to the agent's choice.
+                server.error = (
+                    f"egress {Reason.INTERNAL_ERROR.value}: a redirected connection must be "
+                    "decided before egress dials (set connection_strategy=lazy)"
+                )
+                return
+            # The kernel's original destination is never dialled as such: the decided name
+            # and the address checked for it are.
+            raw_host, port = tunnel.host, tunnel.port
+        elif tunnel is not None and (str(raw_host), port) == (str(tunnel.address), tunnel.port):
             raw_host = tunnel.host  # a reconnect inside the tunnel: decide on its name again
         try:
             host = canonical_host(str(raw_host))
@@ -165,11 +202,63 @@ class Allowlist(EgressAddon):
         server.sni = host
         server.address = (str(address), port)
 
-    def next_layer(self, nextlayer: NextLayer) -> None:
+    @fail_closed
+    async def next_layer(self, nextlayer: NextLayer) -> None:
         """Inside an allowed tunnel only HTTP is spoken: mitmproxy would relay any other
-        bytes as raw TCP, past every HTTP rule. Close such connections instead."""
-        if isinstance(nextlayer.layer, layers.TCPLayer | layers.UDPLayer):
-            nextlayer.layer = RefuseConnection(nextlayer.context)
+        bytes as raw TCP, past every HTTP rule. Close such connections instead. A redirected
+        (transparent) TLS connection is decided here, on its ClientHello."""
+        context = nextlayer.context
+        if (
+            # the first bytes of a redirected connection, not yet decided
+            is_transparent(context.client)
+            and not context.client.tls_established
+            and context.client.id not in self.runtime.tunnels
+            and starts_like_tls_record(nextlayer.data_client())
+            and not isinstance(nextlayer.layer, layers.TCPLayer | layers.UDPLayer)
+        ):
+            await self._decide_transparent_tls(nextlayer)
+        elif isinstance(nextlayer.layer, layers.TCPLayer | layers.UDPLayer):
+            tunnel = self.runtime.tunnels.get(context.client.id)
+            nextlayer.layer = RefuseConnection(
+                context, host=tunnel.host if tunnel else "", port=tunnel.port if tunnel else 0
+            )
+
+    async def _decide_transparent_tls(self, nextlayer: NextLayer) -> None:
+        """Decide on the SNI (or, without one, the original destination address) with the
+        rules of a CONNECT; refuse with a TLS access_denied alert, before any upstream
+        connection and before the handshake."""
+        rt, context = self.runtime, nextlayer.context
+        original, port = _original_ip(context.client), context.client.sockname[1]
+
+        def refuse(reason: Reason, detail: str, host: str, rule: str | None = None) -> None:
+            nextlayer.layer = RefuseConnection(context, reason, detail, host=host, port=port,
+                                               scheme="https", rule=rule, tls_alert=True)  # fmt: skip
+
+        try:
+            hello = parse_client_hello(nextlayer.data_client())
+        except ValueError:
+            refuse(
+                Reason.MALFORMED_REQUEST, "the TLS ClientHello could not be parsed", str(original)
+            )
+            return
+        if hello is None:
+            nextlayer.layer = None  # the ClientHello is not complete yet: ask again
+            return
+        try:
+            host = canonical_host(hello.sni) if hello.sni else str(original)
+        except InvalidHost as e:
+            refuse(Reason.INVALID_HOST, str(e), hello.sni or "")
+            return
+        d = rt.allowlist.decide_connect(host, port)
+        if not d.allowed and rt.config.mode != "report":
+            hint = how_to_allow(d.reason, host, port, "https", "CONNECT", "/", d.rule_label)
+            refuse(d.reason, f"{d.detail}. {hint}" if hint else d.detail, host, d.rule_label)
+            return
+        picked = await rt.resolver.pick(host, port, prefer=original)
+        if isinstance(picked, Refused):
+            refuse(picked.reason, picked.detail, host, d.rule_label)
+            return
+        rt.tunnels[context.client.id] = Tunnel(host, port, picked.address)
 
     def client_disconnected(self, client: connection.Client) -> None:
         rt = self.runtime
@@ -190,14 +279,14 @@ class Allowlist(EgressAddon):
                 flow.kill()
 
 
-class RefuseConnection(layer.Layer):
-    """Closes the client connection (and its upstream one) without relaying a byte."""
+def is_transparent(client: connection.Client) -> bool:
+    """Did the kernel redirect this connection to egress (no proxy settings on the agent)?"""
+    return isinstance(client.proxy_mode, TransparentMode)
 
-    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
-        if isinstance(event, events.Start):
-            yield commands.CloseConnection(self.context.client)
-            if self.context.server.connected:
-                yield commands.CloseConnection(self.context.server)
+
+def _original_ip(client: connection.Client) -> IPAddress:
+    """The destination the agent's connection was addressed to, before the redirect."""
+    return ipaddress.ip_address(str(client.sockname[0]).split("%", 1)[0])
 
 
 def _authority(host: str, port: int) -> str:

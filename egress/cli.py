@@ -74,11 +74,20 @@ def _banner(cfg: Config, host: str, port: int) -> str:
         f"egress {__version__}: listening on {host}:{port} (config: {cfg.path})",
         f"CA certificate: {ca} (made at this start, valid {cfg.ca_validity_hours} h; "
         "its key stays in memory)",
-        "point a client at the proxy:",
-        f"  export HTTPS_PROXY={url} HTTP_PROXY={url} SSL_CERT_FILE={ca}",
-        f"  curl --proxy {url} --cacert {ca} https://<allowed host>/",
-        "or run an agent through it: egress exec -- <command>",
     ]
+    if cfg.listen_mode == "transparent":
+        lines += [
+            "transparent mode: send the agent's traffic here with the redirect rules:",
+            f"  egress redirect apply --proxy-port {port} --proxy-uid <egress's UID>",
+            f"  the agent trusts {ca} (or the bundle in agent.dir) and sets no proxy",
+        ]
+    else:
+        lines += [
+            "point a client at the proxy:",
+            f"  export HTTPS_PROXY={url} HTTP_PROXY={url} SSL_CERT_FILE={ca}",
+            f"  curl --proxy {url} --cacert {ca} https://<allowed host>/",
+            "or run an agent through it: egress exec -- <command>",
+        ]
     for spec in cfg.secrets:
         if spec.env:
             lines.append(f"secret {spec.name}: give the agent {spec.env}={spec.placeholder}")
@@ -112,8 +121,9 @@ async def _serve(cfg: Config, listen_port: int | None) -> int:
         raise
     try:
         proxy = EmbeddedProxy(
-            rt, cfg.listen_host, cfg.listen_port if listen_port is None else listen_port
-        )
+            rt, cfg.listen_host, cfg.listen_port if listen_port is None else listen_port,
+            transparent=cfg.listen_mode == "transparent",
+        )  # fmt: skip
         host, port = await proxy.start()
         if admin is not None:
             rt.listening_on(a_host, a_port)  # the admin port is the proxy's own, too

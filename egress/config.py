@@ -155,6 +155,8 @@ class Config:
     admin: AdminConfig | None = None  # health, readiness and metrics listener
     agent_dir: Path | None = None  # where files for the agent are written (sidecar)
     agent_proxy_url: str | None = None  # written into the agent's env file as HTTPS_PROXY etc.
+    # "transparent": connections redirected by the kernel, decided on SNI / Host
+    listen_mode: str = "explicit"
 
 
 def auto_placeholder(prefix: str, length: int) -> str:
@@ -607,6 +609,14 @@ def _parse_vault_auth(c: _Checker, node: Any, base: Path) -> VaultAuth | None:
     return VaultAuth(method, mount, role=c.typed(m, key, "role", str, None), jwt_file=jwt_file)
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _host_port(c: _Checker, m: dict[str, Any], key: str, default_port: int) -> tuple[str, int]:
     """A listener's host (an IP address, default loopback) and port (0 picks a free one)."""
     host = c.typed(m, key, "host", str, "127.0.0.1")
@@ -643,8 +653,15 @@ def parse(data: Any, file: str, base: Path) -> Config:
     if top is None:
         raise ConfigError(file, c.problems)
 
-    listen = c.mapping(top.get("listen"), "listen", ("host", "port")) or {}
-    listen_host, listen_port = _host_port(c, listen, "listen", 8080)
+    listen = c.mapping(top.get("listen"), "listen", ("host", "port", "mode")) or {}
+    listen_mode = c.choice(listen, "listen", "mode", ("explicit", "transparent"), "explicit")
+    transparent = listen_mode == "transparent"
+    listen_host, listen_port = _host_port(c, listen, "listen", 15001 if transparent else 8080)
+    if transparent and _is_ip(listen_host) and not ipaddress.ip_address(listen_host).is_loopback:
+        # The kernel's REDIRECT (nat OUTPUT) sends to loopback; any other address would let
+        # other machines use the proxy, and its secrets, by connecting to it directly.
+        c.err("listen.host", f"{listen_host!r}: in transparent mode egress listens on loopback "
+              "only (127.0.0.1 or ::1), where the redirect rules send the agent's traffic")  # fmt: skip
 
     ca = c.mapping(top.get("ca"), "ca", ("cert_path", "validity_hours")) or {}
     cert_path = _path(base, c.typed(ca, "ca", "cert_path", str, "egress-ca.pem"))
@@ -753,6 +770,7 @@ def parse(data: Any, file: str, base: Path) -> Config:
         path=file,
         listen_host=listen_host,
         listen_port=listen_port,
+        listen_mode=listen_mode or "explicit",
         ca_cert_path=cert_path,
         ca_validity_hours=validity,
         upstream_ca_files=tuple(ca_files),

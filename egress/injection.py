@@ -36,6 +36,9 @@ class RequestParts:
     headers: tuple[Header, ...]
     body: bytes | None  # None when the body was not buffered
     content_type: str = ""
+    # Redirected by the kernel (transparent mode): over plain HTTP the host is only the
+    # agent's Host header, so no secret is ever injected.
+    transparent: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,13 @@ def plan(
                 f"the request is signed (AWS SigV4) and carries the placeholder of {spec.name!r}: its "
                 "signature was computed over the placeholder and cannot survive the swap; egress does "
                 "not inject into signed requests",
+                spec.name,
+            )
+        if req.scheme != "https" and req.transparent:
+            return Denial(
+                Reason.PLAINTEXT_INJECTION,
+                f"secret {spec.name!r} is never injected into plain-HTTP requests in transparent "
+                "mode: the host is only the agent's Host header claim; use https://",
                 spec.name,
             )
         if req.scheme != "https" and not spec.allow_http:

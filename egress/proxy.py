@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from typing import Any
 
 from mitmproxy import options
@@ -61,7 +62,7 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 class EmbeddedProxy:
-    def __init__(self, rt: Runtime, listen_host: str, listen_port: int):
+    def __init__(self, rt: Runtime, listen_host: str, listen_port: int, transparent: bool = False):
         self.rt = rt
         self.opts = options.Options()
         self.master = Master(self.opts)
@@ -78,10 +79,21 @@ class EmbeddedProxy:
             AuditLog(rt),
             self._ready,
         )
+        if transparent:
+            hosts = [listen_host]
+            if listen_host == "127.0.0.1" and _has_ipv6_loopback():
+                hosts.append("::1")  # ip6tables' REDIRECT sends IPv6 connections there
+            modes = [f"transparent@{h}:{listen_port}" for h in hosts]
+        else:
+            modes = ["regular"]
         updates: dict[str, Any] = dict(
-            mode=["regular"],
+            mode=modes,
             listen_host=listen_host,
             listen_port=listen_port,
+            # Redirected connections are decided on their first bytes (SNI or Host header),
+            # so nothing may be dialled before them; explicit mode dials at CONNECT, after
+            # the decision, so that an unreachable upstream gets a clear 502.
+            connection_strategy="lazy" if transparent else "eager",
             # A private, empty folder: mitmproxy never reads or writes a CA there.
             confdir=str(rt.private_dir),
             ssl_insecure=False,
@@ -106,15 +118,20 @@ class EmbeddedProxy:
             exc = self._task.exception() if self._task.done() else None
             raise ProxyStartError(f"the proxy did not start: {exc or 'it stopped during start-up'}")
         addrs = self.master.addons.get("proxyserver").listen_addrs()
-        if not addrs:
+        if len(addrs) < len(self.opts.mode):  # a listener failed (mitmproxy only logs it)
             await self.stop()
             raise ProxyStartError(
-                f"could not listen on {self.opts.listen_host}:{self.opts.listen_port} "
+                f"could not listen on {', '.join(self._wanted())} "
                 "(is the port in use? set listen.port, or 0 for a free port)"
             )
+        for addr in addrs:
+            self.rt.listening_on(str(addr[0]), int(addr[1]))
         host, port = str(addrs[0][0]), int(addrs[0][1])
-        self.rt.listening_on(host, port)
         return host, port
+
+    def _wanted(self) -> list[str]:
+        default = f"{self.opts.listen_host}:{self.opts.listen_port}"
+        return [m.split("@", 1)[1] if "@" in m else default for m in self.opts.mode]
 
     async def wait(self) -> None:
         if self._task is not None:
@@ -125,3 +142,13 @@ class EmbeddedProxy:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError, SystemExit):
                 await self._task
+
+
+def _has_ipv6_loopback() -> bool:
+    """Can this network namespace listen on ::1? (Not where IPv6 is disabled.)"""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

@@ -57,7 +57,15 @@ def iptables_restore(spec: RedirectSpec, version: int = 4) -> str:
         f"-A {FILTER_CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         f"-A {FILTER_CHAIN} -m owner --uid-owner {spec.proxy_uid} -j ACCEPT",
         f"-A {FILTER_CHAIN} -o lo -j ACCEPT",
+        # Connections the nat rules redirected to the proxy: the filter hook still sees the
+        # original output interface (not lo) but the new, loopback, destination.
+        f"-A {FILTER_CHAIN} -d {loopback} -j ACCEPT",
     ]
+    if version == 6:
+        # Neighbour discovery is sent by the kernel, not by a socket of the proxy's UID:
+        # without it no IPv6 packet, the proxy's included, finds the next hop.
+        lines += [f"-A {FILTER_CHAIN} -p ipv6-icmp --icmpv6-type {t} -j ACCEPT"
+                  for t in ("neighbour-solicitation", "neighbour-advertisement", "router-solicitation")]  # fmt: skip
     for server in _dns(spec, version):
         lines += [f"-A {FILTER_CHAIN} -d {server} -p udp --dport 53 -j ACCEPT",
                   f"-A {FILTER_CHAIN} -d {server} -p tcp --dport 53 -j ACCEPT"]  # fmt: skip
@@ -100,6 +108,11 @@ def nftables(spec: RedirectSpec) -> str:
         "    ct state established,related accept",
         f"    meta skuid {spec.proxy_uid} accept",
         '    oifname "lo" accept',
+        # redirected to the proxy: still the original oif here, but a loopback destination
+        "    ip daddr 127.0.0.0/8 accept",
+        "    ip6 daddr ::1 accept",
+        # neighbour discovery: sent by the kernel, not by the proxy's UID
+        "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
     ]
     if dns4:
         lines.append(

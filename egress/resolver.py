@@ -60,7 +60,10 @@ class Resolver:
             seen.setdefault(ipaddress.ip_address(info[4][0].split("%", 1)[0]), None)
         return list(seen)
 
-    async def pick(self, host: str, port: int) -> Picked | Refused:
+    async def pick(self, host: str, port: int, prefer: IPAddress | None = None) -> Picked | Refused:
+        """Resolve ``host`` and pick an address egress may dial: ``prefer`` (a redirected
+        connection's original destination) when it is among the usable answers, else the
+        first usable answer. ``prefer`` alone is never trusted."""
         try:
             addrs = await self.lookup(host)
         except (TimeoutError, OSError) as e:
@@ -76,4 +79,4 @@ class Resolver:
                 f"{host!r} resolves only to addresses egress does not dial: {listed}; to reach an "
                 "internal service, list its range under upstream.allow_private",
             )
-        return Picked(ok[0], tuple(refused))
+        return Picked(prefer if prefer in ok else ok[0], tuple(refused))

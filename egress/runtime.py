@@ -117,7 +117,6 @@ class Runtime:
             )
             ca.write_cert(cfg.ca_cert_path)
             write_agent_files(cfg, ca.cert_pem(), system_trust_bundle())
-            write_agent_files(cfg, ca.cert_pem(), system_trust_bundle())
         except BaseException:
             shutil.rmtree(private, ignore_errors=True)
             raise

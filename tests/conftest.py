@@ -166,10 +166,13 @@ class RunningProxy:
         return self.proc.returncode
 
 
-def start_proxy(config: Path, tmp: Path, env: dict[str, str] | None = None) -> RunningProxy:
+def start_proxy(
+    config: Path, tmp: Path, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+) -> RunningProxy:
+    """Run ``egress run`` (after ``prefix``, e.g. ``ip netns exec NS``) until it is ready."""
     out, err = tmp / "proxy.stdout", tmp / "proxy.stderr"
     proc = subprocess.Popen(
-        egress_cmd("run", "--config", str(config)),
+        [*prefix, *egress_cmd("run", "--config", str(config))],
         stdout=out.open("wb"), stderr=err.open("wb"), env=env or proxy_env(),
     )  # fmt: skip
     OUTPUTS.extend([out, err])

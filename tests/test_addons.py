@@ -6,9 +6,14 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+from egress.addons.base import RefuseConnection
 from egress.addons.inject import SecretInjector
 from egress.addons.policy import Allowlist
-from mitmproxy.proxy import server_hooks
+from mitmproxy import options
+from mitmproxy.proxy import events, server_hooks
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layer import NextLayer
+from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
 from egress.config import parse
@@ -206,3 +211,80 @@ def test_trailers_are_scrubbed(rt: Runtime) -> None:
         addon.response(f)
     assert SECRET not in str(f.response.trailers)
     assert f.response.trailers["grpc-message"] == "bad token Bearer egress-t-placeholder"
+
+
+def client_hello(sni: str | None) -> bytes:
+    """The ClientHello a real TLS client (Python's ssl) sends, with or without SNI."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = sni is not None
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    conn = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        conn.do_handshake()
+    return outgoing.read()
+
+
+def redirected(original: tuple[str, int], data: bytes) -> NextLayer:
+    """The first bytes of a connection the kernel redirected to egress's transparent port."""
+    client = tflow.tclient_conn()
+    client.proxy_mode = ProxyMode.parse("transparent")
+    client.sockname = original
+    client.timestamp_tls_setup = None  # nothing of TLS has happened yet
+    client.sni = None
+    context = Context(client, options.Options())
+    context.server.address = original
+    nl = NextLayer(context)
+    nl.events.append(events.DataReceived(client, data))
+    return nl
+
+
+@pytest.mark.parametrize(
+    ("sni", "original", "reason", "dialled"),
+    [
+        ("api.test", "127.0.0.2", None, "127.0.0.2"),
+        # the agent picked another address: egress dials the one it resolved for the name
+        ("api.test", "203.0.113.9", None, "127.0.0.2"),
+        ("API.test.", "127.0.0.2", None, "127.0.0.2"),
+        ("evil.test", "127.0.0.2", "host_not_allowed", None),
+        (None, "127.0.0.2", "ip_literal", None),  # no SNI: decided on the address
+    ],
+)  # fmt: skip
+async def test_transparent_tls_is_decided_on_the_client_hello(
+    rt: Runtime, sni: str | None, original: str, reason: str | None, dialled: str | None
+) -> None:
+    addon = Allowlist(rt)
+    with taddons.context(addon):
+        nl = redirected((original, 443), client_hello(sni))
+        await addon.next_layer(nl)
+        tunnel = rt.tunnels.get(nl.context.client.id)
+        if reason is None:
+            assert tunnel == Tunnel("api.test", 443, ipaddress.ip_address(dialled))
+            assert not isinstance(nl.layer, RefuseConnection)
+        else:
+            assert tunnel is None
+            assert isinstance(nl.layer, RefuseConnection) and nl.layer.tls_alert
+            assert nl.layer.reason.value == reason
+
+
+async def test_transparent_waits_for_the_whole_client_hello(rt: Runtime) -> None:
+    addon = Allowlist(rt)
+    with taddons.context(addon):
+        hello = client_hello("api.test")
+        nl = redirected(("127.0.0.2", 443), hello[:20])
+        await addon.next_layer(nl)
+        assert nl.layer is None and nl.context.client.id not in rt.tunnels
+
+
+async def test_transparent_connection_is_never_dialled_before_its_decision(rt: Runtime) -> None:
+    """With connection_strategy=eager mitmproxy would dial the agent's original destination
+    before the ClientHello: refused."""
+    addon = Allowlist(rt)
+    with taddons.context(addon):
+        nl = redirected(("127.0.0.2", 443), b"")
+        server = nl.context.server
+        await addon.server_connect(
+            server_hooks.ServerConnectionHookData(client=nl.context.client, server=server)
+        )
+        assert server.error and "connection_strategy=lazy" in server.error

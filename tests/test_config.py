@@ -26,6 +26,9 @@ BAD = [
     ("bad path", "allow:\n  - host: a.com\n    paths: [repos]\n", "allow[0].paths[0]: 'repos' must be a path prefix"),
     ("allow not a list", "allow: a.com\n", "allow: must be a list of rules"),
     ("listen host name", "listen: {host: localhost}\n", "listen.host: 'localhost' must be an IP address"),
+    ("listen mode", "listen: {mode: transparant}\n", "listen.mode: 'transparant' is not one of explicit, transparent"),
+    ("transparent off loopback", "listen: {mode: transparent, host: 0.0.0.0}\n",
+     "listen.host: '0.0.0.0': in transparent mode egress listens on loopback only"),
     ("listen port type", "listen: {port: '80'}\n", "listen.port: must be an integer, not a string"),
     ("ca validity", "ca: {validity_hours: 0}\n", "ca.validity_hours: 0 must be between 1 and 744"),
     ("missing ca file", "upstream: {ca_files: [nope.pem]}\n", "upstream.ca_files[0]: "),
@@ -104,6 +107,7 @@ def test_defaults(tmp_path: Path) -> None:
                     "  - {name: tok, source: {env: X}, hosts: [a.com]}\n")  # fmt: skip
     cfg = config.load(path)
     assert cfg.listen_host == "127.0.0.1" and cfg.listen_port == 8080
+    assert cfg.listen_mode == "explicit"
     assert cfg.ca_cert_path == tmp_path / "egress-ca.pem"
     a, b = cfg.rules
     assert (a.ports, a.schemes, a.methods, a.paths) == ((443,), ("https",), None, None)
@@ -145,3 +149,18 @@ def test_auto_placeholders_are_random_and_shaped(tmp_path: Path) -> None:
         ConfigError, match="placeholder_prefix and placeholder_length go with 'placeholder: auto'"
     ):
         config.load(path)
+
+
+def test_transparent_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "egress.yaml"
+    path.write_text("listen: {mode: transparent}\nallow: [a.com]\n")
+    cfg = config.load(path)
+    # 15001: where `egress redirect` sends the agent's traffic by default
+    assert (cfg.listen_mode, cfg.listen_host, cfg.listen_port) == (
+        "transparent",
+        "127.0.0.1",
+        15001,
+    )
+    path.write_text("listen: {mode: transparent, host: '::1', port: 16000}\nallow: [a.com]\n")
+    cfg = config.load(path)
+    assert (cfg.listen_host, cfg.listen_port) == ("::1", 16000)

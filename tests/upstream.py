@@ -138,10 +138,15 @@ class _Server(ThreadingHTTPServer):
         return sock, addr
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6  # dual stack: IPv4 peers arrive as ::ffff:a.b.c.d
+
+
 class Upstream:
-    def __init__(self, tls: ssl.SSLContext | None):
+    def __init__(self, tls: ssl.SSLContext | None, host: str = "127.0.0.1", port: int = 0):
         self.recorder = Recorder()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        server = _Server6 if ":" in host else _Server
+        self._server = server((host, port), _Handler)
         self._server.recorder = self.recorder
         self._server.tls = tls
         self.port = self._server.server_address[1]
