@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from egress import __version__
 from egress import config as config_mod
@@ -242,8 +243,14 @@ def _redirect(args: argparse.Namespace) -> int:
     from egress import redirect as r
 
     try:
+        dns = list(args.dns or ())
+        if args.dns_from:
+            dns += r.nameservers(Path(args.dns_from).read_text())
         spec = r.RedirectSpec(proxy_port=args.proxy_port, proxy_uid=args.proxy_uid,
-                              ports=tuple(int(p) for p in args.ports.split(",")), dns=tuple(args.dns or ()))  # fmt: skip
+                              ports=tuple(int(p) for p in args.ports.split(",")), dns=tuple(dict.fromkeys(dns)))  # fmt: skip
+    except OSError as e:
+        print(f"egress: error: --dns-from {args.dns_from}: {e.strerror}", file=sys.stderr)
+        return 2
     except ValueError as e:
         print(f"egress: error: {e}", file=sys.stderr)
         return 2
@@ -270,7 +277,10 @@ def _redirect(args: argparse.Namespace) -> int:
     for cmd, text in texts:
         done = subprocess.run(cmd, input=text, capture_output=True, text=True)
         if done.returncode != 0:
-            print(f"egress: error: {' '.join(cmd)} failed: {done.stderr.strip()}", file=sys.stderr)
+            why = done.stderr.strip()
+            if any(w in why.lower() for w in ("permission denied", "not permitted")):
+                why += " (applying the rules needs the NET_ADMIN capability)"
+            print(f"egress: error: {' '.join(cmd)} failed: {why}", file=sys.stderr)
             return 2
     return 0
 
@@ -304,6 +314,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     rd.add_argument("--ports", default="80,443", help="TCP ports to redirect (comma-separated)")
     rd.add_argument("--dns", action="append", help="a DNS server the agent may query (repeatable)")
+    rd.add_argument(
+        "--dns-from", metavar="FILE",
+        help="also allow the nameservers of FILE (in a pod: /etc/resolv.conf, the cluster DNS)",
+    )  # fmt: skip
     rd.add_argument("--backend", choices=["iptables", "nftables"], default="iptables")
     return p
 

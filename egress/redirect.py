@@ -34,6 +34,16 @@ class RedirectSpec:
             ipaddress.ip_address(d)
 
 
+def nameservers(resolv_conf: str) -> list[str]:
+    """The ``nameserver`` addresses of a resolv.conf, in order (zone ids dropped)."""
+    out = []
+    for line in resolv_conf.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            out.append(str(ipaddress.ip_address(fields[1].split("%", 1)[0])))
+    return out
+
+
 def _dns(spec: RedirectSpec, version: int) -> list[str]:
     return [d for d in spec.dns if ipaddress.ip_address(d).version == version]
 

@@ -64,8 +64,13 @@ def test_apply_and_remove_in_a_network_namespace(backend: str) -> None:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         run = ["ip", "netns", "exec", ns]
-        apply = subprocess.run([*run, *egress_cmd("redirect", "apply", "--backend", backend, "--dns", "10.96.0.10")],
-                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        apply_cmd = egress_cmd("redirect", "apply", "--backend", backend, "--dns", "10.96.0.10")
+        # As in the pod's init container: root with every capability dropped but NET_ADMIN.
+        no_caps = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+        refused = subprocess.run([*run, *no_caps, *apply_cmd], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert refused.returncode == 2 and "needs the NET_ADMIN capability" in refused.stderr
+        net_admin = ["setpriv", "--bounding-set=-all,+net_admin", "--inh-caps=-all"]
+        apply = subprocess.run([*run, *net_admin, *apply_cmd], capture_output=True, text=True, timeout=60)  # fmt: skip
         assert apply.returncode == 0, apply.stderr
         show = (
             [*run, "iptables-save"] if backend == "iptables" else [*run, "nft", "list", "ruleset"]
@@ -90,3 +95,18 @@ def test_apply_and_remove_in_a_network_namespace(backend: str) -> None:
         assert "EGRESS_REDIRECT" not in after and "table inet egress" not in after
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_dns_from_resolv_conf(tmp_path: Path) -> None:
+    """In a pod the cluster DNS is whatever the kubelet wrote into /etc/resolv.conf."""
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("search agents.svc.cluster.local svc.cluster.local\n"
+                    "nameserver 10.96.0.10\nnameserver fd00::a\noptions ndots:5\n")  # fmt: skip
+    r = subprocess.run(egress_cmd("redirect", "print", "--dns-from", str(conf)),
+                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (f"# iptables-restore --noflush\n{iptables_restore(SPEC, 4)}"
+                        f"# ip6tables-restore --noflush\n{iptables_restore(SPEC, 6)}")  # fmt: skip
+    r = subprocess.run(egress_cmd("redirect", "print", "--dns-from", str(tmp_path / "nope")),
+                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert r.returncode == 2 and "--dns-from" in r.stderr and "No such file" in r.stderr
