@@ -219,9 +219,13 @@ class Allowlist(EgressAddon):
             await self._decide_transparent_tls(nextlayer)
         elif isinstance(nextlayer.layer, layers.TCPLayer | layers.UDPLayer):
             tunnel = self.runtime.tunnels.get(context.client.id)
-            nextlayer.layer = RefuseConnection(
-                context, host=tunnel.host if tunnel else "", port=tunnel.port if tunnel else 0
-            )
+            if tunnel is not None:
+                host, port = tunnel.host, tunnel.port
+            elif is_transparent(context.client):  # say where the agent was going
+                host, port = str(_original_ip(context.client)), context.client.sockname[1]
+            else:
+                host, port = "", 0
+            nextlayer.layer = RefuseConnection(context, host=host, port=port)
 
     async def _decide_transparent_tls(self, nextlayer: NextLayer) -> None:
         """Decide on the SNI (or, without one, the original destination address) with the

@@ -247,7 +247,8 @@ def _redirect(args: argparse.Namespace) -> int:
         if args.dns_from:
             dns += r.nameservers(Path(args.dns_from).read_text())
         spec = r.RedirectSpec(proxy_port=args.proxy_port, proxy_uid=args.proxy_uid,
-                              ports=tuple(int(p) for p in args.ports.split(",")), dns=tuple(dict.fromkeys(dns)))  # fmt: skip
+                              ports=tuple(int(p) for p in args.ports.split(",")), dns=tuple(dict.fromkeys(dns)),
+                              inbound_ports=tuple(int(p) for p in args.inbound_ports.split(",") if p.strip()))  # fmt: skip
     except OSError as e:
         print(f"egress: error: --dns-from {args.dns_from}: {e.strerror}", file=sys.stderr)
         return 2
@@ -258,9 +259,13 @@ def _redirect(args: argparse.Namespace) -> int:
         texts = [(["nft", "-f", "-"], r.nftables(spec))]
         removes = r.nftables_remove()
     else:
-        texts = [(["iptables-restore", "--noflush"], r.iptables_restore(spec, 4)),
-                 (["ip6tables-restore", "--noflush"], r.iptables_restore(spec, 6))]  # fmt: skip
-        removes = r.iptables_remove(4) + r.iptables_remove(6)
+        texts = [(["iptables-restore", "--noflush"], r.iptables_restore(spec, 4))]
+        removes = r.iptables_remove(4)
+        if args.action == "print" or Path("/proc/net/if_inet6").exists():
+            texts.append((["ip6tables-restore", "--noflush"], r.iptables_restore(spec, 6)))
+            removes += r.iptables_remove(6)
+        else:
+            print("egress: IPv6 is disabled in this kernel: IPv4 rules only", file=sys.stderr)
     if args.action == "print":
         for cmd, text in texts:
             print(f"# {' '.join(cmd)}\n{text}", end="")
@@ -270,9 +275,10 @@ def _redirect(args: argparse.Namespace) -> int:
             f"egress: error: {texts[0][0][0]} not found (install {args.backend})", file=sys.stderr
         )
         return 2
+    # Remove first, so that applying twice (a retried init container) leaves one copy.
+    for cmd in removes:
+        subprocess.run(cmd, capture_output=True)  # already gone is fine
     if args.action == "remove":
-        for cmd in removes:
-            subprocess.run(cmd, capture_output=True)  # already gone is fine
         return 0
     for cmd, text in texts:
         done = subprocess.run(cmd, input=text, capture_output=True, text=True)
@@ -313,6 +319,11 @@ def _parser() -> argparse.ArgumentParser:
         "--proxy-uid", type=int, default=1337, help="the proxy's UID (its traffic is exempt)"
     )
     rd.add_argument("--ports", default="80,443", help="TCP ports to redirect (comma-separated)")
+    rd.add_argument(
+        "--inbound-ports", default="9901",
+        help="TCP ports whose accepted connections may answer (egress's admin port, for probes; "
+        "comma-separated, empty for none)",
+    )  # fmt: skip
     rd.add_argument("--dns", action="append", help="a DNS server the agent may query (repeatable)")
     rd.add_argument(
         "--dns-from", metavar="FILE",

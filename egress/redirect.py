@@ -23,9 +23,12 @@ class RedirectSpec:
     proxy_uid: int = 1337  # the proxy runs as this UID; its traffic is exempt
     ports: tuple[int, ...] = (80, 443)  # TCP destination ports redirected to the proxy
     dns: tuple[str, ...] = ()  # DNS servers the agent may query (UDP and TCP 53)
+    # TCP ports the pod serves to others (egress's admin port, for the kubelet's probes):
+    # replies on connections accepted there may leave; nothing else accepted may answer.
+    inbound_ports: tuple[int, ...] = (9901,)
 
     def __post_init__(self) -> None:
-        for port in (self.proxy_port, *self.ports):
+        for port in (self.proxy_port, *self.ports, *self.inbound_ports):
             if not 0 < port < 65536:
                 raise ValueError(f"{port} is not a port number")
         if self.proxy_uid < 0:
@@ -63,18 +66,24 @@ def iptables_restore(spec: RedirectSpec, version: int = 4) -> str:
         "*filter",
         f":{FILTER_CHAIN} - [0:0]",
         f"-A OUTPUT -j {FILTER_CHAIN}",
-        # Replies on connections the agent accepted (health probes) may leave.
-        f"-A {FILTER_CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         f"-A {FILTER_CHAIN} -m owner --uid-owner {spec.proxy_uid} -j ACCEPT",
         f"-A {FILTER_CHAIN} -o lo -j ACCEPT",
         # Connections the nat rules redirected to the proxy: the filter hook still sees the
         # original output interface (not lo) but the new, loopback, destination.
         f"-A {FILTER_CHAIN} -d {loopback} -j ACCEPT",
     ]
+    if spec.inbound_ports:
+        # Replies on connections accepted on the inbound ports (a SYN-ACK belongs to no
+        # full socket, so the owner match above misses it). Connections accepted on any
+        # other port cannot answer: no inbound channel for the agent.
+        inbound = ",".join(map(str, spec.inbound_ports))
+        lines.append(f"-A {FILTER_CHAIN} -p tcp -m multiport --sports {inbound} "
+                     "-m conntrack --ctstate ESTABLISHED --ctdir REPLY -j ACCEPT")  # fmt: skip
     if version == 6:
         # Neighbour discovery is sent by the kernel, not by a socket of the proxy's UID:
         # without it no IPv6 packet, the proxy's included, finds the next hop.
-        lines += [f"-A {FILTER_CHAIN} -p ipv6-icmp --icmpv6-type {t} -j ACCEPT"
+        # RFC 4861 messages carry hop limit 255.
+        lines += [f"-A {FILTER_CHAIN} -p ipv6-icmp --icmpv6-type {t} -m hl --hl-eq 255 -j ACCEPT"
                   for t in ("neighbour-solicitation", "neighbour-advertisement", "router-solicitation")]  # fmt: skip
     for server in _dns(spec, version):
         lines += [f"-A {FILTER_CHAIN} -d {server} -p udp --dport 53 -j ACCEPT",
@@ -115,15 +124,19 @@ def nftables(spec: RedirectSpec) -> str:
         "  }",
         "  chain agent_filter {",
         "    type filter hook output priority 0; policy drop;",
-        "    ct state established,related accept",
         f"    meta skuid {spec.proxy_uid} accept",
         '    oifname "lo" accept',
         # redirected to the proxy: still the original oif here, but a loopback destination
         "    ip daddr 127.0.0.0/8 accept",
         "    ip6 daddr ::1 accept",
         # neighbour discovery: sent by the kernel, not by the proxy's UID
-        "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
+        "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } ip6 hoplimit 255 accept",
     ]
+    if spec.inbound_ports:
+        inbound = ", ".join(map(str, spec.inbound_ports))
+        lines.append(
+            f"    tcp sport {{ {inbound} }} ct state established ct direction reply accept"
+        )
     if dns4:
         lines.append(
             f"    ip daddr {{ {', '.join(dns4)} }} meta l4proto {{ tcp, udp }} th dport 53 accept"

@@ -89,6 +89,7 @@ def test_ports_and_uids_agree_across_config_rules_image_and_probes(tmp_path: Pat
     assert int(redirect["proxy-uid"]) == PROXY["securityContext"]["runAsUser"] == 1337
     assert re.search(r"^USER 1337:1337$", DOCKERFILE, re.MULTILINE)
     assert redirect["dns-from"] == "/etc/resolv.conf"
+    assert cfg.admin is not None and redirect["inbound-ports"] == str(cfg.admin.port)
     # Probes hit the admin listener, on an address the kubelet reaches.
     assert cfg.admin is not None and cfg.admin.host == "0.0.0.0"
     (admin_port,) = [p for p in PROXY["ports"] if p["name"] == "admin"]

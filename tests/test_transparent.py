@@ -105,11 +105,11 @@ def sidecar(
         udp = call_in(pair.upstream, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         udp.bind(("0.0.0.0", 443))
         udp.setblocking(False)
-        run(*pair.in_agent(*egress_cmd("redirect", "apply", "--backend", backend,
-                                       "--proxy-port", str(PROXY_PORT), "--proxy-uid", "0")))  # fmt: skip
+        run(*pair.in_agent(*egress_cmd("redirect", "apply", "--backend", backend, "--proxy-port",
+                                       str(PROXY_PORT), "--proxy-uid", "0", "--inbound-ports", str(ADMIN_PORT))))  # fmt: skip
         cfg = {
             "listen": {"mode": "transparent", "port": PROXY_PORT},
-            "admin": {"host": "127.0.0.1", "port": ADMIN_PORT},
+            "admin": {"host": "0.0.0.0", "port": ADMIN_PORT},  # the kubelet probes the pod IP
             "agent": {"dir": str(agent_dir)},
             "ca": {"cert_path": str(agent_dir / "egress-ca.pem")},
             "upstream": {
@@ -331,3 +331,52 @@ def test_the_agent_directory_holds_no_private_key_and_no_secret(sidecar: Sidecar
     for f in sidecar.agent_dir.iterdir():
         assert b"PRIVATE KEY" not in f.read_bytes()
     assert SECRET not in (sidecar.agent_dir / "egress.env").read_text()
+
+
+def test_non_http_to_a_redirected_port_is_closed_and_audited_with_its_destination(
+    sidecar: Sidecar,
+) -> None:
+    n = len(sidecar.proxy.audit())
+    ip = sidecar.pair.upstream_ip
+    sidecar.agent(
+        f"printf 'SSH-2.0-OpenSSH_9.2\\r\\n' | timeout 5 bash -c 'cat > /dev/tcp/{ip}/443'"
+    )
+    record = sidecar.audit_since(n)[-1]
+    assert (record["event"], record["reason"]) == ("tunnel", "non_http_protocol")
+    assert (record["host"], record["port"]) == (ip, 443)
+    assert sidecar.tls.connections == 0
+
+
+def test_only_the_admin_port_answers_inbound_connections(sidecar: Sidecar) -> None:
+    """The kubelet probes egress's admin port on the pod IP; a port the agent listens on
+    cannot answer anyone (no inbound channel around the proxy)."""
+    import threading
+
+    agent_ip = sidecar.pair.agent_ip
+    probe = call_in(
+        sidecar.pair.upstream, lambda: socket.create_connection((agent_ip, ADMIN_PORT), 5)
+    )
+    probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+    assert probe.recv(100).startswith(b"HTTP/1.1 200")
+    probe.close()
+    listener = threading.Thread(target=sidecar.agent, args=(
+        "timeout 6 /usr/bin/python3 -c 'import socket; s=socket.create_server((\"0.0.0.0\", 9000))\n"
+        "while True: c, _ = s.accept(); c.sendall(b\"exfil\"); c.close()'",
+    ))  # fmt: skip
+    listener.start()
+
+    def fetch(host: str) -> bytes:
+        with socket.create_connection((host, 9000), 3) as c:
+            return c.recv(10)
+
+    deadline = time.monotonic() + 5
+    while True:  # control: the agent's listener is up (from inside the pod, over loopback)
+        try:
+            assert call_in(sidecar.pair.agent, lambda: fetch("127.0.0.1")) == b"exfil"
+            break
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, "the agent's listener did not start"
+            time.sleep(0.1)
+    with pytest.raises(OSError):  # from outside: the SYN-ACK never leaves, so it times out
+        call_in(sidecar.pair.upstream, lambda: fetch(agent_ip))
+    listener.join()
