@@ -28,6 +28,10 @@ from egress.reasons import Reason
 from egress.resolver import Refused
 from egress.runtime import Tunnel
 
+# Real ClientHellos are a few hundred bytes to a few KiB (post-quantum key shares included);
+# the length field allows 16 MiB, which egress would otherwise buffer per connection.
+MAX_CLIENT_HELLO = 64 * 1024
+
 
 class Allowlist(EgressAddon):
     @fail_closed
@@ -238,12 +242,17 @@ class Allowlist(EgressAddon):
             nextlayer.layer = RefuseConnection(context, reason, detail, host=host, port=port,
                                                scheme="https", rule=rule, tls_alert=True)  # fmt: skip
 
+        data = nextlayer.data_client()
         try:
-            hello = parse_client_hello(nextlayer.data_client())
+            hello = parse_client_hello(data)
         except ValueError:
             refuse(
                 Reason.MALFORMED_REQUEST, "the TLS ClientHello could not be parsed", str(original)
             )
+            return
+        if hello is None and len(data) > MAX_CLIENT_HELLO:
+            refuse(Reason.MALFORMED_REQUEST,
+                   f"the TLS ClientHello is over {MAX_CLIENT_HELLO} bytes", str(original))  # fmt: skip
             return
         if hello is None:
             nextlayer.layer = None  # the ClientHello is not complete yet: ask again

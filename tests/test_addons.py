@@ -288,3 +288,17 @@ async def test_transparent_connection_is_never_dialled_before_its_decision(rt: R
             server_hooks.ServerConnectionHookData(client=nl.context.client, server=server)
         )
         assert server.error and "connection_strategy=lazy" in server.error
+
+
+async def test_transparent_refuses_an_endless_client_hello(rt: Runtime) -> None:
+    """A handshake header that announces 16 MiB: refused once 64 KiB are buffered."""
+    addon = Allowlist(rt)
+    with taddons.context(addon):
+        header = bytes([22, 3, 1, 0x40, 0x00, 1, 0xFF, 0xFF, 0xFF])  # record, then ClientHello
+        nl = redirected(("127.0.0.2", 443), header + b"\x00" * (64 * 1024))
+        await addon.next_layer(nl)
+        assert isinstance(nl.layer, RefuseConnection)
+        assert nl.layer.reason.value == "malformed_request"
+        nl = redirected(("127.0.0.2", 443), header + b"\x00" * 1000)
+        await addon.next_layer(nl)
+        assert nl.layer is None  # below the cap: wait for more
