@@ -13,6 +13,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy import context as connection_context
 from mitmproxy.proxy.layer import NextLayer
 
+from egress import decoding
 from egress.errors import EgressError
 from egress.messages import denial_body
 from egress.reasons import Reason, http_status
@@ -58,8 +59,12 @@ def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
     def refuse(self: EgressAddon, arg: Any, e: BaseException) -> None:
         log.error("egress: %s failed (%s); the flow is refused", hook.__name__, type(e).__name__)
         if isinstance(arg, http.HTTPFlow):
-            deny(arg, self.runtime, Reason.INTERNAL_ERROR,
-                 f"egress could not decide this request ({type(e).__name__}); it was not sent")  # fmt: skip
+            try:
+                deny(arg, self.runtime, Reason.INTERNAL_ERROR,
+                     f"egress could not decide this request ({type(e).__name__}); it was not sent")  # fmt: skip
+            except Exception:  # noqa: BLE001 (the refusal itself failed: drop the flow)
+                meta(arg).update(decision="error", reason=Reason.INTERNAL_ERROR.value)
+                arg.kill()
         elif isinstance(arg, NextLayer):
             arg.layer = RefuseConnection(arg.context, Reason.INTERNAL_ERROR,
                                          f"egress could not decide this connection ({type(e).__name__})")  # fmt: skip
@@ -85,6 +90,19 @@ def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
             refuse(self, arg, e)
 
     return run
+
+
+def decoded_body(message: http.Message, limit: int) -> bytes | None:
+    """The body with its Content-Encoding undone, never past ``limit`` bytes and never
+    through mitmproxy's decoder (no output limit, Python codecs for unknown names); None
+    when it cannot be decoded within the limit."""
+    raw = message.raw_content
+    if raw is None:
+        return None
+    try:
+        return decoding.decode(raw, message.headers.get("content-encoding", ""), limit)
+    except decoding.DecodeError:
+        return None
 
 
 def meta(flow: http.HTTPFlow) -> dict[str, Any]:
@@ -116,7 +134,8 @@ def deny(
         return
     flow.response = http.Response.make(
         http_status(reason),
-        body.encode("utf-8"),
+        # The detail may quote bytes the client sent that are not UTF-8: never fail on them.
+        body.encode("utf-8", "backslashreplace"),
         {"content-type": "text/plain; charset=utf-8", "x-egress-reason": reason.value,
          "connection": "close"},
     )  # fmt: skip

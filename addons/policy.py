@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from egress.addons.base import EgressAddon, RefuseConnection, deny, fail_closed, meta
+from egress.addons.base import EgressAddon, RefuseConnection, decoded_body, deny, fail_closed, meta
 from mitmproxy import connection, http
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import layers, server_hooks
@@ -21,11 +21,13 @@ from mitmproxy.proxy.mode_specs import TransparentMode
 
 from egress.audit import redact_path
 from egress.errors import InvalidHost
+from egress.grammar import fold_name, request_problem
 from egress.hostnames import IPAddress, canonical_host, split_host_port
 from egress.messages import how_to_allow
 from egress.policy import Decision
 from egress.reasons import Reason
 from egress.resolver import Refused
+from egress.routing import body_override_methods, is_form, override_methods
 from egress.runtime import Tunnel
 
 # Real ClientHellos are a few hundred bytes to a few KiB (post-quantum key shares included);
@@ -96,6 +98,12 @@ class Allowlist(EgressAddon):
         transparent = is_transparent(flow.client_conn)
         if transparent:
             m["transparent"] = True
+        malformed = _grammar_problem(flow)
+        if malformed is not None:
+            host, port = (tunnel.host, tunnel.port) if tunnel else (req.host, req.port)
+            m.update(host=host, port=port, scheme=scheme, path=redact_path(req.path))
+            deny(flow, rt, Reason.MALFORMED_REQUEST, malformed)
+            return
         try:
             if tunnel is not None:
                 host, port = tunnel.host, tunnel.port
@@ -123,10 +131,8 @@ class Allowlist(EgressAddon):
             return
         m.update(host=host, port=port, scheme=scheme, path=redact_path(req.path),
                  url=f"{scheme}://{_authority(host, port)}{req.path}")  # fmt: skip
-        problem = (
-            _malformed(flow)
-            or _proxy_header(flow)
-            or _identity_problem(flow, host, port, tunnel is not None or transparent)
+        problem = _proxy_header(flow) or _identity_problem(
+            flow, host, port, tunnel is not None or transparent
         )
         if problem is not None:
             deny(flow, rt, problem[0], problem[1])
@@ -138,7 +144,8 @@ class Allowlist(EgressAddon):
                  f"the request asks to upgrade to {', '.join(upgrade)!r}; only WebSocket upgrades can be allowed")  # fmt: skip
             return
         websocket = upgrade == ["websocket"]
-        d = rt.allowlist.decide(scheme, host, port, req.method, req.path, websocket)
+        overrides = override_methods(req.headers.items(multi=True), req.path)
+        d = rt.allowlist.decide(scheme, host, port, req.method, req.path, websocket, overrides)
         if not d.allowed and self._enforce(flow, d):
             hint = how_to_allow(d.reason, host, port, scheme, req.method, req.path, d.rule_label)
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
@@ -155,7 +162,45 @@ class Allowlist(EgressAddon):
                 deny(flow, rt, picked.reason, picked.detail, rule=d.rule_label)
                 return
             rt.dial[(flow.client_conn.id, host, port)] = picked.address
+        if (
+            req.stream
+            and is_form(req.headers.get("content-type", ""))
+            and rt.allowlist.restricts_methods(host)
+        ):
+            # A form body can name a _method; one too large to read cannot be checked.
+            deny(flow, rt, Reason.METHOD_NOT_ALLOWED,
+                 f"the form body is over limits.max_body_bytes ({rt.config.max_body_bytes}), so its "
+                 f"'_method' parameter cannot be checked against the methods allowed for {host!r}",
+                 rule=d.rule_label)  # fmt: skip
+            return
         m.update(decision="allow", reason=Reason.ALLOWED.value, rule=d.rule_label)
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        """A form body's ``_method`` parameter is a method override too (Rails, Laravel)."""
+        m, req, rt = meta(flow), flow.request, self.runtime
+        if flow.response is not None or m.get("decision") != "allow" or not req.raw_content:
+            return
+        content_type = req.headers.get("content-type", "")
+        if not is_form(content_type) or not rt.allowlist.restricts_methods(m["host"]):
+            return
+        body = decoded_body(req, rt.config.max_body_bytes)
+        if body is None:
+            deny(flow, rt, Reason.METHOD_NOT_ALLOWED,
+                 "the form body cannot be decoded within limits.max_body_bytes, so its '_method' "
+                 f"parameter cannot be checked against the methods allowed for {m['host']!r}",
+                 rule=m.get("rule"))  # fmt: skip
+            return
+        in_body = body_override_methods(body, content_type)
+        if not in_body:
+            return
+        overrides = [*override_methods(req.headers.items(multi=True), req.path), *in_body]
+        d = rt.allowlist.decide(m["scheme"], m["host"], m["port"], req.method, req.path,
+                                False, overrides)  # fmt: skip
+        if not d.allowed and self._enforce(flow, d):
+            hint = how_to_allow(d.reason, m["host"], m["port"], m["scheme"], in_body[0], req.path,
+                                d.rule_label)  # fmt: skip
+            deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
 
     @fail_closed
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
@@ -306,17 +351,15 @@ def _authority(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _malformed(flow: http.HTTPFlow) -> tuple[Reason, str] | None:
-    """CR, LF or NUL inside a header (obsolete line folding leaves them there) would be
-    read differently by the next parser: refuse rather than forward."""
-    for name, value in flow.request.headers.fields:
-        if any(c in name + value for c in (b"\r", b"\n", b"\x00")):
-            shown = name.decode("latin-1", "replace")
-            return (
-                Reason.MALFORMED_REQUEST,
-                f"the header {shown!r} holds CR, LF or NUL (or is folded)",
-            )
-    return None
+def _grammar_problem(flow: http.HTTPFlow) -> str | None:
+    """Bytes the HTTP grammar forbids in the method, target, scheme, authority or headers
+    would be read differently by the next parser (an HTTP/1.1 upstream reading an HTTP/2
+    request, for one): refuse rather than forward. The same rules on every version."""
+    req = flow.request
+    return request_problem(
+        req.data.method, req.data.scheme, req.data.authority, req.data.path,
+        req.headers.fields, http2=req.is_http2, tls=flow.client_conn.tls_established,
+    )  # fmt: skip
 
 
 def _upgrade_tokens(req: http.Request) -> list[str]:
@@ -329,10 +372,11 @@ def _proxy_header(flow: http.HTTPFlow) -> tuple[Reason, str] | None:
     """A client must not choose a proxy for the upstream: a 'Proxy' header becomes HTTP_PROXY
     in CGI-style servers (httpoxy). Credentials and options meant for a proxy never go
     upstream either."""
-    if "proxy" in flow.request.headers:
+    headers = flow.request.headers
+    if any(fold_name(name) == "proxy" for name in headers):
         return Reason.PROXY_HEADER, "the request carries a 'Proxy' header (httpoxy); remove it"
-    for name in ("proxy-authorization", "proxy-connection"):
-        flow.request.headers.pop(name, None)
+    for name in [n for n in headers if fold_name(n) in ("proxy-authorization", "proxy-connection")]:
+        headers.pop(name, None)  # also Proxy_Authorization, which CGI servers read alike
     return None
 
 

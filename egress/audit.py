@@ -51,7 +51,14 @@ class AuditRecord:
     detail: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+        return to_line(asdict(self))
+
+
+def to_line(record: dict[str, Any]) -> str:
+    """One JSON object on one line under every line-splitting convention: every character
+    over 0x7F is escaped (U+2028, U+2029, NEL and the rest that str.splitlines() and
+    JavaScript split on), and so are lone surrogates from bytes that were not UTF-8."""
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=True)
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -82,7 +89,7 @@ class AuditWriter:
             self._own = True
 
     def write(self, record: AuditRecord | dict[str, Any]) -> None:
-        line = record.to_json() if isinstance(record, AuditRecord) else json.dumps(record)
+        line = record.to_json() if isinstance(record, AuditRecord) else to_line(record)
         with self._lock:
             self._stream.write(line + "\n")
             self._stream.flush()

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from egress.errors import ConfigError, ConfigProblem, InvalidHost
+from egress.grammar import fold_name
 from egress.hostnames import HostPattern, IPNetwork, canonical_host, is_ip, parse_host_pattern
 
 SCHEMES = ("https", "http")
@@ -444,7 +445,7 @@ def _parse_secret(
     allow_http = c.typed(m, key, "allow_http", bool, False)
     required = c.typed(m, key, "required", bool, True)
     auth_headers = [
-        h.lower() for h in c.str_list(m, key, "auth_headers") or ["authorization", "x-api-key"]
+        fold_name(h) for h in c.str_list(m, key, "auth_headers") or ["authorization", "x-api-key"]
     ]
     if len(c.problems) > start or name is None or source is None or placeholder is None:
         return None

@@ -21,6 +21,7 @@ from urllib.parse import quote, quote_plus, unquote_to_bytes
 
 from egress.config import SecretSpec
 from egress.encodings import SecretForms, find, make_forms
+from egress.grammar import fold_name
 from egress.reasons import Reason
 from egress.secrets import MIN_SCAN_LENGTH, SecretValue
 
@@ -133,7 +134,8 @@ def _foreign_credential(req: RequestParts, specs: list[SecretSpec]) -> Denial | 
     placeholders or be absent: the agent must not log in with a credential of its own."""
     guarded = [s for s in specs if s.require_placeholder and s.bound_to(req.host)]
     for name, value in req.headers:
-        owners = [s for s in guarded if name.lower() in s.auth_headers]
+        # X_Api_Key is X-Api-Key to CGI/WSGI servers: compare names as they fold them.
+        owners = [s for s in guarded if fold_name(name) in s.auth_headers]
         if not owners:
             continue
         decoded = _decode_basic(value) or ""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote
-
-from egress.policy import AMBIGUOUS_PATH
 from egress.reasons import Reason, http_status
+from egress.routing import path_readings
 
 
 def how_to_allow(reason: Reason, host: str, port: int, scheme: str, method: str,
@@ -24,8 +22,9 @@ def how_to_allow(reason: Reason, host: str, port: int, scheme: str, method: str,
         return f"set 'websocket: true' on {rule}"
     if reason is Reason.PATH_NOT_ALLOWED:
         path = path.split("?", 1)[0]
-        if AMBIGUOUS_PATH.search(path) or AMBIGUOUS_PATH.search(unquote(path)):
-            return "send the path without '.'/'..' segments or encoded slashes; such paths never pass a path rule"
+        if path_readings(path)[1]:
+            return ("send the path without '.'/'..' segments, ';' parameters on them, encoded slashes, "
+                    "backslashes or NULs; such paths never pass a path rule")  # fmt: skip
         return f"add a prefix of {path!r} to the 'paths' of {rule}"
     return None
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 from egress.config import Rule
 from egress.hostnames import is_ip
 from egress.reasons import Reason
-
-# Dot segments (also percent-encoded) and encoded slashes make a path mean something else
-# to the upstream than to a prefix match; such paths never pass a path rule.
-AMBIGUOUS_PATH = re.compile(r"(^|/)\.{1,2}(/|$)|%2f|%5c|\\", re.IGNORECASE)
+from egress.routing import path_readings
 
 
 @dataclass(frozen=True)
@@ -41,6 +37,9 @@ class Allowlist:
     def _host_rules(self, host: str) -> list[Rule]:
         return [r for r in self.rules if r.host.matches(host)]
 
+    def restricts_methods(self, host: str) -> bool:
+        return any(r.methods is not None for r in self._host_rules(host))
+
     def _no_rule(self, host: str) -> Decision:
         if is_ip(host):
             return Decision(False, Reason.IP_LITERAL, None,
@@ -66,22 +65,34 @@ class Allowlist:
         )  # fmt: skip
 
     def decide(
-        self, scheme: str, host: str, port: int, method: str, path: str, websocket: bool = False
-    ) -> Decision:
+        self, scheme: str, host: str, port: int, method: str, path: str, websocket: bool = False,
+        overrides: Sequence[str] = (),
+    ) -> Decision:  # fmt: skip
         """Decide one request. ``host`` must be canonical; ``path`` may carry a query;
-        ``websocket`` says it asks for a WebSocket upgrade."""
+        ``websocket`` says it asks for a WebSocket upgrade; ``overrides`` are the methods the
+        request names in override headers or ``_method`` parameters (egress.routing)."""
         rules = self._host_rules(host)
         if not rules:
             return self._no_rule(host)
         path_only = path.split("?", 1)[0] or "/"
+        # Only work out a path's readings when a rule for this host restricts paths.
+        readings, unjudgeable = (
+            path_readings(path_only) if any(r.paths is not None for r in rules) else ([], None)
+        )
+        methods = list(dict.fromkeys([method.upper(), *overrides]))
+        method_text = f"method {method}" + (
+            f" (overridden to {', '.join(overrides)})" if overrides else ""
+        )
+        path_text = f"path {path_only}" + (f" ({unjudgeable})" if unjudgeable else "")
         # Check dimension by dimension, so that the reason names the first thing that failed
         # on the rules for this host.
         stages = (
             (Reason.PORT_NOT_ALLOWED, lambda r: port in r.ports, f"port {port}"),
             (Reason.SCHEME_NOT_ALLOWED, lambda r: scheme in r.schemes, f"scheme {scheme}"),
             (Reason.METHOD_NOT_ALLOWED,
-             lambda r: r.methods is None or method.upper() in r.methods, f"method {method}"),
-            (Reason.PATH_NOT_ALLOWED, lambda r: _path_allowed(r, path_only), f"path {path_only}"),
+             lambda r: r.methods is None or all(m in r.methods for m in methods), method_text),
+            (Reason.PATH_NOT_ALLOWED,
+             lambda r: _path_allowed(r, readings, unjudgeable), path_text),
             (Reason.WEBSOCKET_NOT_ALLOWED, lambda r: r.websocket or not websocket, "a WebSocket upgrade"),
         )  # fmt: skip
         for reason, test, what in stages:
@@ -92,9 +103,10 @@ class Allowlist:
         return Decision(True, Reason.ALLOWED, rules[0])
 
 
-def _path_allowed(rule: Rule, path: str) -> bool:
+def _path_allowed(rule: Rule, readings: list[str], unjudgeable: str | None) -> bool:
+    """Every reading an upstream may route on must be under one of the rule's prefixes."""
     if rule.paths is None:
         return True
-    if AMBIGUOUS_PATH.search(path) or AMBIGUOUS_PATH.search(unquote(path)):
+    if unjudgeable:
         return False
-    return any(path_matches(p, path) for p in rule.paths)
+    return all(any(path_matches(p, r) for p in rule.paths) for r in readings)

