@@ -21,7 +21,7 @@ from mitmproxy.proxy.mode_specs import TransparentMode
 
 from egress.audit import redact_path
 from egress.errors import InvalidHost
-from egress.grammar import fold_name, request_problem
+from egress.grammar import fold_name, request_problem, te_offers
 from egress.hostnames import IPAddress, canonical_host, split_host_port
 from egress.messages import how_to_allow
 from egress.policy import Decision
@@ -377,6 +377,13 @@ def _proxy_header(flow: http.HTTPFlow) -> tuple[Reason, str] | None:
         return Reason.PROXY_HEADER, "the request carries a 'Proxy' header (httpoxy); remove it"
     for name in [n for n in headers if fold_name(n) in ("proxy-authorization", "proxy-connection")]:
         headers.pop(name, None)  # also Proxy_Authorization, which CGI servers read alike
+    te = headers.get_all("te")
+    if te_offers(te):
+        # TE asks the upstream for transfer codings (gzip, chunked) that egress would neither
+        # decode nor scrub; it is hop-by-hop, so only 'trailers' may go on.
+        headers.pop("te")
+        if any("trailers" in v.lower() for v in te):
+            headers["te"] = "trailers"
     return None
 
 

@@ -13,15 +13,26 @@ from __future__ import annotations
 from egress.addons.base import EgressAddon, deny, fail_closed, meta
 from mitmproxy import http
 
-from egress.encodings import StreamScrubber, scrub, stream_forms
+from egress import decoding
+from egress.encodings import scrub
 from egress.reasons import Reason
-
-# What mitmproxy can decode for us.
-DECODABLE = {"", "identity", "gzip", "deflate", "br", "zstd"}
+from egress.streamscrub import StreamScrubber
 
 
 def _encoding(resp: http.Response) -> str:
     return resp.headers.get("content-encoding", "").strip().lower()
+
+
+class _ReplaceBody:
+    """A stream callable that sends ``body`` in place of the first upstream chunk and drops
+    every upstream byte."""
+
+    def __init__(self, body: bytes):
+        self.body: bytes | None = body
+
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        out, self.body = ([self.body] if self.body else []), None
+        return out
 
 
 class ResponseScrubber(EgressAddon):
@@ -39,12 +50,21 @@ class ResponseScrubber(EgressAddon):
         resp = flow.response
         assert resp is not None
         self._scrub_headers(flow, resp)
+        coding = resp.headers.get("transfer-encoding", "").strip().lower()
+        if coding and coding != "chunked":
+            # gzip, chunked (asked for with TE: gzip, which egress never forwards): the body
+            # would pass undecoded, past the scrubber.
+            self._refuse(
+                flow,
+                f"the response's Transfer-Encoding is {coding!r}, which egress does not decode",
+            )
+            return
         length = resp.headers.get("content-length", "")
         large = not length.isdigit() or int(length) > self.runtime.config.max_body_bytes
         if not large and not resp.stream:
             return  # buffered: scrubbed whole in response()
         if _encoding(resp) in ("", "identity"):
-            scrubber = StreamScrubber(stream_forms(self.runtime.forms()))
+            scrubber = StreamScrubber(self.runtime.forms())
             meta(flow)["stream_scrubber"] = scrubber
             resp.stream = scrubber
         elif self._strict(flow):
@@ -53,6 +73,13 @@ class ResponseScrubber(EgressAddon):
 
     @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
+        refusal = meta(flow).get("refusal_body")
+        if refusal is not None and flow.response is not None:
+            # Refused at its headers and the upstream sent no body: mitmproxy consumed the
+            # (empty) body into the replacement; put egress's answer back.
+            if not callable(flow.response.stream):
+                flow.response.content = refusal
+            return
         if not self._active(flow):
             return
         resp = flow.response
@@ -72,21 +99,27 @@ class ResponseScrubber(EgressAddon):
             return
         if resp.raw_content is None:
             return
-        if _encoding(resp) not in DECODABLE:
+        if not decoding.is_known(_encoding(resp)):
             if self._strict(flow):
                 self._refuse(
                     flow, f"the response has an unknown content-encoding ({_encoding(resp)!r})"
                 )
             return
         try:
-            body = resp.get_content(strict=True) or b""
-        except ValueError:
+            # Never mitmproxy's own decoder: it has no output limit.
+            body = decoding.decode(
+                resp.raw_content, _encoding(resp), self.runtime.config.max_body_bytes
+            )
+        except decoding.DecodeError as e:
             if self._strict(flow):
-                self._refuse(flow, f"the response's {_encoding(resp)} body cannot be decoded")
+                self._refuse(
+                    flow, f"the response's {_encoding(resp)} body cannot be scrubbed ({e})"
+                )
             return
         new_body, n = scrub(body, self.runtime.forms())
         if n:
-            resp.content = new_body  # encodes again and fixes Content-Length
+            resp.headers.pop("content-encoding", None)  # sent decoded: any coding, any stack
+            resp.content = new_body  # fixes Content-Length
             m["scrubbed"] = m.get("scrubbed", 0) + n
 
     def _strict(self, flow: http.HTTPFlow) -> bool:
@@ -98,7 +131,9 @@ class ResponseScrubber(EgressAddon):
 
     def _scrub_headers(self, flow: http.HTTPFlow, resp: http.Response) -> None:
         forms = self.runtime.forms()
-        total = 0
+        reason, total = scrub(resp.data.reason, forms)  # the status line's reason phrase
+        if total:
+            resp.data.reason = reason
         fields = []
         for name, value in resp.headers.fields:
             new, n = scrub(value, forms)
@@ -109,11 +144,22 @@ class ResponseScrubber(EgressAddon):
             meta(flow)["scrubbed"] = meta(flow).get("scrubbed", 0) + total
 
     def _refuse(self, flow: http.HTTPFlow, why: str) -> None:
-        resp = flow.response
-        deny(flow, self.runtime, Reason.UNSCRUBBABLE_RESPONSE,
-             f"{why}; this flow carried an injected secret, so the response was not passed on")  # fmt: skip
-        if resp is not None and flow.response is not resp:
-            flow.response.stream = False  # type: ignore[union-attr]
+        """Answer with egress's 502 instead of the upstream's response. Refused at its
+        headers, the upstream's body is still to come, and mitmproxy would put it into the
+        response that replaced it (or stream it raw once it grows past the streaming limit):
+        the replacement is therefore streamed, and every upstream byte is dropped."""
+        headers_phase = flow.response is not None and flow.response.raw_content is None
+        deny(
+            flow,
+            self.runtime,
+            Reason.UNSCRUBBABLE_RESPONSE,
+            f"{why}; the response was not passed on",
+        )
+        denial = flow.response
+        if headers_phase and denial is not None:
+            body = denial.raw_content or b""
+            meta(flow)["refusal_body"] = body
+            denial.stream = _ReplaceBody(body)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None or meta(flow).get("decision") != "allow":

@@ -8,8 +8,12 @@ from urllib.parse import quote
 
 import pytest
 
-from egress.encodings import StreamScrubber, find, make_forms, scrub, stream_forms
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from egress.encodings import find, make_forms, mask_text, scrub
 from egress.secrets import SecretValue
+from egress.streamscrub import StreamScrubber
 
 S = "s3cr3t/VALUE+0123456789=abcd"  # characters every encoding treats differently; 28 bytes
 P = "egress-t-placeholder"
@@ -24,12 +28,17 @@ ENCODED = [
     ("HEX", lambda x: x.encode().hex().upper()),
     ("percent", lambda x: quote(x, safe="")),
     ("json", lambda x: json.dumps(x)[1:-1]),
+]
+# Inside larger base64 the secret is replaced by a mask of its own length, so that the blob
+# keeps its shape (lines, padding, length).
+EMBEDDED = [
     ("basic pair", lambda x: base64.b64encode(f"git:{x}".encode()).decode()),
     (
         "json in base64url",
         lambda x: base64.urlsafe_b64encode(json.dumps({"k": x}).encode()).decode().rstrip("="),
     ),
 ]
+MASK = mask_text(P, len(S))
 
 
 @pytest.mark.parametrize("encode", [e[1] for e in ENCODED], ids=[e[0] for e in ENCODED])
@@ -41,6 +50,15 @@ def test_scrub_replaces_each_form_by_the_placeholder_in_that_form(encode) -> Non
     assert find(data, FORMS) is not None and find(out, FORMS) is None
 
 
+@pytest.mark.parametrize("encode", [e[1] for e in EMBEDDED], ids=[e[0] for e in EMBEDDED])
+def test_scrub_masks_a_secret_inside_larger_base64(encode) -> None:  # noqa: ANN001
+    data = f"before {encode(S)} after".encode()
+    out, n = scrub(data, FORMS)
+    assert n == 1
+    assert out == f"before {encode(MASK)} after".encode()
+    assert find(data, FORMS) is not None and find(out, FORMS) is None
+
+
 def test_no_secret_means_byte_identical() -> None:
     data = b'{"a": "ZWdyZXNz", "b": "00ff", "c": "%2F"}'
     assert scrub(data, FORMS) == (data, 0)
@@ -49,7 +67,7 @@ def test_no_secret_means_byte_identical() -> None:
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64])
 def test_stream_scrubber_finds_secrets_split_across_chunks(chunk: int) -> None:
     body = ("x" * 50 + S + "y" * 13 + base64.b64encode(S.encode()).decode() + "z" * 5).encode()
-    s = StreamScrubber(stream_forms(FORMS))
+    s = StreamScrubber(FORMS)
     pieces = [s(body[i : i + chunk]) for i in range(0, len(body), chunk)] + [s(b"")]
     assert all(p != b"" for piece in pieces for p in piece)  # no empty chunk: it would end the body
     out = b"".join(p for piece in pieces for p in piece)
@@ -61,3 +79,100 @@ def test_stream_scrubber_finds_secrets_split_across_chunks(chunk: int) -> None:
 
 def test_forms_repr_is_redacted() -> None:
     assert S not in repr(FORMS) and S not in str(FORMS[0])
+
+
+# --- generated: every alignment, alphabet, wrap width, line ending and chunking ---------
+
+WRAPS = [0, 60, 64, 76, 7]
+BREAKS = ["\n", "\r\n", "\\n", "\\r\\n"]  # raw, and escaped inside a JSON string
+
+
+def _wrap(text: bytes, width: int, br: bytes) -> bytes:
+    return br.join(text[i : i + width] for i in range(0, len(text), width)) if width else text
+
+
+embedded_body = st.builds(
+    lambda before, after, alphabet, width, br, padded, prefix, suffix: (
+        prefix
+        + _wrap(
+            (base64.urlsafe_b64encode if alphabet else base64.b64encode)(
+                before + S.encode() + after
+            ).rstrip(b"" if padded else b"="),
+            width,
+            br.encode(),
+        )
+        + suffix
+    ),
+    st.binary(max_size=40),  # any bytes before: every alignment
+    st.binary(max_size=40),
+    st.booleans(),
+    st.sampled_from(WRAPS),
+    st.sampled_from(BREAKS),
+    st.booleans(),
+    st.sampled_from([b"", b'{"content": "', b"data: ", b"x"]),
+    st.sampled_from([b"", b'"}', b"\n\n", b"\n"]),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(body=embedded_body)
+def test_buffered_scrub_never_leaves_a_decodable_secret(body: bytes) -> None:
+    assert find(body, FORMS) is not None  # the generator really hides it
+    out, n = scrub(body, FORMS)
+    assert n >= 1 and find(out, FORMS) is None, body
+
+
+@settings(max_examples=1500, deadline=None)
+@given(body=embedded_body, sizes=st.lists(st.integers(1, 97), min_size=1, max_size=30))
+def test_stream_scrub_never_leaves_a_decodable_secret(body: bytes, sizes: list[int]) -> None:
+    s = StreamScrubber(FORMS)
+    out: list[bytes] = []
+    pos, i = 0, 0
+    while pos < len(body):
+        size = sizes[i % len(sizes)]
+        out += s(body[pos : pos + size])
+        pos, i = pos + size, i + 1
+    out += s(b"")
+    assert all(out)  # never an empty chunk mid-body
+    joined = b"".join(out)
+    assert len(joined) == len(body)  # the sent Content-Length stays true
+    assert find(joined, FORMS) is None, body
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    form=st.sampled_from([e[1] for e in ENCODED]),
+    noise=st.binary(max_size=30),
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=10),
+)
+def test_stream_scrub_masks_every_flat_form_at_every_chunking(
+    form, noise: bytes, sizes: list[int]
+) -> None:  # noqa: ANN001
+    body = noise + form(S).encode() + noise
+    s = StreamScrubber(FORMS)
+    out: list[bytes] = []
+    pos, i = 0, 0
+    while pos < len(body):
+        out += s(body[pos : pos + sizes[i % len(sizes)]])
+        pos, i = pos + sizes[i % len(sizes)], i + 1
+    joined = b"".join([*out, *s(b"")])
+    assert len(joined) == len(body) and find(joined, FORMS) is None
+
+
+@pytest.mark.parametrize(
+    "event",
+    [b'data: {"token": "hello"}\n\n', b'{"token": "hello"}\n', b"event: ping\r\n\r\n",
+     b"data: [DONE]\n\n", b'data: {"t": "ends in a letter"}\n\n'],
+)  # fmt: skip
+def test_a_complete_event_is_passed_on_at_once(event: bytes) -> None:
+    """Only a suffix that could begin a secret form is held back; a complete event (a blank
+    line, or a JSON line) cannot be continued by the next chunk."""
+    s = StreamScrubber(FORMS)
+    assert b"".join(s(event)) == event
+
+
+def test_only_a_possible_start_of_a_secret_is_held_back() -> None:
+    s = StreamScrubber(FORMS)
+    start = S[:10].encode()
+    assert b"".join(s(b"text then " + start)) == b"text then "  # could go on as the secret
+    assert b"".join(s(S[10:].encode() + b" done.")) == MASK.encode() + b" done."

@@ -154,3 +154,62 @@ def test_http2_reflection_is_scrubbed(tmp_path, test_ca, test_ca_file) -> None: 
     assert status == {"/h2": 200}
     assert up.recorder.requests[0].headers["authorization"] == f"Bearer {SECRET}"
     assert json.loads(bodies["/h2"])["authorization"] == f"Bearer {PH}"
+
+
+@pytest.mark.parametrize("size", ["", "-big"], ids=["buffered", "streamed"])
+@pytest.mark.parametrize("br", ["lf", "crlf", "jsonlf"])
+@pytest.mark.parametrize("width", [60, 64, 76])
+def test_reflected_secret_in_wrapped_base64_is_scrubbed(
+    proxy: RunningProxy, upstream: Upstream, width: int, br: str, size: str
+) -> None:
+    """Code hosts return file contents as base64 wrapped at 60/64/76 columns; a secret
+    inside must not survive at any alignment, buffered or streamed."""
+    with client(proxy) as c:
+        r = c.get(f"https://{API}:{upstream.port}/reflect?as=wrap{width}-{br}{size}",
+                  headers={"authorization": f"Bearer {PH}"})  # fmt: skip
+    assert r.status_code == 200
+    assert upstream.requests[-1].headers["authorization"] == f"Bearer {SECRET}"
+    content = json.loads(r.content, strict=False)["content"]  # raw line breaks in the string
+    assert find(r.content, FORMS) is None
+    assert find(base64.b64decode(content.replace("\n", "").replace("\r", "")), FORMS) is None
+    if size:
+        assert len(r.content) == int(r.headers["content-length"])
+
+
+def test_reason_phrase_is_scrubbed(proxy: RunningProxy, upstream: Upstream) -> None:
+    with client(proxy) as c:
+        r = c.get(f"https://{API}:{upstream.port}/reflect?as=reason",
+                  headers={"authorization": f"Bearer {PH}"})  # fmt: skip
+    assert r.status_code == 401
+    assert SECRET not in r.reason_phrase and PH in r.reason_phrase
+
+
+def test_transfer_coded_response_is_refused(proxy: RunningProxy, upstream: Upstream) -> None:
+    """Transfer-Encoding: gzip, chunked would pass undecoded, past the scrubber."""
+    with client(proxy) as c:
+        r = c.get(f"https://{API}:{upstream.port}/reflect?as=te-gzip",
+                  headers={"authorization": f"Bearer {PH}", "te": "gzip"})  # fmt: skip
+    assert r.status_code == 502 and r.headers["x-egress-reason"] == "unscrubbable_response"
+    for view in decoded_views(r.content):
+        assert find(view, FORMS) is None
+    assert "te" not in {k.lower() for k in upstream.requests[-1].headers}  # TE: gzip not forwarded
+
+
+def test_a_server_sent_event_arrives_before_the_next_one_is_sent(
+    proxy: RunningProxy, upstream: Upstream
+) -> None:
+    """Streaming without delay: the first event (scrubbed) reaches the client long before
+    the upstream sends the second, on a flow that carried an injected secret."""
+    import time
+
+    with client(proxy) as c:
+        start = time.monotonic()
+        with c.stream("GET", f"https://{API}:{upstream.port}/reflect?as=sse",
+                      headers={"authorization": f"Bearer {PH}", "x-pause": "3"}) as r:  # fmt: skip
+            lines = r.iter_lines()
+            first = next(lines)
+            first_at = time.monotonic() - start
+            rest = list(lines)
+    assert json.loads(first[6:])["auth"].startswith(f"Bearer {PH}")  # the same-length mask
+    assert first_at < 1.5, f"the first event took {first_at:.2f}s (the second is sent at 3s)"
+    assert any('"n": 2' in line for line in rest)

@@ -10,6 +10,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
@@ -103,6 +104,38 @@ class _Handler(BaseHTTPRequestHandler):
             body, extra = doc, {"content-encoding": "x-egress-unknown"}
         elif form == "big":
             body = b"a" * 70_000 + doc + b"b" * 70_000  # over the proxy's buffering limit
+        elif form.startswith("wrap"):  # wrap<width>-<lf|crlf|jsonlf>[-big]: as code hosts send files
+            width, _, rest = form[4:].partition("-")
+            br = {"lf": b"\n", "crlf": b"\r\n", "jsonlf": b"\\n"}[rest.split("-")[0]]
+            blob = base64.b64encode(b"#!/bin/sh\n" + doc)
+            blob = br.join(blob[i : i + int(width)] for i in range(0, len(blob), int(width)))
+            pad = b" " * 70_000 if rest.endswith("-big") else b""
+            body = b'{"encoding": "base64", "content": "' + blob + b'"}' + pad
+        elif form == "te-gzip":
+            body = gzip.compress(doc)
+            self.send_response(200)
+            self.send_header("transfer-encoding", "gzip, chunked")
+            self.end_headers()
+            self.wfile.write(f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+            return
+        elif form == "reason":
+            self.send_response(401, f"Unauthorized: {auth}")
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        elif form == "sse":  # one event now, the next one after a pause
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for i, event in enumerate([b'data: {"n": 1, "auth": "' + auth.encode() + b'"}\n\n',
+                                       b'data: {"n": 2}\n\n']):  # fmt: skip
+                if i:
+                    time.sleep(float(self.headers.get("x-pause", "2")))
+                self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("x-echo", auth)
