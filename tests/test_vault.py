@@ -242,15 +242,20 @@ def test_rotation_is_picked_up_without_restart(tmp_path: Path, seeded: VaultServ
 def test_own_token_is_renewed(
     tmp_path: Path, seeded: VaultServer, upstream: Upstream, test_ca_file: Path
 ) -> None:
-    # A token that would expire after 4 s unless the proxy renews it.
-    token = seeded.token(["egress-read"], ttl="4s", renewable=True, explicit_max_ttl="1h")
+    # A token that would expire 12 s after it is made unless the proxy renews it. The proxy
+    # renews at two thirds of the life left, so a shorter TTL leaves a margin (a third of it)
+    # that a loaded machine can miss: 4 s (1.3 s of margin) did.
+    ttl, made = 12, time.monotonic()
+    token = seeded.token(["egress-read"], ttl=f"{ttl}s", renewable=True, explicit_max_ttl="1h")
     cfg = vault_config(tmp_path, test_ca_file, upstream.port, seeded, {"method": "token", "token_env": "T"},
                        refresh_seconds=1, max_stale_seconds=0)  # fmt: skip
     p = start_proxy(write_config(tmp_path, cfg), tmp_path, proxy_env(T=token))
     try:
-        time.sleep(7)
+        time.sleep(max(0.0, made + ttl + 3 - time.monotonic()))  # past the unrenewed end
         lookup = seeded.client().auth.token.lookup(token)["data"]
-        assert lookup["ttl"] > 0, "the token expired: the proxy did not renew it"
+        assert lookup["ttl"] > 0, (
+            "the token expired: the proxy did not renew it\n" + p.stderr_path.read_text()
+        )
         assert_injects(p, upstream)  # max_stale 0: only fresh reads keep this working
     finally:
         assert p.stop() == 0
@@ -327,12 +332,30 @@ def test_startup_errors_for_connection_and_login(
     assert token not in r.stderr and "Traceback" not in r.stderr
 
 
+def wait_for_status(proxy: RunningProxy, upstream: Upstream, server: VaultServer, path: str,
+                    status: int, seconds: float = 60) -> httpx.Response:  # fmt: skip
+    """Ask for ``path`` with the placeholder until the answer has ``status``; fail clearly."""
+    deadline = time.monotonic() + seconds
+    while True:
+        upstream.recorder.clear()
+        r = get(proxy, f"https://{API}:{upstream.port}{path}", authorization=f"Bearer {PH}")
+        if r.status_code == status:
+            return r
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"no {status} for {path} within {seconds:.0f} s (last: {r.status_code} {r.text!r})"
+                f"\nproxy stderr:\n{proxy.stderr_path.read_text()}\nOpenBao log tail:\n"
+                f"{server.log_tail()}"
+            )
+        time.sleep(0.5)
+
+
 def test_outage_serves_stale_then_fails_closed_then_recovers(
     tmp_path: Path, upstream: Upstream, test_ca_file: Path, test_ca: trustme.CA
 ) -> None:
     server = VaultServer(tmp_path / "bao", test_ca)
-    server.start()
     try:
+        server.start()  # returns once unsealed, active and writable
         server.kv2_put("agent/gh", {"token": GH_VALUE})
         server.kv1_put("agent/other", {"token": KV1_VALUE})
         server.policy("egress-read", READ_POLICY)
@@ -346,37 +369,24 @@ def test_outage_serves_stale_then_fails_closed_then_recovers(
             # Within max_stale: the last good value is still injected.
             assert_injects(p, upstream)
             # Past max_stale: fail closed with a 503 naming the secret; never sent upstream.
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                upstream.recorder.clear()
-                r = get(p, f"https://{API}:{upstream.port}/out", authorization=f"Bearer {PH}")
-                if r.status_code == 503:
-                    break
-                time.sleep(0.5)
-            assert r.status_code == 503 and r.headers["x-egress-reason"] == "secret_unavailable"
+            r = wait_for_status(p, upstream, server, "/out", 503)
+            assert r.headers["x-egress-reason"] == "secret_unavailable"
             assert "api_token" in r.text and upstream.requests == []
             # Requests that need no secret keep working.
             assert get(p, f"https://{API}:{upstream.port}/free").status_code == 200
+            # Back with its data (start waits until it is the active leader and writable);
+            # the proxy recovers on its next retry.
             server.start()
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                if (
-                    get(
-                        p, f"https://{API}:{upstream.port}/back", authorization=f"Bearer {PH}"
-                    ).status_code
-                    == 200
-                ):
-                    break
-                time.sleep(0.5)
+            wait_for_status(p, upstream, server, "/back", 200)
             assert_injects(p, upstream)
         finally:
             assert p.stop() == 0
         err = p.stderr_path.read_text()
         assert err.count("serving last good values") == 1, err
-        assert "stale past max_stale (6 s)" in err and "answering again" in err
+        assert "stale past max_stale (6 s)" in err and "answering again" in err, err
         no_leak(p, token, GH_VALUE, KV1_VALUE)
     finally:
-        server.stop()
+        server.stop()  # whatever happened: no bao server outlives the test
 
 
 @pytest.fixture
@@ -388,9 +398,11 @@ def postgres() -> Any:
             "PostgreSQL server binaries are not installed (apt-get install postgresql; .ci/run does)"
         )
     server = PostgresServer()
-    server.start()
-    yield server
-    server.stop()
+    try:
+        server.start()  # returns once a password login works; cleans up if it fails
+        yield server
+    finally:
+        server.stop()  # kills what is left of it and waits, whatever happened
 
 
 def test_dynamic_lease_renewed_and_revoked_on_shutdown(
