@@ -29,7 +29,8 @@ def write_agent_files(cfg: Config, ca_pem: bytes, system_bundle: Path) -> None:
         return
     d.mkdir(parents=True, exist_ok=True)
     ca, bundle = d / "egress-ca.pem", d / "ca-bundle.pem"
-    _write(ca, ca_pem)
+    if ca.resolve() != cfg.ca_cert_path.resolve():  # that one is written (and held) by Runtime
+        _write(ca, ca_pem)
     _write(bundle, system_bundle.read_bytes().rstrip(b"\n") + b"\n" + ca_pem)
     lines = [
         "# Written by egress at start-up; source it in the agent: set -a; . ./egress.env; set +a"

@@ -162,11 +162,12 @@ async def _exec(cfg: Config, argv: Sequence[str]) -> int:
     from egress.proxy import EmbeddedProxy
 
     audit = AuditWriter("stderr") if cfg.audit_path == "stdout" else None  # keep CMD's stdout clean
-    rt = Runtime.start(cfg, audit=audit)
+    # The CA stays in this process's private directory: ca.cert_path may be another egress's.
+    rt = Runtime.start(cfg, audit=audit, private_ca=True)
     try:
         proxy = EmbeddedProxy(rt, "127.0.0.1", 0)
         host, port = await proxy.start()
-        env = agent_env(os.environ, f"http://{host}:{port}", str(cfg.ca_cert_path), cfg, rt)
+        env = agent_env(os.environ, f"http://{host}:{port}", str(rt.ca_path), cfg, rt)
         try:
             child = await asyncio.create_subprocess_exec(*argv, env=env)
         except OSError as e:

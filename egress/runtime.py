@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import ipaddress
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -17,6 +20,7 @@ from egress.audit import AuditWriter
 from egress.ca import EphemeralCA
 from egress.config import Config
 from egress.encodings import SecretForms, make_forms, scrub
+from egress.errors import EgressError
 from egress.hostnames import IPAddress
 from egress.metrics import Metrics
 from egress.policy import Allowlist
@@ -37,6 +41,58 @@ class Tunnel:
     address: IPAddress
 
 
+class CaInUse(EgressError):
+    pass
+
+
+@dataclass
+class CaFileLock:
+    """An exclusive lock on the CA certificate file itself, held for the life of the
+    process: two egress processes never write one CA file (the second would replace the
+    certificate the first one's clients trust). The certificate is written in place under
+    the lock; nothing else appears beside it (an agent directory holds only what the agent
+    needs)."""
+
+    path: Path
+    fd: int
+
+    @classmethod
+    def take(cls, cert_path: Path, config: str) -> CaFileLock:
+        cert_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(cert_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _flock_owner(os.fstat(fd).st_ino) or "unknown"
+            os.close(fd)
+            raise CaInUse(
+                f"{config}: ca.cert_path: {cert_path} belongs to another running egress (pid "
+                f"{owner}); writing a new CA there would break that proxy's clients. Stop it, "
+                "or give this one its own ca.cert_path (egress exec never needs one: it keeps "
+                "its CA private)"
+            ) from None
+        return cls(cert_path, fd)
+
+    def write(self, data: bytes) -> None:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+        os.fchmod(self.fd, 0o644)
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)  # the certificate stays: clients may still hold it
+
+
+def _flock_owner(inode: int) -> str | None:
+    """The pid holding a flock on ``inode``, from /proc/locks (Linux), for the message."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
+                return fields[4]
+    return None
+
+
 @dataclass
 class Runtime:
     config: Config
@@ -45,10 +101,12 @@ class Runtime:
     ca: EphemeralCA
     audit: AuditWriter
     private_dir: Path  # 0700, only the proxy's user; removed by close()
+    ca_path: Path  # where this process wrote its CA certificate for clients
     upstream_trust: Path  # the CA bundle upstream certificates are verified against
     resolver: Resolver
     metrics: Metrics = field(default_factory=Metrics)
     vault: VaultRefresher | None = None
+    ca_lock: CaFileLock | None = None
     # CONNECT tunnels by client connection id
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
     # checked addresses for plain-HTTP requests: (client id, host, port) -> address
@@ -58,10 +116,17 @@ class Runtime:
 
     @classmethod
     def start(
-        cls, cfg: Config, audit: AuditWriter | None = None, metrics: Metrics | None = None
-    ) -> Runtime:
+        cls, cfg: Config, audit: AuditWriter | None = None, metrics: Metrics | None = None,
+        *, private_ca: bool = False,
+    ) -> Runtime:  # fmt: skip
         """Load every secret and make the CA. Raises SecretLoadError or VaultError before
-        anything listens."""
+        anything listens.
+
+        ``private_ca`` (egress exec): the CA certificate goes into this process's private
+        directory only, never to ``ca.cert_path`` or ``agent.dir``, which another egress may
+        be serving. Otherwise ``ca.cert_path`` is held with a lock for the life of the
+        process: a second egress on the same path is refused instead of replacing the CA
+        the first one's clients trust."""
         sources: dict[str, SecretSource] = {}
         vault_sources: list[VaultSource] = []
         client: VaultClient | None = None
@@ -115,8 +180,15 @@ class Runtime:
             ca = EphemeralCA.create(
                 cfg.rules, cfg.ca_validity_hours, constrained=cfg.mode != "report"
             )
-            ca.write_cert(cfg.ca_cert_path)
-            write_agent_files(cfg, ca.cert_pem(), system_trust_bundle())
+            lock = None
+            if private_ca:
+                ca_path = private / "egress-ca.pem"
+                ca.write_cert(ca_path)
+            else:
+                ca_path = cfg.ca_cert_path
+                lock = CaFileLock.take(ca_path, cfg.path)
+                lock.write(ca.cert_pem())
+                write_agent_files(cfg, ca.cert_pem(), system_trust_bundle())
         except BaseException:
             shutil.rmtree(private, ignore_errors=True)
             raise
@@ -129,6 +201,8 @@ class Runtime:
             ca=ca,
             audit=audit or AuditWriter(cfg.audit_path),
             private_dir=private,
+            ca_path=ca_path,
+            ca_lock=lock,
             upstream_trust=trust,
             resolver=Resolver(cfg.resolve, address_policy(cfg), static_only=cfg.dns == "static"),
             metrics=metrics or Metrics(),
@@ -170,6 +244,8 @@ class Runtime:
             self.vault.stop(revoke=self.config.vault.revoke_on_shutdown)
             self.vault.client.close()
         shutil.rmtree(self.private_dir, ignore_errors=True)
+        if self.ca_lock is not None:
+            self.ca_lock.release()
         self.audit.close()
 
 

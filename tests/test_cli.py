@@ -50,8 +50,11 @@ def test_exec_environment_has_placeholders_and_no_secret(cfg: Path) -> None:
         child["HTTPS_PROXY"].startswith("http://127.0.0.1:")
         and child["HTTPS_PROXY"] == child["http_proxy"]
     )
-    for var in CA_ENV_VARS:
-        assert child[var] == str(cfg.parent / "agent" / "egress-ca.pem")
+    # Every CA variable names exec's own, private CA file, never ca.cert_path (which another
+    # egress may be serving).
+    assert len({child[var] for var in CA_ENV_VARS}) == 1
+    assert child[CA_ENV_VARS[0]] != str(cfg.parent / "agent" / "egress-ca.pem")
+    assert child[CA_ENV_VARS[0]].endswith("egress-ca.pem")
     assert_no_secret(r.stdout, r.stderr)
 
 
@@ -134,3 +137,35 @@ def test_check(cfg: Path, upstream: Upstream, args: list[str], code: int, parts:
     assert upstream.connections == 0, "check must not send anything"
     assert_no_secret(r.stdout, r.stderr)
     assert OTHER_SECRET not in r.stdout
+
+
+def test_two_proxies_never_share_a_ca_file(cfg: Path, upstream: Upstream, tmp_path: Path) -> None:
+    """A second egress on the same ca.cert_path is refused (it would replace the certificate
+    the first one's clients trust); egress exec keeps its CA private and touches no file
+    another egress uses, while it runs through a proxy of its own."""
+    from tests.conftest import start_proxy
+
+    first = start_proxy(cfg, tmp_path)
+    try:
+        ca_before = first.ca.read_bytes()
+        second = egress("run", "--config", str(cfg))
+        assert second.returncode != 0
+        assert "ca.cert_path" in second.stderr and "another running egress" in second.stderr
+        assert f"pid {first.proc.pid}" in second.stderr
+        script = (f'curl -sS --fail-with-body -o /dev/null https://{API}:{upstream.port}/via-exec-ca '
+                  '&& echo "$SSL_CERT_FILE"')  # fmt: skip
+        r = egress("exec", "--config", str(cfg), "--", "sh", "-c", script)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() != str(first.ca)  # exec trusted a CA file of its own
+        assert not Path(r.stdout.strip()).exists()  # removed when exec ended
+        assert first.ca.read_bytes() == ca_before  # the running proxy's CA is untouched
+        # The first proxy's clients still verify against it.
+        out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--proxy", first.url,
+                              "--cacert", str(first.ca), f"https://{API}:{upstream.port}/still"],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert out.stdout == "200", out.stderr
+    finally:
+        assert first.stop() == 0
+    # Once the first one has stopped, the path is free again.
+    again = start_proxy(cfg, tmp_path)
+    assert again.stop() == 0
