@@ -3,16 +3,62 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from egress.addons.base import EgressAddon, RefuseConnection, meta
+from egress.addons.protocol import ProtocolViolation
 from mitmproxy import connection, http
 from mitmproxy.proxy.layer import NextLayer
 
 from egress.audit import AuditRecord, now_iso, redact_path
 from egress.reasons import Reason, http_status
+from egress.runtime import Runtime
+
+# mitmproxy's error text can quote whole upstream heads: enough to say what went wrong.
+MAX_DETAIL = 300
 
 
 class AuditLog(EgressAddon):
+    """One record per flow that egress decided, whatever failed after: flows still open
+    when their client connection closes (a crash inside mitmproxy ends a connection without
+    an error hook) are recorded then."""
+
+    def __init__(self, runtime: Runtime | None = None):
+        super().__init__(runtime)
+        self._open: dict[str, dict[str, http.HTTPFlow]] = {}
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.request.method != "CONNECT":  # tunnels are audited at http_connect
+            self._open.setdefault(flow.client_conn.id, {})[flow.id] = flow
+
+    def egress_protocol_violation(self, data: ProtocolViolation) -> None:
+        """A refusal below HTTP (a head over the limit, an HTTP/2 stream flood)."""
+        peer = data.client.peername
+        tunnel = self.runtime.tunnels.get(data.client.id)
+        decision = "deny" if http_status(data.reason) < 500 else "error"
+        self.runtime.metrics.requests.labels(decision, data.reason.value).inc()
+        self.runtime.audit.write(
+            AuditRecord(
+                time=now_iso(), event="protocol", flow_id=data.client.id,
+                client=f"{peer[0]}:{peer[1]}" if peer else "", method="", scheme="",
+                host=tunnel.host if tunnel else "", port=tunnel.port if tunnel else 0, path="",
+                decision=decision, reason=data.reason.value, rule=None,
+                status=http_status(data.reason), detail=data.detail,
+            )
+        )  # fmt: skip
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        ws = flow.websocket
+        if (
+            ws is not None
+            and ws.close_code == 1009
+            and "message_too_large" in (ws.close_reason or "")
+        ):
+            limit = self.runtime.config.limits.max_websocket_message_bytes
+            record_websocket(flow, self.runtime, Reason.MESSAGE_TOO_LARGE,
+                             f"a WebSocket message over limits.max_websocket_message_bytes ({limit}) "
+                             "closed the connection (1009)")  # fmt: skip
+
     def http_connect(self, flow: http.HTTPFlow) -> None:
         # Allowed tunnels are audited per request inside them; refused ones here.
         if flow.response is not None:
@@ -26,6 +72,14 @@ class AuditLog(EgressAddon):
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.runtime.metrics.open_connections.dec()
+        for flow in self._open.pop(client.id, {}).values():
+            m = meta(flow)
+            if m.get("audited"):
+                continue
+            if flow.response is None or m.get("decision") == "allow":
+                m.update(decision="error", reason=Reason.INTERNAL_ERROR.value,
+                         detail="the connection ended before this flow completed")  # fmt: skip
+            self._write(flow, event="request")
 
     def next_layer(self, nextlayer: NextLayer) -> None:
         refused = nextlayer.layer
@@ -51,9 +105,15 @@ class AuditLog(EgressAddon):
     def error(self, flow: http.HTTPFlow) -> None:
         if flow.response is None:
             m = meta(flow)
-            if m.get("decision") == "allow":
+            if m.get("decision") is None:
+                # Refused by the HTTP parser before egress decided anything.
+                cause = flow.error.msg if flow.error else ""
+                m.update(decision="deny", reason=Reason.MALFORMED_REQUEST.value, status=400,
+                         detail=cause[:MAX_DETAIL])  # fmt: skip
+            elif m.get("decision") == "allow":
+                cause = flow.error.msg if flow.error else ""
                 m.update(decision="error", reason=Reason.UPSTREAM_ERROR.value,
-                         detail=flow.error.msg if flow.error else None)  # fmt: skip
+                         detail=cause[:MAX_DETAIL] + ("..." if len(cause) > MAX_DETAIL else ""))  # fmt: skip
             self._write(flow, event="request")
 
     def _write(self, flow: http.HTTPFlow, event: str) -> None:
@@ -61,6 +121,21 @@ class AuditLog(EgressAddon):
         if m.get("audited"):
             return
         m["audited"] = True
+        self._open.get(flow.client_conn.id, {}).pop(flow.id, None)
+        try:
+            self._write_record(flow, event, m)
+        except Exception as e:  # noqa: BLE001 (a flow is never left without its record)
+            self.runtime.audit.write(
+                AuditRecord(
+                    time=now_iso(), event=event, flow_id=flow.id, client="", method="",
+                    scheme="", host="", port=0, path="", decision="error",
+                    reason=Reason.INTERNAL_ERROR.value, status=None,
+                    detail=f"the audit record could not be built ({type(e).__name__}); "
+                    f"egress decided {m.get('decision')!r} with {m.get('reason')!r}",
+                )
+            )  # fmt: skip
+
+    def _write_record(self, flow: http.HTTPFlow, event: str, m: dict[str, Any]) -> None:
         req = flow.request
         resp = flow.response
         end = (resp.timestamp_end if resp and resp.timestamp_end else None) or time.time()
@@ -98,3 +173,21 @@ class AuditLog(EgressAddon):
 
 
 addons = [AuditLog()]
+
+
+def record_websocket(flow: http.HTTPFlow, runtime: Runtime, reason: Reason, detail: str,
+                     secret: str | None = None) -> None:  # fmt: skip
+    """A decision on a WebSocket message, after the handshake's own record."""
+    m, peer = meta(flow), flow.client_conn.peername
+    decision = "deny" if http_status(reason) < 500 else "error"
+    runtime.metrics.requests.labels(decision, reason.value).inc()
+    runtime.audit.write(
+        AuditRecord(
+            time=now_iso(), event="websocket", flow_id=flow.id,
+            client=f"{peer[0]}:{peer[1]}" if peer else "", method=flow.request.method,
+            scheme=m.get("scheme", flow.request.scheme), host=m.get("host", flow.request.host),
+            port=m.get("port", flow.request.port), path=m.get("path", ""), decision=decision,
+            reason=reason.value, rule=m.get("rule"), secrets=[secret] if secret else [],
+            status=None, detail=runtime.redact(detail),
+        )
+    )  # fmt: skip

@@ -9,7 +9,15 @@ the audit addon records what the others decided.
 from egress.addons.audit import AuditLog
 from egress.addons.inject import SecretInjector
 from egress.addons.policy import Allowlist
+from egress.addons.protocol import ProtocolGuard
 from egress.addons.scrub import ResponseScrubber
 from egress.addons.tls import EgressTls
 
-addons = [EgressTls(), Allowlist(), SecretInjector(), ResponseScrubber(), AuditLog()]
+addons = [
+    EgressTls(),
+    Allowlist(),
+    ProtocolGuard(),
+    SecretInjector(),
+    ResponseScrubber(),
+    AuditLog(),
+]

@@ -7,21 +7,39 @@ has arrived: headers, path and query are checked and injected when the headers a
 
 from __future__ import annotations
 
-from egress.addons.base import EgressAddon, deny, fail_closed, meta
+import asyncio
+import time
+
+from egress.addons.audit import record_websocket
+from egress.addons.base import EgressAddon, decoded_body, deny, fail_closed, meta
 from mitmproxy import http
 
-from egress.encodings import SecretForms
-from egress.injection import Denial, Injection, RequestParts, is_signed, plan
+from egress.deepfind import find_deep
+from egress.encodings import Pause, SecretForms, no_pause
+from egress.injection import Denial, Injection, RequestParts, is_signed, plan, unbound_forms
 from egress.reasons import Reason
+
+# Bodies up to this size are checked on the event loop; larger ones in a worker thread.
+INLINE_SCAN_BYTES = 256 * 1024
+
+
+def yield_interpreter() -> None:
+    """Between two C-speed passes in a worker thread: let the event loop take the
+    interpreter at once. Without it the loop waits for the switch interval (5 ms) at each
+    hand-over, and a request that needs many hand-overs waits far longer."""
+    time.sleep(0)
 
 
 class SecretInjector(EgressAddon):
-    def _plan(self, flow: http.HTTPFlow, parts: RequestParts) -> Denial | Injection:
+    def _plan(
+        self, flow: http.HTTPFlow, parts: RequestParts, pause: Pause = no_pause
+    ) -> Denial | Injection:
         rt = self.runtime
         forms: dict[str, list[SecretForms]] = {}
         for f in rt.forms():
             forms.setdefault(f.name, []).append(f)
-        return plan(parts, [(s, rt.secrets.get(s.name)) for s in rt.config.secrets], forms)
+        secrets = [(s, rt.secrets.get(s.name)) for s in rt.config.secrets]
+        return plan(parts, secrets, forms, pause)
 
     def _parts(self, flow: http.HTTPFlow, headers: bool, body: bytes | None) -> RequestParts:
         m, req = meta(flow), flow.request
@@ -59,15 +77,29 @@ class SecretInjector(EgressAddon):
         self._apply(flow, self._plan(flow, parts))
 
     @fail_closed
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         m, req = meta(flow), flow.request
         if flow.response is not None or m.get("decision") != "allow" or req.raw_content is None:
             return  # a streamed body (over limits.max_body_bytes) is not scanned
-        body = req.get_content(strict=False)
         m["bytes_in"] = len(req.raw_content)  # as the client sent it
+        body = decoded_body(req, self.runtime.config.max_body_bytes)
+        if body is None:
+            # Not mitmproxy's decoder (no output limit, Python codecs for unknown names):
+            # a body egress cannot decode within the limit cannot be checked.
+            deny(flow, self.runtime, Reason.BODY_TOO_LARGE,
+                 f"the request body's content-encoding ({req.headers.get('content-encoding', '')!r}) "
+                 f"cannot be decoded within limits.max_body_bytes ({self.runtime.config.max_body_bytes}), "
+                 "so it cannot be checked for placeholders and secrets", rule=m.get("rule"))  # fmt: skip
+            return
         if not body:
             return
-        result = self._plan(flow, self._parts(flow, headers=False, body=body))
+        parts = self._parts(flow, headers=False, body=body)
+        if len(body) > INLINE_SCAN_BYTES:
+            # The leak guard reads a large body in several C-speed passes: off the event
+            # loop, so that other clients are not kept waiting meanwhile.
+            result = await asyncio.to_thread(self._plan, flow, parts, yield_interpreter)
+        else:
+            result = self._plan(flow, parts)
         if isinstance(result, Injection) and result.injected and m.get("signed"):
             deny(flow, self.runtime, Reason.SIGNATURE_SCHEME_UNSUPPORTED,
                  "the request is signed (AWS SigV4) and its body carries a placeholder: the signature "
@@ -94,6 +126,44 @@ class SecretInjector(EgressAddon):
             )  # fmt: skip
             req.path = result.path
         m["secrets"] = [*m.get("secrets", []), *result.injected]
+
+    @fail_closed
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """The outbound leak guard on every WebSocket message the agent sends (text and
+        binary, however fragmented: mitmproxy hands over whole messages, capped in size by
+        ProtocolGuard): a placeholder or a real value of a secret not bound to this host
+        closes the connection, as it refuses a request."""
+        if flow.websocket is None or meta(flow).get("decision") != "allow":
+            return
+        message = flow.websocket.messages[-1]
+        if not message.from_client:
+            return
+        rt, host = self.runtime, meta(flow)["host"]
+        unbound = [s for s in rt.config.secrets if not s.bound_to(host)]
+        content = message.content
+        found: tuple[Reason, str, str] | None = None
+        for spec in unbound:
+            if spec.placeholder.encode() in content:
+                found = (Reason.PLACEHOLDER_TO_UNBOUND_HOST, spec.name, "its placeholder")
+                break
+        if found is None:
+            forms: dict[str, list[SecretForms]] = {}
+            for f in rt.forms():
+                forms.setdefault(f.name, []).append(f)
+            guard = unbound_forms(unbound, forms)
+            if len(content) > INLINE_SCAN_BYTES:
+                leaked = await asyncio.to_thread(find_deep, content, guard, yield_interpreter)
+            else:
+                leaked = find_deep(content, guard)
+            if leaked:
+                found = (Reason.SECRET_TO_UNBOUND_HOST, leaked[0], f"its real value ({leaked[1]})")
+        if found is not None:
+            reason, name, what = found
+            record_websocket(flow, rt, reason,
+                             f"a WebSocket message to {host!r} carried {what} of secret {name!r}, "
+                             "which is not bound to that host; the connection was closed", name)  # fmt: skip
+            message.drop()
+            flow.kill()
 
 
 addons = [SecretInjector()]

@@ -162,6 +162,10 @@ class Allowlist(EgressAddon):
                 deny(flow, rt, picked.reason, picked.detail, rule=d.rule_label)
                 return
             rt.dial[(flow.client_conn.id, host, port)] = picked.address
+        if websocket:
+            # No permessage-deflate: what the agent sends is checked as sent, and nothing is
+            # inflated past what went over the wire.
+            req.headers.pop("sec-websocket-extensions", None)
         if (
             req.stream
             and is_form(req.headers.get("content-type", ""))
@@ -330,6 +334,9 @@ class Allowlist(EgressAddon):
         # them to try QUIC around it.
         if flow.response is not None:
             flow.response.headers.pop("alt-svc", None)
+            # egress never offers permessage-deflate; an upstream that claims it anyway gets
+            # no inflater (its compressed frames then fail as protocol errors).
+            flow.response.headers.pop("sec-websocket-extensions", None)
             if flow.response.status_code == 101 and _upgrade_tokens(flow.request) != ["websocket"]:
                 # Whatever the request said, never switch protocols to anything but WebSocket.
                 meta(flow).update(decision="deny", reason=Reason.UPGRADE_NOT_ALLOWED.value,

@@ -10,7 +10,10 @@ body too large to buffer) is refused on a flow that carried an injected secret.
 
 from __future__ import annotations
 
+import asyncio
+
 from egress.addons.base import EgressAddon, deny, fail_closed, meta
+from egress.addons.inject import INLINE_SCAN_BYTES, yield_interpreter
 from mitmproxy import http
 
 from egress import decoding
@@ -72,7 +75,7 @@ class ResponseScrubber(EgressAddon):
                                f"(over limits.max_body_bytes), so it cannot be scrubbed")  # fmt: skip
 
     @fail_closed
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         refusal = meta(flow).get("refusal_body")
         if refusal is not None and flow.response is not None:
             # Refused at its headers and the upstream sent no body: mitmproxy consumed the
@@ -116,7 +119,12 @@ class ResponseScrubber(EgressAddon):
                     flow, f"the response's {_encoding(resp)} body cannot be scrubbed ({e})"
                 )
             return
-        new_body, n = scrub(body, self.runtime.forms())
+        if len(body) > INLINE_SCAN_BYTES:  # off the event loop: other clients keep going
+            new_body, n = await asyncio.to_thread(
+                scrub, body, self.runtime.forms(), yield_interpreter
+            )
+        else:
+            new_body, n = scrub(body, self.runtime.forms())
         if n:
             resp.headers.pop("content-encoding", None)  # sent decoded: any coding, any stack
             resp.content = new_body  # fixes Content-Length

@@ -23,7 +23,8 @@ def redact_path(path: str) -> str:
     base, sep, query = path.partition("?")
     if not sep:
         return base
-    keys = [quote(k, safe="") for k, _ in parse_qsl(query, keep_blank_values=True)]
+    pairs = parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
+    keys = [quote(k, safe="", errors="surrogateescape") for k, _ in pairs]
     return base + "?" + "&".join(f"{k}={REDACTED}" for k in keys)
 
 

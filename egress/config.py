@@ -137,6 +137,18 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one client may make the proxy hold or do (docs/config.md: limits)."""
+
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_head_bytes: int = 64 * 1024
+    max_websocket_message_bytes: int = 10 * 1024 * 1024
+    max_streams_per_connection: int = 10_000
+    max_stream_resets: int = 100
+    stream_reset_window_seconds: int = 10
+
+
+@dataclass(frozen=True)
 class Config:
     path: str  # the file it came from, or EMBEDDED_DEFAULT
     listen_host: str
@@ -150,7 +162,6 @@ class Config:
     rules: tuple[Rule, ...]
     secrets: tuple[SecretSpec, ...]
     audit_path: str  # "stdout", "stderr" or a file path
-    max_body_bytes: int = 10 * 1024 * 1024
     vault: VaultConfig | None = None
     mode: str = "enforce"  # "report": allowlist denials are logged as would_deny and let through
     admin: AdminConfig | None = None  # health, readiness and metrics listener
@@ -158,6 +169,11 @@ class Config:
     agent_proxy_url: str | None = None  # written into the agent's env file as HTTPS_PROXY etc.
     # "transparent": connections redirected by the kernel, decided on SNI / Host
     listen_mode: str = "explicit"
+    limits: Limits = Limits()
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.limits.max_body_bytes
 
 
 def auto_placeholder(prefix: str, length: int) -> str:
@@ -739,10 +755,14 @@ def parse(data: Any, file: str, base: Path) -> Config:
     if audit_path not in ("stdout", "stderr"):
         audit_path = str(_path(base, audit_path))
 
-    limits = c.mapping(top.get("limits"), "limits", ("max_body_bytes",)) or {}
-    max_body = c.typed(limits, "limits", "max_body_bytes", int, 10 * 1024 * 1024)
-    if max_body <= 0:
-        c.err("limits.max_body_bytes", "must be positive")
+    limits_node = c.mapping(top.get("limits"), "limits", tuple(Limits.__dataclass_fields__)) or {}
+    limit_values: dict[str, int] = {}
+    for name, f in Limits.__dataclass_fields__.items():
+        value = c.typed(limits_node, "limits", name, int, f.default)
+        if value is not None and value <= 0:
+            c.err(f"limits.{name}", "must be positive")
+        limit_values[name] = value if value is not None else f.default
+    limits = Limits(**limit_values)
 
     mode = c.choice(top, "", "mode", ("enforce", "report"), "enforce") or "enforce"
     agent = c.mapping(top.get("agent"), "agent", ("dir", "proxy_url")) or {}
@@ -781,7 +801,7 @@ def parse(data: Any, file: str, base: Path) -> Config:
         rules=tuple(rules),
         secrets=tuple(secrets),
         audit_path=audit_path,
-        max_body_bytes=max_body,
+        limits=limits,
         mode=mode,
         admin=admin,
         agent_dir=agent_dir,

@@ -13,11 +13,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, quote_plus
 
 from egress import b64scan
 from egress.secrets import SecretValue
+
 
 @dataclass(frozen=True, repr=False)
 class SecretForms:
@@ -90,9 +92,17 @@ def make_forms(name: str, value: SecretValue, placeholder: str) -> SecretForms:
                        embedded=b64scan.embedded(raw, mask))  # fmt: skip
 
 
-def scrub(data: bytes, forms: list[SecretForms]) -> tuple[bytes, int]:
+Pause = Callable[[], None]
+
+
+def no_pause() -> None:
+    pass
+
+
+def scrub(data: bytes, forms: list[SecretForms], pause: Pause = no_pause) -> tuple[bytes, int]:
     """Replace every form of every secret by the same form of its placeholder, and every
-    secret inside larger base64 by its same-length mask."""
+    secret inside larger base64 by its same-length mask. ``pause`` runs between passes
+    (time.sleep(0) in a worker thread hands the interpreter back to the event loop)."""
     if not forms or not data:
         return data, 0
     count = 0
@@ -102,16 +112,18 @@ def scrub(data: bytes, forms: list[SecretForms]) -> tuple[bytes, int]:
             if n:
                 data = data.replace(secret, placeholder)
                 count += n
+            pause()
     data, n = b64scan.mask(data, [f.embedded for f in forms])
     return data, count + n
 
 
-def find(data: bytes, forms: list[SecretForms]) -> tuple[str, str] | None:
+def find(data: bytes, forms: list[SecretForms], pause: Pause = no_pause) -> tuple[str, str] | None:
     """The first secret found in ``data`` in any form: (secret name, encoding)."""
     for f in forms:
         for secret, _, encoding in f.pairs:
             if secret in data:
                 return f.name, encoding
+            pause()
     name = b64scan.find(data, [(f.name, f.raw, f.embedded.cores) for f in forms])
     return (name, "base64 (embedded)") if name else None
 

@@ -17,10 +17,11 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from urllib.parse import quote, quote_plus, unquote_to_bytes
+from urllib.parse import quote, quote_plus
 
 from egress.config import SecretSpec
-from egress.encodings import SecretForms, find, make_forms
+from egress.deepfind import find_deep
+from egress.encodings import Pause, SecretForms, make_forms, no_pause
 from egress.grammar import fold_name
 from egress.reasons import Reason
 from egress.secrets import MIN_SCAN_LENGTH, SecretValue
@@ -103,22 +104,23 @@ def _substitute_header(value: str, placeholder: str, secret: str) -> str:
     return value.replace(placeholder, secret)
 
 
-def _leaked(req: RequestParts, forms: SecretForms) -> str | None:
-    """Where a secret's real value is in the request, in any of its encodings."""
+def _leaked(
+    req: RequestParts, forms: list[SecretForms], pause: Pause = no_pause
+) -> tuple[str, str] | None:
+    """(secret name, where and how) for the first real secret value in the request, however
+    deeply encoded (egress.deepfind: percent-decoded up to three times, hex with delimiters,
+    JSON values joined, wrapped base64...). One pass per surface for all secrets."""
+    if not forms:
+        return None
     path, _, query = req.path.partition("?")
     surfaces = [("headers", "\n".join(f"{k}: {v}" for k, v in req.headers).encode("utf-8", "surrogateescape")),
                 ("path", path.encode("utf-8", "surrogateescape")),
                 ("query", query.encode("utf-8", "surrogateescape")),
                 ("body", req.body or b"")]  # fmt: skip
     for name, data in surfaces:
-        # Also the percent-decoded text: an agent may encode every character.
-        for candidate, how in (
-            (data, None),
-            (unquote_to_bytes(data.replace(b"+", b" ")), "percent"),
-        ):
-            found = find(candidate, [forms])
-            if found:
-                return f"{name} ({how or found[1]})"
+        found = find_deep(data, forms, pause)
+        if found:
+            return found[0], f"{name} ({found[1]})"
     return None
 
 
@@ -151,10 +153,19 @@ def _foreign_credential(req: RequestParts, specs: list[SecretSpec]) -> Denial | 
     return None
 
 
+def unbound_forms(
+    unbound: list[SecretSpec], forms: dict[str, list[SecretForms]]
+) -> list[SecretForms]:
+    """The forms the leak guard looks for: every value (current and previous) of every
+    secret not bound to the host, long enough to search for without false alarms."""
+    return [f for s in unbound for f in forms.get(s.name, ()) if len(f.raw) >= MIN_SCAN_LENGTH]
+
+
 def plan(
     req: RequestParts,
     secrets: list[tuple[SecretSpec, SecretValue | None]],
     forms: dict[str, list[SecretForms]] | None = None,
+    pause: Pause = no_pause,
 ) -> Denial | Injection:
     """Check a request against every secret and return what to send, or why not to.
 
@@ -166,27 +177,27 @@ def plan(
         }
     to_inject: list[tuple[SecretSpec, SecretValue, list[str]]] = []
     # 1. Nothing of a secret may go to a host it is not bound to.
-    for spec, _ in secrets:
-        if not spec.bound_to(req.host):
-            where = _surfaces_with(req, spec.placeholder)
-            if where:
-                return Denial(
-                    Reason.PLACEHOLDER_TO_UNBOUND_HOST,
-                    f"the placeholder of secret {spec.name!r} is in the {where[0]} of a request "
-                    f"to {req.host!r}, but {spec.name!r} is bound only to "
-                    f"{', '.join(h.text for h in spec.hosts)}. If {req.host!r} should receive "
-                    f"it, add it to secrets[{spec.index}].hosts",
-                    spec.name,
-                )
-            for f in forms.get(spec.name, ()):
-                leaked = _leaked(req, f) if len(f.raw) >= MIN_SCAN_LENGTH else None
-                if leaked:
-                    return Denial(
-                        Reason.SECRET_TO_UNBOUND_HOST,
-                        f"the real value of secret {spec.name!r} is in the {leaked} of a "
-                        f"request to {req.host!r}, which it is not bound to",
-                        spec.name,
-                    )
+    unbound = [spec for spec, _ in secrets if not spec.bound_to(req.host)]
+    for spec in unbound:
+        where = _surfaces_with(req, spec.placeholder)
+        if where:
+            return Denial(
+                Reason.PLACEHOLDER_TO_UNBOUND_HOST,
+                f"the placeholder of secret {spec.name!r} is in the {where[0]} of a request "
+                f"to {req.host!r}, but {spec.name!r} is bound only to "
+                f"{', '.join(h.text for h in spec.hosts)}. If {req.host!r} should receive "
+                f"it, add it to secrets[{spec.index}].hosts",
+                spec.name,
+            )
+    leaked = _leaked(req, unbound_forms(unbound, forms), pause)
+    if leaked:
+        name, where = leaked
+        return Denial(
+            Reason.SECRET_TO_UNBOUND_HOST,
+            f"the real value of secret {name!r} is in the {where} of a request to "
+            f"{req.host!r}, which it is not bound to",
+            name,
+        )
     # 2. The agent must not log in to a bound host with a credential of its own.
     foreign = _foreign_credential(req, [s for s, _ in secrets])
     if foreign is not None:

@@ -20,6 +20,7 @@ from mitmproxy.master import Master
 from egress.addons.audit import AuditLog
 from egress.addons.inject import SecretInjector
 from egress.addons.policy import Allowlist
+from egress.addons.protocol import ProtocolGuard
 from egress.addons.scrub import ResponseScrubber
 from egress.addons.tls import EgressTls
 from egress.errors import EgressError
@@ -48,7 +49,17 @@ class _QuietMitmproxyLogs(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
             return False  # connections cancelled at shutdown
-        return "has crashed" not in record.getMessage()
+        if "has crashed" in record.getMessage():
+            # One line, no traceback (it can quote request bytes); the flows of that
+            # connection are audited as errors when it closes (AuditLog).
+            error = record.exc_info[1] if record.exc_info else None
+            record.msg, record.args, record.exc_info = (
+                "mitmproxy failed on a connection (%s); it was closed",
+                (type(error).__name__ if error else "unknown error",),
+                None,
+            )
+            record.exc_text = None
+        return True
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -74,6 +85,7 @@ class EmbeddedProxy:
             disable_h2c.DisableH2C(),
             EgressTls(rt),
             Allowlist(rt),
+            ProtocolGuard(rt),
             SecretInjector(rt),
             ResponseScrubber(rt),
             AuditLog(rt),

@@ -40,6 +40,10 @@ class Reason(StrEnum):
     FOREIGN_CREDENTIAL = "foreign_credential"
     SIGNATURE_SCHEME_UNSUPPORTED = "signature_scheme_unsupported"
     BODY_TOO_LARGE = "body_too_large"
+    # refused below HTTP: a limit on what one client may make the proxy hold or do
+    HEAD_TOO_LARGE = "head_too_large"
+    STREAM_FLOOD = "stream_flood"
+    MESSAGE_TOO_LARGE = "message_too_large"
     # the proxy could not do what the request needs
     SECRET_UNAVAILABLE = "secret_unavailable"
     UPSTREAM_ERROR = "upstream_error"
@@ -75,6 +79,9 @@ _STATUS: dict[Reason, int] = {
     Reason.FOREIGN_CREDENTIAL: 403,
     Reason.SIGNATURE_SCHEME_UNSUPPORTED: 403,
     Reason.BODY_TOO_LARGE: 413,
+    Reason.HEAD_TOO_LARGE: 431,
+    Reason.STREAM_FLOOD: 429,
+    Reason.MESSAGE_TOO_LARGE: 413,
     Reason.SECRET_UNAVAILABLE: 503,
     Reason.UPSTREAM_ERROR: 502,
     Reason.INTERNAL_ERROR: 500,

@@ -119,9 +119,15 @@ class StreamScrubber:
                 return len(tail) - where[i]
             # A base64 core after one character that also carries the preceding byte's bits;
             # a lone last character may be that one.
-            if self.mixed_prefixes and head in b64scan.ALPHABET_BYTES and (
-                len(candidate) == 1
-                or (candidate[1:2] in self.mixed_firsts and candidate[1:] in self.mixed_prefixes)
+            if (
+                self.mixed_prefixes
+                and head in b64scan.ALPHABET_BYTES
+                and (
+                    len(candidate) == 1
+                    or (
+                        candidate[1:2] in self.mixed_firsts and candidate[1:] in self.mixed_prefixes
+                    )
+                )
             ):
                 return len(tail) - where[i]
         return 0

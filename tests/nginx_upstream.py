@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,14 @@ LOG_FORMAT = (
 )
 
 
+def _reachable_on_loopback(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def nginx_binary() -> str | None:
     return shutil.which("nginx") or (
         "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
@@ -37,12 +46,19 @@ def nginx_binary() -> str | None:
 
 
 class NginxUpstream:
-    def __init__(self, workdir: Path, ca: trustme.CA, names: list[str]):
+    """``h1_port``: HTTPS, HTTP/1.1 only; ``h2_port``: HTTPS, HTTP/2 only (ALPN h2);
+    ``plain_port``: plain HTTP. With ``both_port``, one HTTPS port serves both versions by
+    ALPN (as real sites do), on ``host``, inside a network namespace through ``prefix``."""
+
+    def __init__(self, workdir: Path, ca: trustme.CA, names: list[str], *, host: str = "127.0.0.1",
+                 both_port: int | None = None, prefix: tuple[str, ...] = (),
+                 reachable: Callable[[int], bool] | None = None):  # fmt: skip
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         cert = ca.issue_cert(*names)
         cert.private_key_and_cert_chain_pem.write_to_path(str(self.dir / "server.pem"))
-        self.h1_port, self.h2_port, self.plain_port = free_port(), free_port(), free_port()
+        self.prefix = prefix
+        self.reachable = reachable or _reachable_on_loopback
         self.log = self.dir / "access.log"
         self.proc: subprocess.Popen[bytes] | None = None
         user = "user root;" if os.geteuid() == 0 else ""
@@ -53,6 +69,25 @@ class NginxUpstream:
     location / { return 200 "parsed\\n"; }
     location /v1/ { return 200 "v1\\n"; }
     location /admin { return 200 "admin\\n"; }"""
+        if both_port is not None:
+            self.ports = [both_port]
+            self.h1_port = self.h2_port = both_port
+            self.plain_port = 0
+            servers = [f"listen {host}:{both_port} ssl http2;{tls}"]
+        else:
+            self.h1_port, self.h2_port, self.plain_port = free_port(), free_port(), free_port()
+            self.ports = [self.h1_port, self.h2_port, self.plain_port]
+            servers = [f"listen {host}:{self.h1_port} ssl;{tls}",
+                       f"listen {host}:{self.h2_port} ssl http2;{tls}",
+                       f"listen {host}:{self.plain_port};"]  # fmt: skip
+        blocks = "".join(
+            f"""
+  server {{
+    {server}
+    access_log {self.log} rec;{common}
+  }}"""
+            for server in servers
+        )
         (self.dir / "nginx.conf").write_text(
             f"""{user}
 worker_processes 1;
@@ -62,24 +97,13 @@ error_log {self.dir / "error.log"} info;
 events {{ worker_connections 256; }}
 http {{
   access_log off;
+  client_max_body_size 0;
   log_format rec escape=json '{LOG_FORMAT}';
   client_body_temp_path {self.dir / "body"};
   proxy_temp_path {self.dir / "proxy"};
   fastcgi_temp_path {self.dir / "fastcgi"};
   uwsgi_temp_path {self.dir / "uwsgi"};
-  scgi_temp_path {self.dir / "scgi"};
-  server {{
-    listen 127.0.0.1:{self.h1_port} ssl;
-    access_log {self.log} rec;{tls}{common}
-  }}
-  server {{
-    listen 127.0.0.1:{self.h2_port} ssl http2;
-    access_log {self.log} rec;{tls}{common}
-  }}
-  server {{
-    listen 127.0.0.1:{self.plain_port};
-    access_log {self.log} rec;{common}
-  }}
+  scgi_temp_path {self.dir / "scgi"};{blocks}
 }}
 """
         )
@@ -89,22 +113,18 @@ http {{
         assert binary, "nginx not found (.ci/run installs it)"
         out = (self.dir / "nginx.out").open("ab")
         self.proc = subprocess.Popen(
-            [binary, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")],
+            [*self.prefix, binary, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")],
             stdout=out, stderr=out, start_new_session=True,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 30
-            for port in (self.h1_port, self.h2_port, self.plain_port):
-                while True:
-                    try:
-                        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                        break
-                    except OSError:
-                        if self.proc.poll() is not None or time.monotonic() > deadline:
-                            raise AssertionError(
-                                "nginx did not start:\n" + self._tail("nginx.out", "error.log")
-                            ) from None
-                        time.sleep(0.05)
+            for port in self.ports:
+                while not self.reachable(port):
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise AssertionError(
+                            "nginx did not start:\n" + self._tail("nginx.out", "error.log")
+                        )
+                    time.sleep(0.05)
         except BaseException:
             self.stop()
             raise

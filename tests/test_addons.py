@@ -124,7 +124,7 @@ async def test_injector_on_a_real_flow(rt: Runtime) -> None:
         f.request.headers["authorization"] = "Bearer egress-t-placeholder"
         await policy.requestheaders(f)
         injector.requestheaders(f)
-        injector.request(f)
+        await injector.request(f)
         assert f.response is None
         assert f.request.headers["authorization"] == f"Bearer {SECRET}"
         assert f.metadata["egress"]["secrets"] == ["t"]
@@ -140,7 +140,7 @@ async def test_injector_skips_denied_flows(rt: Runtime) -> None:
         f.request.headers["authorization"] = "Bearer egress-t-placeholder"
         await policy.requestheaders(f)
         injector.requestheaders(f)
-        injector.request(f)
+        await injector.request(f)
         assert f.response is not None and f.response.status_code == 403
         assert f.request.headers["authorization"] == "Bearer egress-t-placeholder"
 
@@ -200,7 +200,7 @@ async def test_a_failing_check_refuses_the_flow(
     assert f.response.headers["x-egress-reason"] == "internal_error"
 
 
-def test_trailers_are_scrubbed(rt: Runtime) -> None:
+async def test_trailers_are_scrubbed(rt: Runtime) -> None:
     from egress.addons.scrub import ResponseScrubber
     from mitmproxy import http as mhttp
 
@@ -209,7 +209,7 @@ def test_trailers_are_scrubbed(rt: Runtime) -> None:
         f = tflow.tflow(resp=True)
         f.metadata["egress"] = {"decision": "allow"}
         f.response.trailers = mhttp.Headers(grpc_message=f"bad token Bearer {SECRET}")
-        addon.response(f)
+        await addon.response(f)
     assert SECRET not in str(f.response.trailers)
     assert f.response.trailers["grpc-message"] == "bad token Bearer egress-t-placeholder"
 

@@ -7,7 +7,6 @@ import json
 from urllib.parse import quote
 
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

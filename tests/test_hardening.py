@@ -186,3 +186,65 @@ def test_streamed_request_is_decided_before_its_headers_leave(
     time.sleep(0.2)
     assert upstream.requests == []
     assert proxy.audit()[-1]["reason"] == "foreign_credential"
+
+
+def test_http1_request_trailers_reach_the_upstream_and_are_audited(
+    tmp_path,
+    test_ca_file,
+    nginx,  # noqa: ANN001
+) -> None:
+    """mitmproxy raised on HTTP/1 trailers after the headers were sent: the flow hung with no
+    audit record. Now the trailers are passed on and the flow is decided and audited."""
+    from tests.conftest import base_config, start_proxy, write_config
+
+    p = start_proxy(
+        write_config(tmp_path, base_config(tmp_path, test_ca_file, nginx.h1_port)), tmp_path
+    )
+    raw = (f"POST /trailers HTTP/1.1\r\nHost: {API}:{nginx.h1_port}\r\nTransfer-Encoding: chunked\r\n"
+           "Trailer: X-Checksum\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: 1234\r\n\r\n")  # fmt: skip
+    parsed = len(nginx.records())
+    try:
+        with connect_tunnel(p.port, API, nginx.h1_port, p.ca) as s:
+            response = exchange(s, raw.encode(), timeout=5)
+    finally:
+        assert p.stop() == 0
+    assert status_of(response) == 200, response[:200]
+    assert [r["target"] for r in nginx.records_after(parsed)] == ["/trailers"]
+    records = [r for r in p.audit() if r["path"] == "/trailers"]
+    assert len(records) == 1 and records[0]["decision"] == "allow"
+
+
+def test_http1_response_trailers_are_scrubbed_and_audited(tmp_path, test_ca, test_ca_file) -> None:  # noqa: ANN001
+    import ssl as _ssl
+
+    from tests.conftest import SECRET, base_config, start_proxy, write_config
+
+    ph = "egress-api_token-placeholder"
+    from tests.upstream import RawUpstream
+
+    def answer(req: bytes) -> bytes:
+        auth = [
+            ln.split(b":", 1)[1].strip()
+            for ln in req.split(b"\r\n")
+            if ln.lower().startswith(b"authorization:")
+        ]
+        return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Echo\r\n\r\n"
+                b"5\r\nhello\r\n0\r\nX-Echo: " + auth[0] + b"\r\n\r\n")  # fmt: skip
+
+    ctx = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
+    test_ca.issue_cert(API).configure_cert(ctx)
+    up = RawUpstream(ctx, answer)
+    p = start_proxy(write_config(tmp_path, base_config(tmp_path, test_ca_file, up.port)), tmp_path)
+    try:
+        raw = (f"GET /rt HTTP/1.1\r\nHost: {API}:{up.port}\r\nAuthorization: Bearer {ph}\r\n"
+               "Connection: close\r\n\r\n")  # fmt: skip
+        with connect_tunnel(p.port, API, up.port, p.ca) as s:
+            response = exchange(s, raw.encode(), timeout=5)
+    finally:
+        assert p.stop() == 0
+        up.close()
+    assert f"Bearer {SECRET}".encode() in up.seen[0]  # injected
+    assert status_of(response) == 200 and b"hell" in response  # streamed: "o" came in its own chunk
+    assert SECRET.encode() not in response
+    assert f"X-Echo: Bearer {ph}".lower().encode() in response.lower()  # scrubbed trailer
+    assert [r["decision"] for r in p.audit() if r["path"] == "/rt"] == ["allow"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given, settings
@@ -152,3 +153,90 @@ def spellings(name: str) -> st.SearchStrategy[str]:
 def test_foreign_credential_in_every_spelling_of_the_header_name(name: str) -> None:
     out = run(req(headers=((name, "agents-own-key"),)))
     assert isinstance(out, Denial) and out.reason is Reason.FOREIGN_CREDENTIAL, name
+
+
+# --- the leak guard decodes as deep as an agent may encode ---------------------------
+
+REAL = VALUES["hdr"]  # bound to api.test only; the requests below go to other.test
+
+
+def _pct_all(x: str) -> str:
+    return "".join(f"%{b:02x}" for b in x.encode())
+
+
+ENCODERS = {
+    "percent twice": lambda x: quote(quote(x, safe=""), safe=""),
+    "percent three times": lambda x: quote(quote(_pct_all(x), safe=""), safe=""),
+    "every byte percent-encoded": _pct_all,
+    "hex with colons": lambda x: ":".join(f"{b:02x}" for b in x.encode()),
+    "hex with spaces, upper": lambda x: " ".join(f"{b:02X}" for b in x.encode()),
+    "C hex escapes": lambda x: "".join(f"\\x{b:02x}" for b in x.encode()),
+    "0x list": lambda x: ", ".join(f"0x{b:02x}" for b in x.encode()),
+    "JSON split across values": lambda x: json.dumps({"a": x[:5], "b": x[5:11], "c": x[11:]}),
+    "JSON unicode escapes": lambda x: '{"v": "' + "".join(f"\\u{ord(c):04x}" for c in x) + '"}',
+    "base64 wrapped at 4": lambda x: "\n".join(
+        base64.b64encode(("zz" + x).encode()).decode()[i : i + 4] for i in range(0, 60, 4)
+    ),
+    "spread with spaces": lambda x: " ".join(x),
+}
+
+
+@pytest.mark.parametrize("surface", ["header", "query", "body"])
+@pytest.mark.parametrize("encode", list(ENCODERS.values()), ids=list(ENCODERS))
+def test_a_real_value_to_an_unbound_host_is_found_however_encoded(encode, surface: str) -> None:  # noqa: ANN001
+    text = encode(REAL)
+    if surface == "header":
+        r = req("other.test", headers=(("x-data", text.replace("\n", " ")),))
+    elif surface == "query":
+        r = req("other.test", path="/x?d=" + quote(text, safe="%"))
+    else:
+        r = req("other.test", body=text.encode())
+    out = run(r)
+    assert isinstance(out, Denial) and out.reason is Reason.SECRET_TO_UNBOUND_HOST, (surface, text)
+    assert REAL not in out.detail
+
+
+one_layer = st.one_of(
+    st.integers(1, 3).map(lambda n: ("percent", n)),
+    st.sampled_from([":", " ", "-", ",", "", "\\x", "0x"]).map(lambda d: ("hex", d)),
+    st.tuples(st.integers(0, 2), st.sampled_from([0, 4, 60, 76]), st.booleans()).map(
+        lambda t: ("base64", t)
+    ),
+    st.lists(st.integers(1, 8), min_size=1, max_size=4).map(lambda cuts: ("json", cuts)),
+)
+
+
+def _encode(layer: tuple, x: str) -> str:  # noqa: PLR0911
+    kind, arg = layer
+    if kind == "percent":
+        for _ in range(arg):
+            x = quote(x, safe="")
+        return x
+    if kind == "hex":
+        return arg.join(f"{b:02x}" for b in x.encode())
+    if kind == "base64":
+        pad, width, url = arg
+        blob = (base64.urlsafe_b64encode if url else base64.b64encode)(("z" * pad + x).encode())
+        text = blob.decode()
+        return "\n".join(text[i : i + width] for i in range(0, len(text), width)) if width else text
+    parts, rest = [], x
+    for cut in arg:
+        parts.append(rest[:cut])
+        rest = rest[cut:]
+    return json.dumps({f"k{i}": p for i, p in enumerate([*parts, rest])})
+
+
+@settings(max_examples=400, deadline=None)
+@given(layer=one_layer, before=st.text("abc =&{}\":,", max_size=10),
+       after=st.text("xyz =&{}\":,", max_size=10), surface=st.sampled_from(["query", "body"]))  # fmt: skip
+def test_generated_encodings_of_a_real_value_are_refused(
+    layer: tuple, before: str, after: str, surface: str
+) -> None:
+    """Every encoding the scrubbing side reads (and the named ones from the review: percent
+    up to three times, hex with any delimiter, base64 at any alignment and wrap, values split
+    across JSON fields), with any parameters, in any surroundings."""
+    text = before + _encode(layer, REAL) + after
+    r = (req("other.test", path="/x?d=" + quote(text, safe="")) if surface == "query"
+         else req("other.test", body=text.encode()))  # fmt: skip
+    out = run(r)
+    assert isinstance(out, Denial) and out.reason is Reason.SECRET_TO_UNBOUND_HOST, (layer, text)

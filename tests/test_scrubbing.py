@@ -213,3 +213,56 @@ def test_a_server_sent_event_arrives_before_the_next_one_is_sent(
     assert json.loads(first[6:])["auth"].startswith(f"Bearer {PH}")  # the same-length mask
     assert first_at < 1.5, f"the first event took {first_at:.2f}s (the second is sent at 3s)"
     assert any('"n": 2' in line for line in rest)
+
+
+def _auth(request: bytes) -> bytes:
+    for line in request.split(b"\r\n"):
+        if line.lower().startswith(b"authorization:"):
+            return line.split(b":", 1)[1].strip()
+    return b""
+
+
+BROKEN_UPSTREAMS = {
+    "invalid header line": lambda req: b"HTTP/1.1 200 OK\r\nno colon here " + _auth(req) + b"\r\n\r\n",
+    "bad status line": lambda req: b"HTTP/9 " + _auth(req) + b"\r\n\r\n",
+    "head cut off": lambda req: b"HTTP/1.1 200 OK\r\nX-Echo: " + _auth(req),
+    "invalid header name": lambda req: b"HTTP/1.1 200 OK\r\nX E: " + _auth(req) + b"\r\nContent-Length: 0\r\n\r\n",
+    "bad chunk": lambda req: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz " + _auth(req) + b"\r\n",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("answer", list(BROKEN_UPSTREAMS.values()), ids=list(BROKEN_UPSTREAMS))
+def test_a_broken_upstream_answer_never_reaches_the_client(
+    tmp_path,
+    test_ca,
+    test_ca_file,
+    answer,  # noqa: ANN001
+) -> None:
+    """mitmproxy's own 502 page quotes the upstream's raw bytes; egress shows none."""
+    import ssl as _ssl
+
+    from tests.conftest import base_config, start_proxy, write_config
+    from tests.upstream import RawUpstream
+
+    ctx = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
+    test_ca.issue_cert(API).configure_cert(ctx)
+    up = RawUpstream(ctx, answer)
+    p = start_proxy(write_config(tmp_path, base_config(tmp_path, test_ca_file, up.port)), tmp_path)
+    try:
+        with client(p) as c:
+            try:
+                r = c.get(
+                    f"https://{API}:{up.port}/broken", headers={"authorization": f"Bearer {PH}"}
+                )
+                seen = r.content + str(r.headers).encode() + r.reason_phrase.encode()
+            except httpx.HTTPError as e:
+                seen = str(e).encode()
+    finally:
+        assert p.stop() == 0
+        up.close()
+    assert up.seen and f"Bearer {SECRET}".encode() in up.seen[0]  # injected, then echoed back
+    for view in decoded_views(seen):
+        assert find(view, FORMS) is None, seen[:300]
+    records = [r for r in p.audit() if r["path"] == "/broken"]
+    assert len(records) == 1 and records[0]["decision"] == "error", records
+    assert SECRET not in (records[0]["detail"] or "")

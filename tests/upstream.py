@@ -11,6 +11,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
@@ -104,7 +105,9 @@ class _Handler(BaseHTTPRequestHandler):
             body, extra = doc, {"content-encoding": "x-egress-unknown"}
         elif form == "big":
             body = b"a" * 70_000 + doc + b"b" * 70_000  # over the proxy's buffering limit
-        elif form.startswith("wrap"):  # wrap<width>-<lf|crlf|jsonlf>[-big]: as code hosts send files
+        elif form.startswith(
+            "wrap"
+        ):  # wrap<width>-<lf|crlf|jsonlf>[-big]: as code hosts send files
             width, _, rest = form[4:].partition("-")
             br = {"lf": b"\n", "crlf": b"\r\n", "jsonlf": b"\\n"}[rest.split("-")[0]]
             blob = base64.b64encode(b"#!/bin/sh\n" + doc)
@@ -200,3 +203,41 @@ class Upstream:
     @property
     def connections(self) -> int:
         return self.recorder.connections
+
+
+class RawUpstream:
+    """A TLS server that answers each request with raw bytes made from what it received
+    (``answer(request bytes)``), then closes: for upstreams that misbehave on purpose."""
+
+    def __init__(self, tls: ssl.SSLContext, answer: Callable[[bytes], bytes]):
+        self.answer = answer
+        self.tls = tls
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.seen: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                with self.tls.wrap_socket(raw, server_side=True) as s:
+                    s.settimeout(5)
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    self.seen.append(data)
+                    s.sendall(self.answer(data))
+            except (OSError, ssl.SSLError):
+                continue
+
+    def close(self) -> None:
+        self.sock.close()
