@@ -17,6 +17,7 @@ from cryptography import x509
 from mitmproxy import certs, ctx, http, tls
 from mitmproxy.addons.tlsconfig import TlsConfig
 from mitmproxy.proxy import context
+from mitmproxy.proxy.mode_specs import TransparentMode
 
 from egress.errors import InvalidHost
 from egress.hostnames import canonical_host, is_ip
@@ -92,6 +93,34 @@ class EgressTls(TlsConfig):
                 return None
         return None
 
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        super().tls_clienthello(data)
+        if self._runtime is None:
+            return
+        client = data.context.client
+        if isinstance(client.proxy_mode, TransparentMode) and client.id in self._runtime.tunnels:
+            # Decided already (on this ClientHello's SNI): connect upstream first, so that the
+            # agent is offered only the protocol the upstream speaks. With the client's
+            # handshake first, it would get h2 and mitmproxy would translate each request to
+            # HTTP/1.1 for an upstream that speaks only that (docs/policy.md: Transparent mode).
+            data.establish_server_tls_first = True
+
+    def tls_start_client(self, tls_start: tls.TlsData) -> None:
+        # Loaded beside mitmproxy's own TlsConfig (mitmdump -s), rebuild what it made.
+        tls_start.ssl_conn = None
+        super().tls_start_client(tls_start)
+        client, server = tls_start.context.client, tls_start.context.server
+        if (
+            isinstance(client.proxy_mode, TransparentMode)
+            and tls_start.ssl_conn is not None
+            and server.alpn is None
+        ):
+            # The upstream could not be reached before the agent's handshake: offer only
+            # HTTP/1.1 rather than an h2 that might be translated later.
+            app = tls_start.ssl_conn.get_app_data()
+            app["client_alpn"] = b"http/1.1"
+            tls_start.ssl_conn.set_app_data(app)
+
     def get_cert(self, conn_context: context.Context) -> certs.CertStoreEntry:
         host = self._target(conn_context) or "invalid"
         if is_ip(host):
@@ -99,11 +128,6 @@ class EgressTls(TlsConfig):
             # name constraints and reject it.
             return self.certstore.get_cert(None, [x509.IPAddress(ipaddress.ip_address(host))])
         return self.certstore.get_cert(host, [x509.DNSName(host)])
-
-    def tls_start_client(self, tls_start: tls.TlsData) -> None:
-        # Loaded beside mitmproxy's own TlsConfig (mitmdump -s), rebuild what it made.
-        tls_start.ssl_conn = None
-        super().tls_start_client(tls_start)
 
     def tls_start_server(self, tls_start: tls.TlsData) -> None:
         tls_start.ssl_conn = None

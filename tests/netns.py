@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import uuid
@@ -126,3 +127,20 @@ class Pair:
         for ns in (self.agent, self.upstream):
             run("ip", "netns", "del", ns, check=False)  # takes the veth pair with it
         shutil.rmtree(Path("/etc/netns") / self.agent, ignore_errors=True)
+
+
+def connect_as(ns: str, uid: int, address: tuple[str, int], timeout: float = 10) -> socket.socket:
+    """A TCP connection made from namespace ``ns`` as if by user ``uid``: the socket is made
+    by a thread that entered the namespace and took ``uid`` as its file-system UID (a
+    per-thread attribute; the kernel stamps a new socket with it, and iptables' owner match
+    reads that). So the agent's redirect rules apply to it, while the test itself stays
+    root and outside. The connected socket can be used from any thread."""
+
+    def make() -> socket.socket:
+        _libc.setfsuid(uid)
+        s = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
+        s.settimeout(timeout)
+        s.connect(address)
+        return s
+
+    return call_in(ns, make)
