@@ -16,6 +16,7 @@ from egress.errors import InvalidHost
 from egress.hostnames import IPAddress, canonical_host, is_ip
 from egress.policy import Allowlist, Decision
 from egress.reasons import Reason
+from egress.routing import override_methods
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ def decide_url(
     url: str,
     answers: Mapping[str, Sequence[str]] | None = None,
     addresses: AddressPolicy | None = None,
+    headers: Sequence[tuple[str, str]] = (),
 ) -> Outcome:
     """Decide ``method url``. With ``answers`` (name -> addresses, as DNS would give them)
     the address checks run too; without, only the allowlist is decided."""
@@ -64,7 +66,8 @@ def decide_url(
         return Outcome(
             Decision(False, Reason.INVALID_HOST, None, str(e)), raw_host, port, scheme, path
         )
-    d = allowlist.decide(scheme, host, port, method.upper(), path)
+    overrides = override_methods(headers, path)
+    d = allowlist.decide(scheme, host, port, method.upper(), path, False, overrides)
     if not d.allowed or answers is None:
         return Outcome(d, host, port, scheme, path)
     policy = addresses or AddressPolicy()

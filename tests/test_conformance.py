@@ -43,7 +43,7 @@ def test_pure(case: dict[str, Any]) -> None:
         Path("/"),
     )
     out = decide_url(Allowlist(cfg.rules), case.get("method", "GET"), case["url"].replace("PORT", str(PURE_PORT)),
-                     w["dns"], address_policy(cfg))  # fmt: skip
+                     w["dns"], address_policy(cfg), list(case.get("headers", {}).items()))  # fmt: skip
     assert out.decision.reason.value == case["expect"], out.decision.detail
     if "dial" in case:
         assert str(out.address) == case["dial"]
@@ -85,9 +85,11 @@ def test_e2e(world_proxy: RunningProxy, world_upstream: Upstream, case: dict[str
     world_upstream.recorder.clear()
     url = case["url"].replace("PORT", str(world_upstream.port))
     before = len(world_proxy.audit())
+    headers = [a for k, v in case.get("headers", {}).items() for a in ("-H", f"{k}: {v}")]
     r = subprocess.run(
         ["curl", "-sS", "--max-time", "15", "-X", case.get("method", "GET"), "--proxy", world_proxy.url,
-         "--cacert", str(world_proxy.ca), "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", url],
+         "--cacert", str(world_proxy.ca), "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}",
+         *headers, url],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     records = world_proxy.audit()[before:]
@@ -102,3 +104,19 @@ def test_e2e(world_proxy: RunningProxy, world_upstream: Upstream, case: dict[str
     if records[-1]["event"] == "connect":
         # Refused at CONNECT: the destination never got a TCP connection.
         assert world_upstream.connections == 0
+
+
+def test_every_class_is_tested_at_both_levels(request: pytest.FixtureRequest) -> None:
+    """The class index (tests/conformance.yaml: classes) names, for every class of attack,
+    the tests that close it at the pure level and end to end; each must exist."""
+    import importlib
+
+    missing = []
+    for cls in TABLE["classes"]:
+        assert cls.get("pure") and cls.get("e2e"), f"{cls['name']}: needs both levels"
+        for ref in [*cls["pure"], *cls["e2e"]]:
+            module, _, name = ref.partition("::")
+            mod = importlib.import_module(module.replace("/", ".").removesuffix(".py"))
+            if not callable(getattr(mod, name.split("[")[0], None)):
+                missing.append(f"{cls['name']}: {ref}")
+    assert not missing, missing
