@@ -293,7 +293,9 @@ def test_a_percent_dense_body_does_not_stall_other_clients(
                 statuses.append(status_of(exchange(s, head + body, timeout=60)))
         return statuses
 
+    rss0 = rss_mb(lproxy.proc.pid)
     slowest, statuses = unrelated_latency(lproxy, port, attack, warmup=0.05)
     assert statuses == [200] * 3
     print(f"slowest unrelated request during the attack: {slowest:.3f} s")
     assert slowest < SLOWEST_UNRELATED_S, slowest
+    assert rss_mb(lproxy.proc.pid) - rss0 < RSS_GROWTH_MB
