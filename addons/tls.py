@@ -28,6 +28,7 @@ from egress.runtime import Runtime, shared
 # mitmproxy's own TlsConfig (mitmdump -s).
 _SKIPPED_OPTIONS = {
     "certs", "confdir", "key_size", "cert_passphrase",
+    "emudhra", "emudhra_old",  # mitmproxy 12.3: these too reload the CA (from confdir, or a public key)
     "tls_version_client_min", "tls_version_client_max", "tls_version_server_min", "tls_version_server_max",
 }  # fmt: skip
 
@@ -48,6 +49,7 @@ class EgressTls(TlsConfig):
         super().__init__()
         self._runtime = runtime
         self._embedded = runtime is not None
+        self._certstore: certs.CertStore | None = None
 
     def load(self, loader: Any) -> None:
         if "tls_version_client_min" not in loader.master.options:
@@ -59,8 +61,11 @@ class EgressTls(TlsConfig):
         super().configure(set(updated) - _SKIPPED_OPTIONS)
         if self._runtime is None:
             self._runtime = shared(ctx.options.egress_config)
-        if self.certstore is None:
-            self.certstore = build_certstore(self._runtime)
+        if self._certstore is None:
+            self._certstore = build_certstore(self._runtime)
+        # Whatever TlsConfig.configure() may have loaded (an option not in the list above),
+        # leaf certificates are signed by the runtime's CA.
+        self.certstore = self._certstore
 
     def running(self) -> None:
         # Not TlsConfig.running(), which would load a CA from confdir. Loaded into a plain

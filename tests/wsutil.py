@@ -130,7 +130,10 @@ class ScriptedWsUpstream(WsUpstream):
                         s.sendall(ws.send(CloseConnection(code=1000, reason=auth)))
                         return
                     elif isinstance(event.data, str) and event.data.startswith("big:"):
-                        s.sendall(ws.send(BytesMessage(data=b"b" * int(event.data[4:]))))
+                        try:
+                            s.sendall(ws.send(BytesMessage(data=b"b" * int(event.data[4:]))))
+                        except OSError:  # the proxy closed it mid-message (1009): expected
+                            return
                     else:
                         s.sendall(ws.send(TextMessage(data="ok")))
                 elif isinstance(event, CloseConnection):
