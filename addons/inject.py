@@ -8,6 +8,7 @@ has arrived: headers, path and query are checked and injected when the headers a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from egress.addons.audit import record_websocket
@@ -15,7 +16,7 @@ from egress.addons.base import EgressAddon, decoded_body, deny, fail_closed, met
 from mitmproxy import http
 
 from egress.deepfind import find_deep
-from egress.encodings import Pause, SecretForms, no_pause
+from egress.encodings import Pause, no_pause
 from egress.injection import Denial, Injection, RequestParts, is_signed, plan, unbound_forms
 from egress.reasons import Reason
 
@@ -35,11 +36,8 @@ class SecretInjector(EgressAddon):
         self, flow: http.HTTPFlow, parts: RequestParts, pause: Pause = no_pause
     ) -> Denial | Injection:
         rt = self.runtime
-        forms: dict[str, list[SecretForms]] = {}
-        for f in rt.forms():
-            forms.setdefault(f.name, []).append(f)
         secrets = [(s, rt.secrets.get(s.name)) for s in rt.config.secrets]
-        return plan(parts, secrets, forms, pause)
+        return plan(parts, secrets, rt.forms_by_name(), pause)
 
     def _parts(self, flow: http.HTTPFlow, headers: bool, body: bytes | None) -> RequestParts:
         m, req = meta(flow), flow.request
@@ -82,6 +80,8 @@ class SecretInjector(EgressAddon):
         if flow.response is not None or m.get("decision") != "allow" or req.raw_content is None:
             return  # a streamed body (over limits.max_body_bytes) is not scanned
         m["bytes_in"] = len(req.raw_content)  # as the client sent it
+        if req.trailers and self._refuse_trailers(flow, req.trailers):
+            return
         body = decoded_body(req, self.runtime.config.max_body_bytes)
         if body is None:
             # Not mitmproxy's decoder (no output limit, Python codecs for unknown names):
@@ -107,6 +107,27 @@ class SecretInjector(EgressAddon):
                  rule=m.get("rule"), secret=result.injected[0])  # fmt: skip
             return
         self._apply(flow, result)
+
+    def _refuse_trailers(self, flow: http.HTTPFlow, trailers: http.Headers) -> bool:
+        """Trailers are another channel the agent writes to: the same guards as headers, and
+        never a substitution (a placeholder there is refused)."""
+        parts = dataclasses.replace(
+            self._parts(flow, headers=False, body=None),
+            headers=tuple((k.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
+                          for k, v in trailers.fields),
+        )  # fmt: skip
+        result = self._plan(flow, parts)
+        if isinstance(result, Denial):
+            deny(flow, self.runtime, result.reason, f"{result.detail} (in the request's trailers)",
+                 rule=meta(flow).get("rule"), secret=result.secret)  # fmt: skip
+            return True
+        if result.injected:
+            deny(flow, self.runtime, Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED,
+                 f"the placeholder of secret {result.injected[0]!r} is in the request's trailers, "
+                 "where placeholders are never substituted; send it in a header",
+                 rule=meta(flow).get("rule"), secret=result.injected[0])  # fmt: skip
+            return True
+        return False
 
     def _apply(self, flow: http.HTTPFlow, result: Denial | Injection) -> None:
         m, req, rt = meta(flow), flow.request, self.runtime
@@ -147,10 +168,7 @@ class SecretInjector(EgressAddon):
                 found = (Reason.PLACEHOLDER_TO_UNBOUND_HOST, spec.name, "its placeholder")
                 break
         if found is None:
-            forms: dict[str, list[SecretForms]] = {}
-            for f in rt.forms():
-                forms.setdefault(f.name, []).append(f)
-            guard = unbound_forms(unbound, forms)
+            guard = unbound_forms(unbound, rt.forms_by_name())
             if len(content) > INLINE_SCAN_BYTES:
                 leaked = await asyncio.to_thread(find_deep, content, guard, yield_interpreter)
             else:

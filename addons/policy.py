@@ -23,6 +23,7 @@ from egress.audit import redact_path
 from egress.errors import InvalidHost
 from egress.grammar import fold_name, request_problem, te_offers
 from egress.hostnames import IPAddress, canonical_host, split_host_port
+from egress.injection import Denial, host_leak
 from egress.messages import how_to_allow
 from egress.policy import Decision
 from egress.reasons import Reason
@@ -47,6 +48,10 @@ class Allowlist(EgressAddon):
             return
         m = meta(flow)
         m.update(host=host, port=port, scheme="https", url=f"{host}:{port}")
+        leak = self._host_leak(flow.request.host, host)
+        if leak is not None:
+            deny(flow, rt, leak.reason, leak.detail, secret=leak.secret)
+            return
         d = rt.allowlist.decide_connect(host, port)
         if not d.allowed and self._enforce(flow, d):
             hint = how_to_allow(d.reason, host, port, "https", "CONNECT", "/", d.rule_label)
@@ -58,6 +63,10 @@ class Allowlist(EgressAddon):
             return
         m.update(decision="allow", reason=Reason.ALLOWED.value, rule=d.rule_label)
         rt.tunnels[flow.client_conn.id] = Tunnel(host, port, picked.address)
+
+    def _host_leak(self, raw: str, host: str) -> Denial | None:
+        rt = self.runtime
+        return host_leak([raw, host], host, list(rt.config.secrets), rt.forms_by_name())
 
     def _enforce(self, flow: http.HTTPFlow, d: Decision) -> bool:
         """In report mode an allowlist denial is recorded as would_deny and not enforced.
@@ -137,6 +146,11 @@ class Allowlist(EgressAddon):
         if problem is not None:
             deny(flow, rt, problem[0], problem[1])
             return
+        if tunnel is None:  # a name egress is about to resolve (a tunnel's was checked)
+            leak = self._host_leak(req.host_header or req.host, host)
+            if leak is not None:
+                deny(flow, rt, leak.reason, leak.detail, secret=leak.secret)
+                return
         upgrade = _upgrade_tokens(req)
         if upgrade and upgrade != ["websocket"]:
             # mitmproxy relays any other upgraded protocol as raw TCP, past every rule.
@@ -310,6 +324,10 @@ class Allowlist(EgressAddon):
             host = canonical_host(hello.sni) if hello.sni else str(original)
         except InvalidHost as e:
             refuse(Reason.INVALID_HOST, str(e), hello.sni or "")
+            return
+        leak = self._host_leak(hello.sni or host, host)
+        if leak is not None:
+            refuse(leak.reason, leak.detail, rt.redact(host))
             return
         d = rt.allowlist.decide_connect(host, port)
         if not d.allowed and rt.config.mode != "report":

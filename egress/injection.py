@@ -161,6 +161,34 @@ def unbound_forms(
     return [f for s in unbound for f in forms.get(s.name, ()) if len(f.raw) >= MIN_SCAN_LENGTH]
 
 
+def host_leak(
+    names: list[str], host: str, specs: list[SecretSpec], forms: dict[str, list[SecretForms]]
+) -> Denial | None:
+    """A placeholder or real value of a secret not bound to ``host`` inside a host name the
+    agent chose (``names``: as sent, and canonical). Checked before egress resolves the
+    name: a DNS query for ``<value>.allowed.example`` would carry the value out."""
+    unbound = [s for s in specs if not s.bound_to(host)]
+    guard = unbound_forms(unbound, forms)
+    for name in dict.fromkeys(names):
+        for spec in unbound:
+            if spec.placeholder.lower() in name.lower():
+                return Denial(
+                    Reason.PLACEHOLDER_TO_UNBOUND_HOST,
+                    f"the placeholder of secret {spec.name!r} is in the host name, and "
+                    f"{spec.name!r} is not bound to that host",
+                    spec.name,
+                )
+        found = find_deep(name.encode("utf-8", "surrogateescape"), guard)
+        if found:
+            return Denial(
+                Reason.SECRET_TO_UNBOUND_HOST,
+                f"the real value of secret {found[0]!r} is in the host name ({found[1]}); "
+                "egress refused it before any DNS query could carry it",
+                found[0],
+            )
+    return None
+
+
 def plan(
     req: RequestParts,
     secrets: list[tuple[SecretSpec, SecretValue | None]],

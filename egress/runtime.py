@@ -220,6 +220,12 @@ class Runtime:
             self._forms_version = version
         return self._forms
 
+    def forms_by_name(self) -> dict[str, list[SecretForms]]:
+        by_name: dict[str, list[SecretForms]] = {}
+        for f in self.forms():
+            by_name.setdefault(f.name, []).append(f)
+        return by_name
+
     def listening_on(self, host: str, port: int) -> None:
         """Record the proxy's own listener: egress never dials itself."""
         own = (ipaddress.ip_address(host), port)

@@ -248,3 +248,62 @@ def test_http1_response_trailers_are_scrubbed_and_audited(tmp_path, test_ca, tes
     assert SECRET.encode() not in response
     assert f"X-Echo: Bearer {ph}".lower().encode() in response.lower()  # scrubbed trailer
     assert [r["decision"] for r in p.audit() if r["path"] == "/rt"] == ["allow"]
+
+
+def _hex_label(value: str) -> str:
+    return value.encode().hex()
+
+
+@pytest.mark.parametrize("how", ["CONNECT", "plain HTTP", "Host in a tunnel"])
+def test_a_real_value_in_a_host_name_is_refused_before_any_lookup(
+    proxy: RunningProxy, upstream: Upstream, how: str
+) -> None:
+    """DNS is a channel too: a lookup of <value>.allowed.example would carry the value out.
+    A secret's real value (here OTHER's, hex-encoded into a label) in a host name is refused
+    before egress resolves anything."""
+    import socket
+
+    from tests.conftest import OTHER_SECRET
+
+    name = f"{_hex_label(OTHER_SECRET)}.egress.test"
+    before = len(proxy.audit())
+    if how == "CONNECT":
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            response = exchange(
+                s, f"CONNECT {name}:443 HTTP/1.1\r\nHost: {name}:443\r\n\r\n".encode()
+            )
+    elif how == "plain HTTP":
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            response = exchange(s, f"GET http://{name}/x HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+    else:
+        with connect_tunnel(proxy.port, API, upstream.port, proxy.ca) as s:
+            response = exchange(s, f"GET /x HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+    expected = "host_header_mismatch" if how == "Host in a tunnel" else "secret_to_unbound_host"
+    assert f"x-egress-reason: {expected}".encode() in response, response[:300]
+    assert OTHER_SECRET.encode().hex().encode() not in response
+    record = proxy.audit()[before:][-1]
+    assert record["reason"] == expected
+    assert _hex_label(OTHER_SECRET) not in record["host"]
+
+
+def test_request_trailers_are_guarded_like_headers(tmp_path, test_ca_file, nginx) -> None:  # noqa: ANN001
+    from tests.conftest import OTHER_SECRET, base_config, start_proxy, write_config
+
+    p = start_proxy(
+        write_config(tmp_path, base_config(tmp_path, test_ca_file, nginx.h1_port)), tmp_path
+    )
+    parsed = len(nginx.records())
+    results = []
+    try:
+        for trailer in (f"X-Leak: {OTHER_SECRET}", "X-Leak: sk-EGRESSPLACEHOLDEROTHER0000",
+                        "X-Token: egress-api_token-placeholder"):  # fmt: skip
+            raw = (f"POST /trailer-leak HTTP/1.1\r\nHost: {API}:{nginx.h1_port}\r\nTransfer-Encoding: chunked\r\n"
+                   f"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n{trailer}\r\n\r\n")  # fmt: skip
+            with connect_tunnel(p.port, API, nginx.h1_port, p.ca) as s:
+                results.append(exchange(s, raw.encode(), timeout=5))
+    finally:
+        assert p.stop() == 0
+    reasons = [r.split(b"x-egress-reason: ", 1)[1].split(b"\r\n", 1)[0].decode() for r in results]
+    assert reasons == ["secret_to_unbound_host", "placeholder_to_unbound_host",
+                       "placeholder_surface_not_allowed"]  # fmt: skip
+    assert nginx.records_after(parsed) == []

@@ -240,3 +240,27 @@ def test_generated_encodings_of_a_real_value_are_refused(
          else req("other.test", body=text.encode()))  # fmt: skip
     out = run(r)
     assert isinstance(out, Denial) and out.reason is Reason.SECRET_TO_UNBOUND_HOST, (layer, text)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        (REAL.encode().hex() + ".other.test", Reason.SECRET_TO_UNBOUND_HOST),
+        (REAL.encode().hex().upper() + ".other.test", Reason.SECRET_TO_UNBOUND_HOST),
+        ("-".join(f"{b:02x}" for b in REAL.encode()) + ".other.test", Reason.SECRET_TO_UNBOUND_HOST),
+        (HDR.lower() + ".other.test", Reason.PLACEHOLDER_TO_UNBOUND_HOST),
+        ("api.other.test", None),
+    ],
+)  # fmt: skip
+def test_a_secret_in_a_host_name_is_found_before_any_lookup(
+    name: str, reason: Reason | None
+) -> None:
+    from egress.encodings import make_forms
+    from egress.injection import host_leak
+
+    forms = {
+        s.name: [make_forms(s.name, SecretValue(VALUES[s.name]), s.placeholder)]
+        for s in CFG.secrets
+    }
+    found = host_leak([name, name.lower()], "other.test", list(CFG.secrets), forms)
+    assert (found.reason if found else None) is reason
