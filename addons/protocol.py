@@ -160,10 +160,16 @@ def _head_too_large(buf: Any) -> bool:
     return len(buf) > LIMITS.max_head and not _BLANK_LINE.search(bytes(buf)[: LIMITS.max_head + 4])
 
 
-def _send_trailers_in_last_chunk(headers: http.Headers, trailers: http.Headers) -> bytes | None:
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return b"0\r\n" + bytes(trailers) + b"\r\n"
-    return None  # not chunked: HTTP/1 has no way to send them
+def _end_with_trailers(
+    conn: Any, headers: http.Headers, trailers: http.Headers, **done: bool
+) -> layer.CommandGenerator[bool]:
+    """End a chunked HTTP/1 message with its trailers in the last chunk; False when the
+    message is not chunked (HTTP/1 has no way to send them: the caller ends it as usual)."""
+    if "chunked" not in headers.get("transfer-encoding", "").lower():
+        return False
+    yield commands.SendData(conn.conn, b"0\r\n" + bytes(trailers) + b"\r\n")
+    yield from conn.mark_done(**done)
+    return True
 
 
 class GuardedHttp1Server(_http1.Http1Server):
@@ -228,18 +234,12 @@ class GuardedHttp1Server(_http1.Http1Server):
         if isinstance(event, ResponseTrailers):
             self._resp_trailers = event.trailers  # written with the last chunk
             return
-        trailers = self._resp_trailers
-        if isinstance(event, ResponseEndOfMessage) and trailers and self.response is not None:
-            self._resp_trailers = None
-            last = (
-                _send_trailers_in_last_chunk(self.response.headers, trailers)
-                if self.request is not None and self.request.method != "HEAD"
-                else None
-            )
-            if last is not None:
-                yield commands.SendData(self.conn, last)
-                yield from self.mark_done(response=True)
-                return
+        if isinstance(event, ResponseEndOfMessage) and self._resp_trailers and self.response:
+            trailers, self._resp_trailers = self._resp_trailers, None
+            headers = self.response.headers
+            if self.request is not None and self.request.method != "HEAD":
+                if (yield from _end_with_trailers(self, headers, trailers, response=True)):
+                    return
         yield from super().send(event)
 
 
@@ -275,13 +275,9 @@ class GuardedHttp1Client(_http1.Http1Client):
         if isinstance(event, RequestTrailers):
             self._req_trailers = event.trailers
             return
-        trailers = self._req_trailers
-        if isinstance(event, RequestEndOfMessage) and trailers and self.request is not None:
-            self._req_trailers = None
-            last = _send_trailers_in_last_chunk(self.request.headers, trailers)
-            if last is not None:
-                yield commands.SendData(self.conn, last)
-                yield from self.mark_done(request=True)
+        if isinstance(event, RequestEndOfMessage) and self._req_trailers and self.request:
+            trailers, self._req_trailers = self._req_trailers, None
+            if (yield from _end_with_trailers(self, self.request.headers, trailers, request=True)):
                 return
         yield from super().send(event)
 

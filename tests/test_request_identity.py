@@ -225,20 +225,25 @@ def check_differential(p: RunningProxy, ng: NginxUpstream, version: str, method:
         response = _send_h1(p, ng, method, target, extra)
         status = status_of(response)
         reason = b"x-egress-reason: " in response
+    assert_parsed_as_decided(p, ng, audit_before, parsed_before, bool(reason) or status in (0, -1))
+    return status
+
+
+def assert_parsed_as_decided(p: RunningProxy, ng: NginxUpstream, audit_before: int,
+                             parsed_before: int, refused: bool) -> None:  # fmt: skip
+    """nginx parsed as many requests as egress allowed, each one it could read one egress
+    decided; a refusal (egress's reason code, or a GOAWAY from the HTTP/2 library) reached
+    nothing and is audited."""
     parsed = ng.records_after(parsed_before)
     audited = p.audit()[audit_before:]
     allowed, nginx_saw = _allowed(audited), _parsed(parsed)
-    # As many requests as egress allowed, and each one nginx could read is one egress decided.
     assert len(nginx_saw) == len(allowed), (parsed, audited)
     read = Counter(x for x in nginx_saw if x != ("?", "?"))
     assert not read - Counter(allowed), (parsed, audited)
-    if reason or status in (0, -1):
-        # Refused: by egress (reason code) or by the HTTP/2 library (the connection ended
-        # with a GOAWAY); either way audited, and nothing reached nginx.
+    if refused:
         assert parsed == [], parsed
         audited = audited or audit_settled(p, audit_before)
         assert audited and audited[-1]["decision"] != "allow", audited
-    return status
 
 
 @pytest.mark.parametrize("version", ["h1", "h2"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,7 @@ from tests.nginx_upstream import NginxUpstream, nginx_binary
 from tests.rawclient import exchange, status_of
 from tests.test_request_identity import (
     IDENTITY_CASES,
-    _allowed,
-    _parsed,
-    audit_settled,
+    assert_parsed_as_decided,
     header_names,
     header_values,
     methods,
@@ -137,18 +134,7 @@ def check(world: World, version: str, method: bytes, target: bytes,
             response = exchange(s, head + b"Connection: close\r\n\r\n", timeout=3)
         status = status_of(response)
         refused = b"x-egress-reason: " in response or status == 0
-    parsed = ng.records_after(parsed_before)
-    audited = p.audit()[audit_before:]
-    allowed, nginx_saw = _allowed(audited), _parsed(parsed)
-    assert len(nginx_saw) == len(allowed), (parsed, audited)
-    assert not Counter(x for x in nginx_saw if x != ("?", "?")) - Counter(allowed), (
-        parsed,
-        audited,
-    )
-    if refused:
-        assert parsed == [], parsed
-        audited = audited or audit_settled(p, audit_before)
-        assert audited and audited[-1]["decision"] != "allow", audited
+    assert_parsed_as_decided(p, ng, audit_before, parsed_before, refused)
     return status
 
 
