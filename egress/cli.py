@@ -1,4 +1,4 @@
-"""The egress command line: run, exec, check."""
+"""The egress command line: run, exec, check, review, learn, redirect."""
 
 from __future__ import annotations
 
@@ -311,6 +311,9 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("--config", "-c", help=cfg_help)
     ck.add_argument("--method", "-X", default="GET")
     ck.add_argument("url")
+    from egress.review.cli import add_parsers as add_review_parsers
+
+    add_review_parsers(sub, cfg_help)
     rd = sub.add_parser(
         "redirect", help="print, apply or remove the sidecar's traffic redirect rules"
     )
@@ -341,6 +344,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     if args.command == "redirect":
         return _redirect(args)
+    if args.command in ("review", "learn"):
+        from egress.review.cli import run as run_review
+
+        return run_review(args)
     try:
         cfg = config_mod.load_or_default(args.config)
         if args.command == "check":
