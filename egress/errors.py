@@ -13,8 +13,10 @@ class EgressError(Exception):
 class ConfigProblem:
     key: str  # a key path such as "allow[3].host"; "" for the whole document
     message: str
+    file: str | None = None  # the file it is in, when not the file being loaded (an include)
 
     def render(self, file: str) -> str:
+        file = self.file or file
         return f"{file}: {self.key}: {self.message}" if self.key else f"{file}: {self.message}"
 
 

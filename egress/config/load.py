@@ -1,0 +1,232 @@
+"""Loading a config: the top-level sections, includes, and the file's own checks.
+
+Validation collects every problem in the file (and the files it includes) and reports each
+as ``<file>: <key path>: <what is wrong>``; unknown keys are errors with a suggestion.
+Paths in a file are relative to that file's own folder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from egress.config.checker import Checker, file_path, opt_file_path
+from egress.config.includes import (
+    Document,
+    Item,
+    gather,
+    key_lines,
+    load_yaml,
+    merge_secrets,
+    merged_list,
+    origins,
+    read_document,
+    relocate,
+)
+from egress.config.model import EMBEDDED_DEFAULT, AdminConfig, Config, Limits, Rule, SecretSpec
+from egress.config.rules import parse_rule
+from egress.config.secret_specs import check_secret_set, parse_secret
+from egress.config.vault_spec import parse_vault
+from egress.errors import ConfigError, ConfigProblem, InvalidHost
+from egress.hostnames import IPNetwork, canonical_host, is_ip
+
+TOP_KEYS = (
+    "mode", "include", "listen", "admin", "agent", "ca", "upstream", "allow", "secrets",
+    "vault", "audit", "limits",
+)  # fmt: skip
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_port(c: Checker, m: dict[str, Any], key: str, default_port: int) -> tuple[str, int]:
+    """A listener's host (an IP address, default loopback) and port (0 picks a free one)."""
+    host = c.typed(m, key, "host", str, "127.0.0.1")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        c.err(f"{key}.host", f"{host!r} must be an IP address (e.g. 127.0.0.1)")
+    port = c.typed(m, key, "port", int, default_port)
+    if not 0 <= port < 65536:
+        c.err(f"{key}.port", f"{port} is not a port number (0 picks a free port)")
+    return host, port
+
+
+def parse(data: Any, file: str, base: Path, lines: dict[str, int] | None = None) -> Config:
+    """Validate parsed YAML (``lines``: each key path's line, for findings). Raises
+    ConfigError listing every problem."""
+    return _parse(Document(file, base, data, lines or {}))
+
+
+def _parse(main: Document) -> Config:
+    c = Checker()
+    file, base = main.file, main.base
+    top = c.mapping(main.data, "", TOP_KEYS)
+    if top is None:
+        raise ConfigError(file, c.problems)
+    docs = [main, *gather(c, main)]
+
+    listen = c.mapping(top.get("listen"), "listen", ("host", "port", "mode")) or {}
+    listen_mode = c.choice(listen, "listen", "mode", ("explicit", "transparent"), "explicit")
+    transparent = listen_mode == "transparent"
+    listen_host, listen_port = _host_port(c, listen, "listen", 15001 if transparent else 8080)
+    if transparent and _is_ip(listen_host) and not ipaddress.ip_address(listen_host).is_loopback:
+        # The kernel's REDIRECT (nat OUTPUT) sends to loopback; any other address would let
+        # other machines use the proxy, and its secrets, by connecting to it directly.
+        c.err("listen.host", f"{listen_host!r}: in transparent mode egress listens on loopback "
+              "only (127.0.0.1 or ::1), where the redirect rules send the agent's traffic")  # fmt: skip
+
+    ca = c.mapping(top.get("ca"), "ca", ("cert_path", "validity_hours")) or {}
+    cert_path = file_path(base, c.typed(ca, "ca", "cert_path", str, "egress-ca.pem"))
+    validity = c.typed(ca, "ca", "validity_hours", int, 24)
+    if not 1 <= validity <= 24 * 31:
+        c.err("ca.validity_hours", f"{validity} must be between 1 and 744 (31 days)")
+
+    up = (
+        c.mapping(top.get("upstream"), "upstream", ("ca_files", "resolve", "allow_private", "dns"))
+        or {}
+    )
+    dns = c.choice(up, "upstream", "dns", ("system", "static"), "system") or "system"
+    ca_files: list[Path] = []
+    for j, f in enumerate(c.str_list(up, "upstream", "ca_files", allow_empty=True) or []):
+        p = file_path(base, f)
+        if not p.is_file():
+            c.err(f"upstream.ca_files[{j}]", f"{str(p)!r} does not exist or is not a file")
+        elif b"-----BEGIN CERTIFICATE-----" not in p.read_bytes():
+            c.err(f"upstream.ca_files[{j}]", f"{str(p)!r} holds no PEM certificate")
+        ca_files.append(p)
+    resolve: dict[str, tuple[str, ...]] = {}
+    res = c.mapping(up.get("resolve"), "upstream.resolve", tuple(up.get("resolve") or ()))
+    for name, addrs in (res or {}).items():
+        k = f"upstream.resolve.{name}"
+        try:
+            canon = canonical_host(str(name))
+            if is_ip(canon):
+                raise InvalidHost("give a host name here, not an address")
+        except InvalidHost as e:
+            c.err(k, str(e))
+            continue
+        answers = addrs if isinstance(addrs, list) else [addrs]
+        try:
+            resolve[canon] = tuple(str(ipaddress.ip_address(str(a))) for a in answers)
+        except ValueError:
+            c.err(k, f"{addrs!r} is not an IP address (or a list of them)")
+        if not answers:
+            c.err(k, "give at least one address")
+    allow_private: list[IPNetwork] = []
+    for j, cidr in enumerate(c.str_list(up, "upstream", "allow_private", allow_empty=True) or []):
+        try:
+            allow_private.append(ipaddress.ip_network(cidr))
+        except ValueError:
+            c.err(
+                f"upstream.allow_private[{j}]",
+                f"{cidr!r} is not an address range such as 10.1.0.0/16",
+            )
+
+    # Rules and secrets of the file and its includes, in one list each (egress.config.includes).
+    rule_items = merged_list(c, docs, "allow")
+    rules: list[Rule] = []
+    for i, item in enumerate(rule_items):
+        rule = parse_rule(c, item.node, i)
+        if rule is not None:
+            rules.append(rule)
+
+    secret_items = merge_secrets(c, merged_list(c, docs, "secrets"), main)
+    secrets: list[SecretSpec] = []
+    for i, item in enumerate(secret_items):
+        spec = parse_secret(c, item.node, i, item.doc.base, rules)
+        if spec is not None:
+            secrets.append(spec)
+    check_secret_set(c, secrets)
+
+    audit = c.mapping(top.get("audit"), "audit", ("path",)) or {}
+    audit_path = c.typed(audit, "audit", "path", str, "stdout")
+    if audit_path not in ("stdout", "stderr"):
+        audit_path = str(file_path(base, audit_path))
+
+    limits_node = c.mapping(top.get("limits"), "limits", tuple(Limits.__dataclass_fields__)) or {}
+    limit_values: dict[str, int] = {}
+    for name, f in Limits.__dataclass_fields__.items():
+        value = c.typed(limits_node, "limits", name, int, f.default)
+        if value is not None and value <= 0:
+            c.err(f"limits.{name}", "must be positive")
+        limit_values[name] = value if value is not None else f.default
+    limits = Limits(**limit_values)
+
+    mode = c.choice(top, "", "mode", ("enforce", "report"), "enforce") or "enforce"
+    agent = c.mapping(top.get("agent"), "agent", ("dir", "proxy_url")) or {}
+    agent_dir = opt_file_path(c, agent, "agent", "dir", base)
+    agent_proxy_url = c.typed(agent, "agent", "proxy_url", str, None)
+    if agent_proxy_url is not None and not re.match(r"^http://[^\s'\"]+$", agent_proxy_url):
+        c.err(
+            "agent.proxy_url",
+            f"{agent_proxy_url!r} must be an http:// URL such as http://127.0.0.1:8080",
+        )
+    admin = None
+    if "admin" in top:
+        a = c.mapping(top["admin"], "admin", ("host", "port", "drain_seconds")) or {}
+        admin_host, admin_port = _host_port(c, a, "admin", 9901)
+        drain = c.typed(a, "admin", "drain_seconds", int, 5)
+        if drain < 0:
+            c.err("admin.drain_seconds", "must be 0 or more")
+        admin = AdminConfig(admin_host, admin_port, drain)
+    vault = parse_vault(c, top.get("vault"), base)
+    if "vault" not in top and any(s.source.kind == "vault" for s in secrets):
+        vault = parse_vault(c, {}, base)  # all from VAULT_* variables, token auth
+
+    items: dict[str, list[Item]] = {"allow": rule_items, "secrets": secret_items}
+    if c.problems:
+        raise ConfigError(file, relocate(c.problems, items, file))
+    return Config(
+        path=file,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        listen_mode=listen_mode or "explicit",
+        ca_cert_path=cert_path,
+        ca_validity_hours=validity,
+        upstream_ca_files=tuple(ca_files),
+        resolve=resolve,
+        allow_private=tuple(allow_private),
+        dns=dns,
+        rules=tuple(rules),
+        secrets=tuple(secrets),
+        audit_path=audit_path,
+        limits=limits,
+        mode=mode,
+        admin=admin,
+        agent_dir=agent_dir,
+        agent_proxy_url=agent_proxy_url,
+        vault=vault if "vault" in top or any(s.source.kind == "vault" for s in secrets) else None,
+        origins=origins(main, items),
+    )
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Load and validate a config file (and the files it includes)."""
+    file = str(path)
+    doc = read_document(Path(path), file)
+    if isinstance(doc, ConfigProblem):
+        raise ConfigError(file, [doc])
+    if not doc.data:
+        raise ConfigError(file, [ConfigProblem("", "the file is empty")])
+    return _parse(doc)
+
+
+def load_default() -> Config:
+    """The embedded default config: common developer hosts, secrets from a local file."""
+    text = resources.files("egress").joinpath("data/default.yaml").read_text(encoding="utf-8")
+    data = load_yaml(text, EMBEDDED_DEFAULT)
+    return _parse(Document(EMBEDDED_DEFAULT, Path.cwd(), data, key_lines(text)))
+
+
+def load_or_default(path: str | None) -> Config:
+    return load(path) if path else load_default()

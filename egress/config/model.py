@@ -1,0 +1,187 @@
+"""The config's typed objects: what the rest of egress reads after validation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from secrets import token_urlsafe
+
+from egress.hostnames import HostPattern, IPNetwork
+
+SCHEMES = ("https", "http")
+DEFAULT_PORTS = {"https": 443, "http": 80}
+SURFACES = ("headers", "query", "body")
+_METHOD = re.compile(r"^[A-Z][A-Z0-9_-]*$")
+_SECRET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Placeholders use URL-unreserved characters only, so that they survive every surface
+# (header, query, form and JSON body) unencoded and can be found by a plain byte search.
+_PLACEHOLDER = re.compile(r"^[A-Za-z0-9._~-]{8,256}$")
+EMBEDDED_DEFAULT = "<embedded default config>"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a key of the merged config is written: the file (an included one's own name,
+    ``preset:github`` for a preset), its 1-based line, and the key path in that file."""
+
+    file: str
+    line: int | None
+    key: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    index: int  # position under allow:, for messages ("allow[3]")
+    host: HostPattern
+    ports: tuple[int, ...]
+    schemes: tuple[str, ...]
+    methods: tuple[str, ...] | None  # None: any method
+    paths: tuple[str, ...] | None  # None: any path
+    websocket: bool = False  # allow WebSocket upgrades
+
+    @property
+    def label(self) -> str:
+        return f"allow[{self.index}]"
+
+
+VAULT_ENGINES = ("kv2", "kv1", "read")
+VAULT_AUTH_METHODS = ("token", "approle", "kubernetes", "jwt")
+K8S_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 (a path)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: str  # "env" | "file" | "vault"
+    env: str | None = None
+    file: Path | None = None
+    key: str | None = None
+    mount: str | None = None  # vault: the secrets engine's mount (kv2/kv1)
+    path: str | None = None  # vault: path under the mount, or the full read path
+    engine: str = "kv2"  # vault: kv2 | kv1 | read
+
+    def describe(self) -> str:
+        if self.kind == "env":
+            return f"env:{self.env}"
+        if self.kind == "vault":
+            return f"vault:{self.vault_path}#{self.key}"
+        return f"file:{self.file}#{self.key}"
+
+    @property
+    def vault_path(self) -> str:
+        """The path as Vault's API sees it (for messages and policies)."""
+        if self.engine == "kv2":
+            return f"{self.mount}/data/{self.path}"
+        if self.engine == "kv1":
+            return f"{self.mount}/{self.path}"
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class VaultAuth:
+    method: str  # token | approle | kubernetes | jwt
+    mount: str
+    token_file: Path | None = None  # token: a file holding the token
+    token_env: str | None = None  # token: the variable holding it (default VAULT_TOKEN)
+    role_id: str | None = None  # approle
+    secret_id_file: Path | None = None  # approle
+    role: str | None = None  # kubernetes, jwt
+    jwt_file: Path | None = None  # kubernetes, jwt: re-read at every login
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    address: str | None  # None: $VAULT_ADDR
+    namespace: str | None  # None: $VAULT_NAMESPACE
+    ca_file: Path | None  # None: $VAULT_CACERT, else the system store
+    client_cert: Path | None  # None: $VAULT_CLIENT_CERT
+    client_key: Path | None  # None: $VAULT_CLIENT_KEY
+    timeout_seconds: float
+    auth: VaultAuth
+    refresh_seconds: int  # re-read interval for KV secrets
+    retry_seconds: int  # retry interval while Vault fails
+    max_stale_seconds: int  # serve the last good value this long during an outage
+    revoke_on_shutdown: bool
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    index: int
+    name: str
+    source: SourceSpec
+    hosts: tuple[HostPattern, ...]
+    placeholder: str
+    env: str | None
+    surfaces: frozenset[str]
+    body_max_bytes: int
+    allow_http: bool
+    required: bool
+    require_placeholder: bool = True  # its auth headers carry the placeholder or are absent
+    auth_headers: tuple[str, ...] = ("authorization", "x-api-key")
+    allow_unscrubbable: bool = False  # pass responses egress cannot scrub on its flows
+
+    def bound_to(self, host: str) -> bool:
+        return any(p.matches(host) for p in self.hosts)
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    host: str
+    port: int
+    drain_seconds: int  # on SIGTERM: not ready, keep serving this long, then stop
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may make the proxy hold or do (docs/config.md: limits)."""
+
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_head_bytes: int = 64 * 1024
+    max_websocket_message_bytes: int = 10 * 1024 * 1024
+    max_streams_per_connection: int = 10_000
+    max_stream_resets: int = 100
+    stream_reset_window_seconds: int = 10
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str  # the file it came from, or EMBEDDED_DEFAULT
+    listen_host: str
+    listen_port: int
+    ca_cert_path: Path
+    ca_validity_hours: int
+    upstream_ca_files: tuple[Path, ...]
+    resolve: dict[str, tuple[str, ...]]  # static answers, in order
+    allow_private: tuple[IPNetwork, ...]  # private/special ranges names may resolve into
+    dns: str  # "system": getaddrinfo after upstream.resolve; "static": upstream.resolve only
+    rules: tuple[Rule, ...]
+    secrets: tuple[SecretSpec, ...]
+    audit_path: str  # "stdout", "stderr" or a file path
+    vault: VaultConfig | None = None
+    mode: str = "enforce"  # "report": allowlist denials are logged as would_deny and let through
+    admin: AdminConfig | None = None  # health, readiness and metrics listener
+    agent_dir: Path | None = None  # where files for the agent are written (sidecar)
+    agent_proxy_url: str | None = None  # written into the agent's env file as HTTPS_PROXY etc.
+    # "transparent": connections redirected by the kernel, decided on SNI / Host
+    listen_mode: str = "explicit"
+    limits: Limits = Limits()
+    # Where each key path of the merged config came from (file, line, key in that file):
+    # for `egress review` findings and for errors in included files.
+    origins: dict[str, Origin] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.limits.max_body_bytes
+
+
+def auto_placeholder(prefix: str, length: int) -> str:
+    """A placeholder made at start-up: the prefix, then random URL-safe characters."""
+    body = token_urlsafe(length)[: max(length - len(prefix), 0)]
+    return prefix + body
+
+
+def default_placeholder(name: str) -> str:
+    # Names hold no '-', so "egress-<name>-placeholder" is never a substring of another
+    # secret's default placeholder.
+    return f"egress-{name}-placeholder"
