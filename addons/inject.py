@@ -17,7 +17,17 @@ from mitmproxy import http
 
 from egress.deepfind import find_deep
 from egress.encodings import Pause, no_pause
-from egress.injection import Denial, Injection, RequestParts, is_signed, plan, unbound_forms
+from egress.injection import (
+    Denial,
+    Injection,
+    RequestParts,
+    is_signed,
+    plan,
+    refuse_signed_body,
+    unbound_forms,
+    undecodable_body,
+    unscannable_body,
+)
 from egress.reasons import Reason
 
 # Bodies up to this size are checked on the event loop; larger ones in a worker thread.
@@ -58,17 +68,14 @@ class SecretInjector(EgressAddon):
             return
         rt, m, req = self.runtime, meta(flow), flow.request
         length = req.headers.get("content-length", "")
-        host = m["host"]
-        if (
-            length.isdigit()
-            and int(length) > rt.config.max_body_bytes
-            and any("body" in s.surfaces and s.bound_to(host) for s in rt.config.secrets)
-        ):
-            # The body will stream unbuffered: it cannot be scanned for placeholders.
-            deny(flow, rt, Reason.BODY_TOO_LARGE,
-                 f"the request body ({length} bytes) is over limits.max_body_bytes "
-                 f"({rt.config.max_body_bytes}) and cannot be scanned for placeholders")  # fmt: skip
-            return
+        if length.isdigit():
+            # Over the limit the body will stream unbuffered: it cannot be scanned.
+            unscannable = unscannable_body(
+                int(length), rt.config.max_body_bytes, list(rt.config.secrets), m["host"]
+            )
+            if unscannable is not None:
+                deny(flow, rt, unscannable.reason, unscannable.detail)
+                return
         parts = self._parts(flow, headers=True, body=None)
         m["signed"] = is_signed(parts)
         m["bytes_in"] = int(length) if length.isdigit() else 0
@@ -86,10 +93,10 @@ class SecretInjector(EgressAddon):
         if body is None:
             # Not mitmproxy's decoder (no output limit, Python codecs for unknown names):
             # a body egress cannot decode within the limit cannot be checked.
-            deny(flow, self.runtime, Reason.BODY_TOO_LARGE,
-                 f"the request body's content-encoding ({req.headers.get('content-encoding', '')!r}) "
-                 f"cannot be decoded within limits.max_body_bytes ({self.runtime.config.max_body_bytes}), "
-                 "so it cannot be checked for placeholders and secrets", rule=m.get("rule"))  # fmt: skip
+            undecodable = undecodable_body(
+                req.headers.get("content-encoding", ""), self.runtime.config.max_body_bytes
+            )
+            deny(flow, self.runtime, undecodable.reason, undecodable.detail, rule=m.get("rule"))
             return
         if not body:
             return
@@ -100,13 +107,7 @@ class SecretInjector(EgressAddon):
             result = await asyncio.to_thread(self._plan, flow, parts, yield_interpreter)
         else:
             result = self._plan(flow, parts)
-        if isinstance(result, Injection) and result.injected and m.get("signed"):
-            deny(flow, self.runtime, Reason.SIGNATURE_SCHEME_UNSUPPORTED,
-                 "the request is signed (AWS SigV4) and its body carries a placeholder: the signature "
-                 "was computed over the placeholder; egress does not inject into signed requests",
-                 rule=m.get("rule"), secret=result.injected[0])  # fmt: skip
-            return
-        self._apply(flow, result)
+        self._apply(flow, refuse_signed_body(result, bool(m.get("signed"))))
 
     def _refuse_trailers(self, flow: http.HTTPFlow, trailers: http.Headers) -> bool:
         """Trailers are another channel the agent writes to: the same guards as headers, and

@@ -17,8 +17,6 @@ from egress import config as config_mod
 from egress.audit import AuditWriter
 from egress.config import Config
 from egress.errors import EgressError
-from egress.hostnames import is_ip
-from egress.messages import how_to_allow
 from egress.runtime import Runtime
 
 log = logging.getLogger("egress")
@@ -187,56 +185,6 @@ async def _exec(cfg: Config, argv: Sequence[str]) -> int:
         rt.close()
 
 
-def _print_check(cfg: Config, method: str, url: str) -> int:
-    from egress.decide import decide_url
-    from egress.policy import Allowlist
-    from egress.runtime import address_policy
-
-    # Static answers from upstream.resolve are checked; other names are resolved only by the
-    # running proxy (check sends nothing, DNS queries included).
-    static = {name: list(addrs) for name, addrs in cfg.resolve.items()}
-    out = decide_url(Allowlist(cfg.rules), method, url)
-    if out.decision.allowed and (out.host in static or is_ip(out.host)):
-        out = decide_url(Allowlist(cfg.rules), method, url, static, address_policy(cfg))
-    d = out.decision
-    if d.allowed:
-        r = d.rule
-        assert r is not None
-        print(f"ALLOW {method.upper()} {url}")
-        print(f"  rule:    {r.label} (host {r.host}, ports {list(r.ports)}, schemes {list(r.schemes)}"
-              + (f", methods {list(r.methods)}" if r.methods else "")
-              + (f", paths {list(r.paths)}" if r.paths else "") + ")")  # fmt: skip
-        secrets = [
-            s.name
-            for s in cfg.secrets
-            if s.bound_to(out.host) and (out.scheme == "https" or s.allow_http)
-        ]
-        if secrets:
-            print(
-                f"  secrets: {', '.join(secrets)} (injected where the request carries the placeholder)"
-            )
-        else:
-            print("  secrets: none bound to this host")
-        if out.address is not None:
-            print(f"  address: {out.address} (from upstream.resolve)")
-        else:
-            print("  address: resolved and checked by the running proxy when it connects")
-        print(f"  config:  {cfg.path}")
-        return 0
-    print(f"DENY {method.upper()} {url}")
-    print(f"  reason:  {d.reason.value}")
-    if d.rule_label:
-        print(f"  rule:    {d.rule_label}")
-    print(f"  why:     {d.detail}")
-    hint = how_to_allow(
-        d.reason, out.host, out.port, out.scheme, method.upper(), out.path, d.rule_label
-    )
-    if hint:
-        print("  to allow it, " + hint.replace("\n", "\n    "))
-    print(f"  config:  {cfg.path}")
-    return 1
-
-
 def _redirect(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
@@ -307,10 +255,12 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("exec", help="run a command with its traffic going through the proxy")
     ex.add_argument("--config", "-c", help=cfg_help)
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- command and arguments")
-    ck = sub.add_parser("check", help="print the decision for a URL without sending anything")
-    ck.add_argument("--config", "-c", help=cfg_help)
-    ck.add_argument("--method", "-X", default="GET")
-    ck.add_argument("url")
+    ck = sub.add_parser(
+        "check", help="print the proxy's decision on requests without sending anything"
+    )
+    from egress.checkcmd import add_arguments as add_check_arguments
+
+    add_check_arguments(ck, cfg_help)
     from egress.review.cli import add_parsers as add_review_parsers
 
     add_review_parsers(sub, cfg_help)
@@ -351,7 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_mod.load_or_default(args.config)
         if args.command == "check":
-            return _print_check(cfg, args.method, args.url)
+            from egress.checkcmd import run as run_check
+
+            return run_check(cfg, args)
         if args.command == "run":
             return asyncio.run(_serve(cfg, args.port))
         cmd = list(args.cmd)

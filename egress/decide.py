@@ -1,22 +1,45 @@
-"""One request's whole decision, without sending anything: URL, allowlist and addresses.
+"""One request's whole decision, without sending anything.
 
-The same steps the proxy takes, as a pure function over plain data. ``egress check`` and
-the conformance table use it; the proxy runs the same pieces in its hooks.
+The same steps the proxy takes, as pure functions over plain data; the proxy runs the same
+pieces in its hooks. ``decide_url``: URL, allowlist and addresses (the conformance table).
+``decide_request``: a whole request (headers and body too) through every check in the
+proxy's order, the secret checks included, each step recorded (``egress check``).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
+from egress import decoding
 from egress.addresses import AddressPolicy
+from egress.config import Rule, SecretSpec
+from egress.encodings import SecretForms
 from egress.errors import InvalidHost
-from egress.hostnames import IPAddress, canonical_host, is_ip
-from egress.policy import Allowlist, Decision
-from egress.reasons import Reason
-from egress.routing import override_methods
+from egress.grammar import fold_name, request_problem
+from egress.hostnames import IPAddress, canonical_host, is_ip, split_host_port
+from egress.injection import (
+    Denial,
+    RequestParts,
+    _surfaces_with,
+    host_leak,
+    is_signed,
+    plan,
+    refuse_signed_body,
+    undecodable_body,
+    unscannable_body,
+)
+from egress.policy import Allowlist, Decision, _path_allowed
+from egress.reasons import Reason, http_status
+from egress.resolver import Refused
+from egress.routing import body_override_methods, is_form, override_methods, path_readings
+from egress.secrets import SecretValue
+
+if TYPE_CHECKING:
+    from egress.resolver import Picked
 
 
 @dataclass(frozen=True)
@@ -90,3 +113,406 @@ def decide_url(
         return Outcome(Decision(False, Reason.RESOLVED_PRIVATE, d.rule, detail), host, port, scheme, path,
                        refused=tuple(refused))  # fmt: skip
     return Outcome(d, host, port, scheme, path, ok[0], tuple(refused))
+
+
+# --- One whole request, every check in the proxy's order (egress check) ------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request as a client sends it through the proxy: method, URL (``http`` or
+    ``https``), every header it sends (``Host`` included) and the body as sent."""
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One check, in the proxy's order. ``passed`` is None when check cannot know (an
+    address only the running proxy resolves) and for a check not reached."""
+
+    check: str
+    passed: bool | None
+    detail: str
+    reason: Reason | None = None
+    reached: bool = True
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """One rule against the request, each dimension on its own."""
+
+    rule: Rule
+    host: bool
+    port: bool
+    scheme: bool
+    method: bool
+    path: bool
+    websocket: bool
+
+    @property
+    def allows(self) -> bool:
+        return all((self.host, self.port, self.scheme, self.method, self.path, self.websocket))
+
+
+@dataclass(frozen=True)
+class SecretMatch:
+    """One secret against the request: bound to its host, and where its placeholder is."""
+
+    spec: SecretSpec
+    bound: bool
+    placeholder_in: tuple[str, ...]
+
+
+@dataclass
+class Verdict:
+    request: Request
+    reason: Reason = Reason.ALLOWED
+    detail: str = ""
+    rule: Rule | None = None  # the rule that allowed, or the closest one that did not
+    host: str = ""  # canonical once the host check passed
+    port: int = 0
+    scheme: str = ""
+    path: str = "/"  # path and query
+    websocket: bool = False
+    overrides: list[str] = field(default_factory=list)
+    address: IPAddress | None = None  # the address the proxy would dial, when known here
+    secret: str | None = None  # the secret a secret check named
+    injected: list[str] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    rules: list[RuleMatch] = field(default_factory=list)
+    secrets: list[SecretMatch] = field(default_factory=list)
+
+    @property
+    def allowed(self) -> bool:
+        return self.reason is Reason.ALLOWED
+
+    @property
+    def decision(self) -> str:
+        """allow, deny, or error (the proxy could not do what the request needs), as in the
+        audit record."""
+        if self.allowed:
+            return "allow"
+        return "deny" if http_status(self.reason) < 500 else "error"
+
+
+# Answers a name without sending anything: the resolver's Picked or Refused, or None when
+# only the running proxy can know (it would send a DNS query).
+Resolve = Callable[[str, int], "Picked | Refused | None"]
+
+# The proxy's order. HTTPS: the CONNECT's checks, then the request's inside the tunnel.
+# Plain HTTP: the request's, then the address. See docs/policy.md: The steps, in order.
+STEPS_HTTPS = ("url", "userinfo", "host", "host name", "tunnel", "address", "grammar",
+               "proxy header", "host header", "upgrade", "allowlist", "streamed form", "body size",
+               "secrets", "body method", "body encoding", "body secrets")  # fmt: skip
+STEPS_HTTP = ("url", "grammar", "userinfo", "host", "proxy header", "host header", "host name",
+              "upgrade", "allowlist", "address", "streamed form", "body size", "secrets",
+              "body method", "body encoding", "body secrets")  # fmt: skip
+# Steps whose refusal names no rule (the others name the rule that allowed the request
+# so far, or the closest one that did not).
+RULELESS_STEPS = frozenset({"url", "userinfo", "host", "host name", "grammar", "proxy header",
+                            "host header", "upgrade", "body size"})  # fmt: skip
+ALLOWLIST_REASONS = frozenset({Reason.HOST_NOT_ALLOWED, Reason.IP_LITERAL, Reason.PORT_NOT_ALLOWED,
+                               Reason.SCHEME_NOT_ALLOWED, Reason.METHOD_NOT_ALLOWED,
+                               Reason.PATH_NOT_ALLOWED, Reason.WEBSOCKET_NOT_ALLOWED})  # fmt: skip
+
+
+class _Refused(Exception):
+    def __init__(self, reason: Reason, detail: str, secret: str | None = None):
+        super().__init__(reason.value)
+        self.reason, self.detail, self.secret = reason, detail, secret
+
+
+def upgrade_tokens(headers: Sequence[tuple[str, str]]) -> list[str]:
+    """The protocols a request asks to upgrade to, lower case."""
+    return [t.strip().lower() for k, v in headers if k.lower() == "upgrade"
+            for t in v.split(",") if t.strip()]  # fmt: skip
+
+
+def proxy_header_problem(headers: Sequence[tuple[str, str]]) -> tuple[Reason, str] | None:
+    """httpoxy: a 'Proxy' header becomes HTTP_PROXY in CGI-style servers."""
+    if any(fold_name(name) == "proxy" for name, _ in headers):
+        return Reason.PROXY_HEADER, "the request carries a 'Proxy' header (httpoxy); remove it"
+    return None
+
+
+def host_header_problem(
+    host: str, port: int, scheme: str, host_headers: Sequence[str]
+) -> tuple[Reason, str] | None:
+    """An HTTP/1.1 request's Host header must name the host being decided: one header, the
+    same host, and the same port when it names one."""
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if len(host_headers) > 1:
+        return Reason.HOST_HEADER_MISMATCH, "the request has more than one Host header"
+    if not host_headers:
+        return Reason.HOST_HEADER_MISMATCH, "the request has no Host header"
+    claimed = host_headers[0]
+    try:
+        c_host, c_port = split_host_port(claimed, 443 if scheme == "https" else 80)
+        c_host = canonical_host(c_host)
+    except InvalidHost:
+        return Reason.HOST_HEADER_MISMATCH, f"the Host header {claimed!r} is not a valid host"
+    if c_host != host or (":" in claimed.rsplit("]", 1)[-1] and c_port != port):
+        return (
+            Reason.HOST_HEADER_MISMATCH,
+            f"the Host header names {claimed!r} but the request goes to {authority}",
+        )
+    return None
+
+
+def match_rules(
+    allowlist: Allowlist, scheme: str, host: str, port: int, methods: Sequence[str], path: str,
+    websocket: bool,
+) -> list[RuleMatch]:  # fmt: skip
+    """Every rule against the request, each dimension on its own (for explaining a
+    decision; the decision itself is Allowlist.decide's)."""
+    readings, unjudgeable = path_readings(path.split("?", 1)[0] or "/")
+    return [
+        RuleMatch(
+            rule=r,
+            host=r.host.matches(host),
+            port=port in r.ports,
+            scheme=scheme in r.schemes,
+            method=r.methods is None or all(m in r.methods for m in methods),
+            path=_path_allowed(r, readings, unjudgeable),
+            websocket=r.websocket or not websocket,
+        )  # fmt: skip
+        for r in allowlist.rules
+    ]
+
+
+def _raw_host(netloc: str) -> str:
+    """The host of a URL's authority as written (no userinfo, port or brackets)."""
+    hostport = netloc.rpartition("@")[2]
+    if hostport.startswith("[") and "]" in hostport:
+        return hostport[1 : hostport.index("]")]
+    return hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
+
+
+def decide_request(
+    req: Request,
+    allowlist: Allowlist,
+    secrets: Sequence[tuple[SecretSpec, SecretValue | None]],
+    forms: dict[str, list[SecretForms]],
+    *,
+    max_body_bytes: int,
+    resolve: Resolve,
+    transparent: bool = False,
+) -> Verdict:
+    """Decide one request the way the proxy does, every check in the proxy's order, and
+    record each one. ``secrets``: each secret and its value (None: not loaded); the leak
+    guard looks for the ``forms`` given (none: placeholders only). Pure but for ``resolve``.
+    """
+    parts = urlsplit(req.url)
+    scheme = parts.scheme.lower()
+    method = req.method
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = list(req.headers)
+    host_headers = [value for name, value in headers if name.lower() == "host"]
+    body = req.body or None
+    streamed = body is not None and len(body) > max_body_bytes  # mitmproxy streams it
+    content_type = next((val for k, val in headers if k.lower() == "content-type"), "")
+    encoding = next((val for k, val in headers if k.lower() == "content-encoding"), "")
+    specs = [s for s, _ in secrets]
+    raw_host = _raw_host(parts.netloc)
+    v = Verdict(req, host=raw_host, scheme=scheme, path=path)
+    state: dict[str, Any] = {}
+
+    def refuse(reason: Reason, detail: str, secret: str | None = None) -> NoReturn:
+        raise _Refused(reason, detail, secret)
+
+    def url() -> str:
+        try:
+            v.port = parts.port or (443 if scheme == "https" else 80)
+        except ValueError:
+            refuse(Reason.INVALID_HOST, f"invalid port in {req.url!r}")
+        if scheme not in ("http", "https"):
+            refuse(Reason.SCHEME_NOT_ALLOWED, f"{scheme!r} is not proxied")
+        return f"scheme {scheme}, port {v.port}"
+
+    def userinfo() -> str:
+        if parts.username is not None or parts.password is not None:
+            refuse(Reason.USERINFO_IN_URL,
+                   "the URL carries credentials ('user@'); send them in a header instead")  # fmt: skip
+        return "the URL carries no 'user@'"
+
+    def host() -> str:
+        try:
+            v.host = canonical_host(raw_host)
+        except InvalidHost as e:
+            refuse(Reason.INVALID_HOST, str(e))
+        return f"canonical host {v.host!r}"
+
+    def host_name() -> str:
+        named = raw_host if scheme == "https" else (host_headers[0] if host_headers else raw_host)
+        leak = host_leak([named, v.host], v.host, specs, forms)
+        if leak is not None:
+            refuse(leak.reason, leak.detail, leak.secret)
+        return "no placeholder or value of a secret bound elsewhere in the host name"
+
+    def tunnel() -> str:
+        d = allowlist.decide_connect(v.host, v.port)
+        v.rule = d.rule
+        if not d.allowed:
+            refuse(d.reason, d.detail)
+        return f"CONNECT {v.host}:{v.port} is allowed by {d.rule_label}"
+
+    def address() -> str | None:
+        picked = resolve(v.host, v.port)
+        if picked is None:
+            return None
+        if isinstance(picked, Refused):
+            refuse(picked.reason, picked.detail)
+        v.address = picked.address
+        refused = "".join(f"; not {a} ({why})" for a, why in picked.refused)
+        return f"dials {picked.address}{refused}"
+
+    def grammar() -> str:
+        # Inside a tunnel (and when redirected) the target is a path; plain HTTP through the
+        # proxy names its authority.
+        absolute = scheme == "http" and not transparent
+        authority = parts.netloc.encode("utf-8", "surrogateescape") if absolute else b""
+        fields = [(k.encode("utf-8", "surrogateescape"), val.encode("utf-8", "surrogateescape"))
+                  for k, val in headers]  # fmt: skip
+        problem = request_problem(method.encode("utf-8", "surrogateescape"), scheme.encode(),
+                                  authority, path.encode("utf-8", "surrogateescape"), fields,
+                                  http2=False, tls=scheme == "https")  # fmt: skip
+        if problem is not None:
+            refuse(Reason.MALFORMED_REQUEST, problem)
+        return "method, target and headers are well formed"
+
+    def proxy_header() -> str:
+        problem = proxy_header_problem(headers)
+        if problem is not None:
+            refuse(*problem)
+        return "no 'Proxy' header"
+
+    def host_header() -> str:
+        problem = host_header_problem(v.host, v.port, scheme, host_headers)
+        if problem is not None:
+            refuse(*problem)
+        return f"the Host header {host_headers[0]!r} names the host"
+
+    def upgrade() -> str:
+        tokens = upgrade_tokens(headers)
+        if tokens and tokens != ["websocket"]:
+            refuse(Reason.UPGRADE_NOT_ALLOWED,
+                   f"the request asks to upgrade to {', '.join(tokens)!r}; only WebSocket upgrades can be allowed")  # fmt: skip
+        v.websocket = tokens == ["websocket"]
+        return "a WebSocket upgrade" if v.websocket else "no upgrade"
+
+    def allow() -> str:
+        v.overrides = override_methods(headers, path)
+        d = allowlist.decide(scheme, v.host, v.port, method, path, v.websocket, v.overrides)
+        v.rule = d.rule
+        if not d.allowed:
+            refuse(d.reason, d.detail)
+        return f"allowed by {d.rule_label}"
+
+    def streamed_form() -> str:
+        if streamed and is_form(content_type) and allowlist.restricts_methods(v.host):
+            refuse(Reason.METHOD_NOT_ALLOWED,
+                   f"the form body is over limits.max_body_bytes ({max_body_bytes}), so its "
+                   f"'_method' parameter cannot be checked against the methods allowed for {v.host!r}")  # fmt: skip
+        return "no form body too large to check for '_method'"
+
+    def body_size() -> str:
+        denial = unscannable_body(len(body or b""), max_body_bytes, specs, v.host)
+        if denial is not None:
+            refuse(denial.reason, denial.detail)
+        if streamed:
+            return f"the body ({len(body or b'')} bytes) streams unread: no secret on this host injects into bodies"  # fmt: skip
+        return "the body is read whole" if body else "no body"
+
+    def in_headers() -> str:
+        drop = ("proxy-authorization", "proxy-connection")
+        sent = tuple((k, val) for k, val in headers if fold_name(k) not in drop)
+        first = RequestParts(scheme, v.host, method, path, sent, None, content_type, transparent)
+        state["signed"] = is_signed(first)
+        result = plan(first, list(secrets), forms)
+        if isinstance(result, Denial):
+            refuse(result.reason, result.detail, result.secret)
+        v.injected += result.injected
+        return _injected("headers, path and query", result.injected)
+
+    def body_method() -> str:
+        if body is None or streamed:
+            return "no body read"
+        if not is_form(content_type) or not allowlist.restricts_methods(v.host):
+            return "not a form body, or no rule for this host restricts methods"
+        try:
+            decoded = decoding.decode(body, encoding, max_body_bytes)
+        except decoding.DecodeError:
+            refuse(Reason.METHOD_NOT_ALLOWED,
+                   "the form body cannot be decoded within limits.max_body_bytes, so its '_method' "
+                   f"parameter cannot be checked against the methods allowed for {v.host!r}")  # fmt: skip
+        in_body = body_override_methods(decoded, content_type)
+        if not in_body:
+            return "no '_method' in the form body"
+        v.overrides = [*override_methods(headers, path), *in_body]
+        d = allowlist.decide(scheme, v.host, v.port, method, path, False, v.overrides)
+        if not d.allowed:
+            v.rule = d.rule
+            refuse(d.reason, d.detail)
+        return f"'_method' {', '.join(in_body)} is allowed by {d.rule_label}"
+
+    def body_encoding() -> str:
+        if body is None or streamed:
+            return "no body read"
+        try:
+            state["body"] = decoding.decode(body, encoding, max_body_bytes)
+        except decoding.DecodeError:
+            denial = undecodable_body(encoding, max_body_bytes)
+            refuse(denial.reason, denial.detail)
+        return f"decoded ({encoding})" if encoding else "not encoded"
+
+    def body_secrets() -> str:
+        decoded = state.get("body")
+        if not decoded:
+            return "no body read"
+        second = RequestParts(scheme, v.host, method, "/", (), decoded, content_type, transparent)
+        result = refuse_signed_body(plan(second, list(secrets), forms), state.get("signed", False))
+        if isinstance(result, Denial):
+            refuse(result.reason, result.detail, result.secret)
+        v.injected += result.injected
+        return _injected("body", result.injected)
+
+    checks: dict[str, Callable[[], str | None]] = {
+        "url": url, "userinfo": userinfo, "host": host, "host name": host_name, "tunnel": tunnel,
+        "address": address, "grammar": grammar, "proxy header": proxy_header,
+        "host header": host_header, "upgrade": upgrade, "allowlist": allow,
+        "streamed form": streamed_form, "body size": body_size, "secrets": in_headers,
+        "body method": body_method, "body encoding": body_encoding, "body secrets": body_secrets,
+    }  # fmt: skip
+    order = STEPS_HTTP if scheme == "http" else STEPS_HTTPS
+    for i, check in enumerate(order):
+        try:
+            detail = checks[check]()
+        except _Refused as e:
+            v.reason, v.detail, v.secret = e.reason, e.detail, e.secret
+            if check in RULELESS_STEPS:
+                v.rule = None  # refused on its own, not by or after a rule (as audited)
+            v.steps.append(Step(check, False, e.detail, e.reason))
+            v.steps += [Step(c, None, "not reached", reached=False) for c in order[i + 1 :]]
+            break
+        if detail is None:
+            v.steps.append(Step(check, None, "not in upstream.resolve: the running proxy "
+                                "resolves it and checks every answer before it dials"))  # fmt: skip
+        else:
+            v.steps.append(Step(check, True, detail))
+    if any(s.check == "host" and s.passed for s in v.steps):
+        v.rules = match_rules(allowlist, scheme, v.host, v.port, [method, *v.overrides], path,
+                              v.websocket)  # fmt: skip
+        whole = RequestParts(scheme, v.host, method, path, tuple(headers), body)
+        v.secrets = [SecretMatch(s, s.bound_to(v.host), tuple(_surfaces_with(whole, s.placeholder)))
+                     for s in specs]  # fmt: skip
+    return v
+
+
+def _injected(where: str, names: list[str]) -> str:
+    if names:
+        return f"injects {', '.join(names)} ({where})"
+    return f"nothing to inject and nothing of a secret bound elsewhere ({where})"

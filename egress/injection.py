@@ -189,6 +189,40 @@ def host_leak(
     return None
 
 
+def unscannable_body(length: int, limit: int, specs: list[SecretSpec], host: str) -> Denial | None:
+    """A body over ``limits.max_body_bytes`` streams unbuffered: on a host with a secret that
+    injects into bodies it cannot be scanned for placeholders, so the request is refused."""
+    if length > limit and any("body" in s.surfaces and s.bound_to(host) for s in specs):
+        return Denial(
+            Reason.BODY_TOO_LARGE,
+            f"the request body ({length} bytes) is over limits.max_body_bytes "
+            f"({limit}) and cannot be scanned for placeholders",
+        )
+    return None
+
+
+def undecodable_body(content_encoding: str, limit: int) -> Denial:
+    """A body egress cannot decode within the limit cannot be checked."""
+    return Denial(
+        Reason.BODY_TOO_LARGE,
+        f"the request body's content-encoding ({content_encoding!r}) cannot be decoded within "
+        f"limits.max_body_bytes ({limit}), so it cannot be checked for placeholders and secrets",
+    )
+
+
+def refuse_signed_body(result: Denial | Injection, signed: bool) -> Denial | Injection:
+    """The body phase of a signed request (see ``is_signed``, decided on its headers): a
+    placeholder in its body cannot be swapped without breaking the signature."""
+    if isinstance(result, Injection) and result.injected and signed:
+        return Denial(
+            Reason.SIGNATURE_SCHEME_UNSUPPORTED,
+            "the request is signed (AWS SigV4) and its body carries a placeholder: the signature "
+            "was computed over the placeholder; egress does not inject into signed requests",
+            result.injected[0],
+        )
+    return result
+
+
 def plan(
     req: RequestParts,
     secrets: list[tuple[SecretSpec, SecretValue | None]],

@@ -125,6 +125,22 @@ CHECKS = [
     ),
     (["https://u:p@api.egress.test:{port}/"], 1, ["reason:  userinfo_in_url"]),
     (["https://API.EGRESS.TEST.:{port}/x"], 0, ["ALLOW GET"]),
+    # The secret checks run too (tests/test_check.py compares them with the proxy's).
+    (
+        ["https://other.egress.test:{port}/leak?q=" + PH],
+        1,
+        ["DENY GET", "reason:  placeholder_to_unbound_host (403)", "secret:  api_token"],
+    ),
+    (
+        ["-H", f"Authorization: Bearer {PH}", "https://api.egress.test:{port}/x"],
+        0,
+        ["ALLOW GET", "secrets: api_token (injected)"],
+    ),
+    (
+        ["-H", f"X-Leak: {SECRET}", "https://other.egress.test:{port}/x"],
+        1,
+        ["reason:  secret_to_unbound_host", "real value of secret 'api_token'"],
+    ),
 ]
 
 
@@ -137,6 +153,22 @@ def test_check(cfg: Path, upstream: Upstream, args: list[str], code: int, parts:
     assert upstream.connections == 0, "check must not send anything"
     assert_no_secret(r.stdout, r.stderr)
     assert OTHER_SECRET not in r.stdout
+
+
+def test_check_refuses_like_a_proxy_that_cannot_start(cfg: Path, upstream: Upstream) -> None:
+    """A required secret that cannot be loaded stops egress run; check exits 2 with the
+    same message instead of deciding anything."""
+    env = proxy_env()
+    del env["EGRESS_TEST_API_TOKEN"]
+    r = egress("check", "--config", str(cfg), f"https://api.egress.test:{upstream.port}/x", env=env)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == (
+        "egress: error: secret 'api_token' (env:EGRESS_TEST_API_TOKEN): "
+        "$EGRESS_TEST_API_TOKEN is not set"
+    )
+    r = egress("check", "--config", str(cfg), "--no-secrets",
+               f"https://api.egress.test:{upstream.port}/x", env=env)  # fmt: skip
+    assert r.returncode == 0 and "secrets not loaded (--no-secrets)" in r.stdout
 
 
 def test_two_proxies_never_share_a_ca_file(cfg: Path, upstream: Upstream, tmp_path: Path) -> None:

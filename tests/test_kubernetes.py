@@ -71,7 +71,7 @@ def test_the_config_map_holds_a_valid_transparent_config(tmp_path: Path) -> None
     assert cfg.vault is not None and cfg.vault.auth.method == "kubernetes"
     # egress check gives the decisions the pod will get, without Vault or any traffic.
     for url, code in (("https://api.github.com/user", 0), ("https://example.com/", 1)):
-        r = subprocess.run(egress_cmd("check", "--config", str(path), url),
+        r = subprocess.run(egress_cmd("check", "--no-secrets", "--config", str(path), url),
                            capture_output=True, text=True, env=proxy_env(), timeout=60)  # fmt: skip
         assert r.returncode == code, r.stdout + r.stderr
     assert Reason.HOST_NOT_ALLOWED.value in r.stdout

@@ -97,7 +97,8 @@ class TimeBucket:
     start: str  # ISO 8601, UTC
     by_decision: dict[str, int]  # allow / deny / error -> count
     by_reason: dict[str, int]
-    by_host: dict[str, dict[str, int]]  # host (top hosts, the rest as "(other)") -> decision -> count
+    # host (the top hosts, the rest as "(other)") -> decision -> count
+    by_host: dict[str, dict[str, int]]
 
 
 @dataclass
