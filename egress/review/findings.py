@@ -142,12 +142,30 @@ def check_domain_facts(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding
                            f"{rule.host.text}{where}: {title} ({fact.matched})",
                            explanation, _fact_fix(rule, fact))  # fmt: skip
             if fact.category in STORING - {"code_host_write", "file_upload_api"} and _writes(rule):
-                yield _finding(cfg, "write_to_user_content", f"{rule.label}.methods",
-                               rule.host.text,
-                               f"{_methods_text(rule)} allowed on {rule.host.text}, which stores "
-                               "what it is sent",
-                               "An agent can upload data there for anyone to fetch later.",
-                               f"Restrict {rule.label} to methods: [GET, HEAD], or remove it.")  # fmt: skip
+                yield _write_finding(cfg, rule, fact)
+
+
+def _write_finding(cfg: Config, rule: Rule, fact: domains.HostFact) -> Finding:
+    """Write methods on a host that keeps what it is sent. Where publishing there takes an
+    account (a site list such as LOTS, not an anonymous paste or bucket) and a secret bound
+    to the host refuses every credential but its placeholder, the agent can write only as
+    that secret's account: still a channel, but not to a place of the agent's choosing."""
+    guards = [s.name for s in cfg.secrets
+              if s.require_placeholder and any(covers(h, rule.host) for h in s.hosts)]  # fmt: skip
+    account_only = fact.category == "user_content" and fact.source.startswith("MISP") and guards
+    explanation = "An agent can upload data there for anyone to fetch later."
+    if account_only:
+        explanation = (
+            f"Publishing there takes an account, and egress refuses every credential on "
+            f"{rule.host.text} but the placeholder of {', '.join(guards)}: the agent can write "
+            "only as that account, which someone watching it may notice, but it can write."
+        )
+    return _finding(cfg, "write_to_user_content", f"{rule.label}.methods", rule.host.text,
+                    f"{_methods_text(rule)} allowed on {rule.host.text}, which stores what it "
+                    "is sent", explanation,
+                    f"Restrict {rule.label} to methods: [GET, HEAD] (or to the paths that "
+                    "must write), or remove it.",
+                    "medium" if account_only else None)  # fmt: skip
 
 
 FRONTING_NOTE = (
