@@ -27,6 +27,20 @@ from egress.injection import Denial, host_leak
 from egress.messages import how_to_allow
 from egress.policy import Decision
 from egress.reasons import Reason
+from egress.request_checks import (
+    PROXY_ONLY_HEADERS,
+    Problem,
+    absolute_form_problem,
+    authority,
+    host_header_problem,
+    proxy_header_problem,
+    sni_problem,
+    undecodable_form,
+    unreadable_form,
+    upgrade_problem,
+    upgrade_tokens,
+    userinfo_problem,
+)
 from egress.resolver import Refused
 from egress.routing import body_override_methods, is_form, override_methods
 from egress.runtime import Tunnel
@@ -128,10 +142,10 @@ class Allowlist(EgressAddon):
                          "the request has no Host header; in transparent mode it names the host")  # fmt: skip
                     return
             else:
-                if "@" in req.authority:
+                userinfo = userinfo_problem(req.authority)
+                if userinfo is not None:
                     m.update(host=req.host, port=req.port, scheme=scheme)
-                    deny(flow, rt, Reason.USERINFO_IN_URL,
-                         "the URL carries credentials ('user@'); send them in a header instead")  # fmt: skip
+                    deny(flow, rt, *userinfo)
                     return
                 host, port = canonical_host(req.host), req.port
         except InvalidHost as e:
@@ -139,23 +153,22 @@ class Allowlist(EgressAddon):
             deny(flow, rt, Reason.INVALID_HOST, str(e))
             return
         m.update(host=host, port=port, scheme=scheme, path=redact_path(req.path),
-                 url=f"{scheme}://{_authority(host, port)}{req.path}")  # fmt: skip
+                 url=f"{scheme}://{authority(host, port)}{req.path}")  # fmt: skip
         problem = _proxy_header(flow) or _identity_problem(
             flow, host, port, tunnel is not None or transparent
         )
         if problem is not None:
-            deny(flow, rt, problem[0], problem[1])
+            deny(flow, rt, *problem)
             return
         if tunnel is None:  # a name egress is about to resolve (a tunnel's was checked)
             leak = self._host_leak(req.host_header or req.host, host)
             if leak is not None:
                 deny(flow, rt, leak.reason, leak.detail, secret=leak.secret)
                 return
-        upgrade = _upgrade_tokens(req)
-        if upgrade and upgrade != ["websocket"]:
-            # mitmproxy relays any other upgraded protocol as raw TCP, past every rule.
-            deny(flow, rt, Reason.UPGRADE_NOT_ALLOWED,
-                 f"the request asks to upgrade to {', '.join(upgrade)!r}; only WebSocket upgrades can be allowed")  # fmt: skip
+        upgrade = upgrade_tokens(req.headers.items(multi=True))
+        problem = upgrade_problem(upgrade)
+        if problem is not None:
+            deny(flow, rt, *problem)
             return
         websocket = upgrade == ["websocket"]
         overrides = override_methods(req.headers.items(multi=True), req.path)
@@ -180,16 +193,10 @@ class Allowlist(EgressAddon):
             # No permessage-deflate: what the agent sends is checked as sent, and nothing is
             # inflated past what went over the wire.
             req.headers.pop("sec-websocket-extensions", None)
-        if (
-            req.stream
-            and is_form(req.headers.get("content-type", ""))
-            and rt.allowlist.restricts_methods(host)
-        ):
-            # A form body can name a _method; one too large to read cannot be checked.
-            deny(flow, rt, Reason.METHOD_NOT_ALLOWED,
-                 f"the form body is over limits.max_body_bytes ({rt.config.max_body_bytes}), so its "
-                 f"'_method' parameter cannot be checked against the methods allowed for {host!r}",
-                 rule=d.rule_label)  # fmt: skip
+        problem = unreadable_form(bool(req.stream), req.headers.get("content-type", ""),
+                                  rt.allowlist, host, rt.config.max_body_bytes)  # fmt: skip
+        if problem is not None:
+            deny(flow, rt, *problem, rule=d.rule_label)
             return
         m.update(decision="allow", reason=Reason.ALLOWED.value, rule=d.rule_label)
 
@@ -204,10 +211,7 @@ class Allowlist(EgressAddon):
             return
         body = decoded_body(req, rt.config.max_body_bytes)
         if body is None:
-            deny(flow, rt, Reason.METHOD_NOT_ALLOWED,
-                 "the form body cannot be decoded within limits.max_body_bytes, so its '_method' "
-                 f"parameter cannot be checked against the methods allowed for {m['host']!r}",
-                 rule=m.get("rule"))  # fmt: skip
+            deny(flow, rt, *undecodable_form(m["host"]), rule=m.get("rule"))
             return
         in_body = body_override_methods(body, content_type)
         if not in_body:
@@ -355,7 +359,8 @@ class Allowlist(EgressAddon):
             # egress never offers permessage-deflate; an upstream that claims it anyway gets
             # no inflater (its compressed frames then fail as protocol errors).
             flow.response.headers.pop("sec-websocket-extensions", None)
-            if flow.response.status_code == 101 and _upgrade_tokens(flow.request) != ["websocket"]:
+            switched = flow.response.status_code == 101
+            if switched and upgrade_tokens(flow.request.headers.items(multi=True)) != ["websocket"]:
                 # Whatever the request said, never switch protocols to anything but WebSocket.
                 meta(flow).update(decision="deny", reason=Reason.UPGRADE_NOT_ALLOWED.value,
                                   detail="the upstream switched protocols without an allowed WebSocket upgrade")  # fmt: skip
@@ -372,10 +377,6 @@ def _original_ip(client: connection.Client) -> IPAddress:
     return ipaddress.ip_address(str(client.sockname[0]).split("%", 1)[0])
 
 
-def _authority(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _grammar_problem(flow: http.HTTPFlow) -> str | None:
     """Bytes the HTTP grammar forbids in the method, target, scheme, authority or headers
     would be read differently by the next parser (an HTTP/1.1 upstream reading an HTTP/2
@@ -387,20 +388,14 @@ def _grammar_problem(flow: http.HTTPFlow) -> str | None:
     )  # fmt: skip
 
 
-def _upgrade_tokens(req: http.Request) -> list[str]:
-    return [
-        t.strip().lower() for v in req.headers.get_all("upgrade") for t in v.split(",") if t.strip()
-    ]
-
-
-def _proxy_header(flow: http.HTTPFlow) -> tuple[Reason, str] | None:
-    """A client must not choose a proxy for the upstream: a 'Proxy' header becomes HTTP_PROXY
-    in CGI-style servers (httpoxy). Credentials and options meant for a proxy never go
-    upstream either."""
+def _proxy_header(flow: http.HTTPFlow) -> Problem | None:
+    """A client must not choose a proxy for the upstream (httpoxy). Credentials and options
+    meant for a proxy never go upstream either."""
     headers = flow.request.headers
-    if any(fold_name(name) == "proxy" for name in headers):
-        return Reason.PROXY_HEADER, "the request carries a 'Proxy' header (httpoxy); remove it"
-    for name in [n for n in headers if fold_name(n) in ("proxy-authorization", "proxy-connection")]:
+    problem = proxy_header_problem(headers.items(multi=True))
+    if problem is not None:
+        return problem
+    for name in [n for n in headers if fold_name(n) in PROXY_ONLY_HEADERS]:
         headers.pop(name, None)  # also Proxy_Authorization, which CGI servers read alike
     te = headers.get_all("te")
     if te_offers(te):
@@ -412,56 +407,20 @@ def _proxy_header(flow: http.HTTPFlow) -> tuple[Reason, str] | None:
     return None
 
 
-def _identity_problem(
-    flow: http.HTTPFlow, host: str, port: int, in_tunnel: bool
-) -> tuple[Reason, str] | None:
+def _identity_problem(flow: http.HTTPFlow, host: str, port: int, in_tunnel: bool) -> Problem | None:
     """The Host header (or :authority) and the TLS SNI must name the host being decided."""
     req = flow.request
-    if in_tunnel and req.http_version.startswith("HTTP/1") and req.authority:
-        return (
-            Reason.ABSOLUTE_FORM_IN_TUNNEL,
-            f"inside a tunnel to {_authority(host, port)}, the request names a target of its own "
-            f"({req.authority!r}); send origin-form requests (a path) inside a tunnel",
-        )
-    host_headers = req.headers.get_all("host")
-    if len(host_headers) > 1:
-        return Reason.HOST_HEADER_MISMATCH, "the request has more than one Host header"
-    claimed = req.host_header
-    if claimed is None:
-        return Reason.HOST_HEADER_MISMATCH, "the request has no Host header"
-    default_port = 443 if req.scheme == "https" else 80
-    try:
-        c_host, c_port = split_host_port(claimed, default_port)
-        c_host = canonical_host(c_host)
-    except InvalidHost:
-        return Reason.HOST_HEADER_MISMATCH, f"the Host header {claimed!r} is not a valid host"
-    if c_host != host or (":" in claimed.rsplit("]", 1)[-1] and c_port != port):
-        return (
-            Reason.HOST_HEADER_MISMATCH,
-            f"the Host header names {claimed!r} but the request goes to {_authority(host, port)}",
-        )
-    for value in host_headers:  # HTTP/2: a Host header beside :authority must agree too
-        try:
-            h, h_port = split_host_port(value, default_port)
-            same = canonical_host(h) == host and (
-                ":" not in value.rsplit("]", 1)[-1] or h_port == port
-            )
-        except InvalidHost:
-            same = False
-        if not same:
-            return (
-                Reason.HOST_HEADER_MISMATCH,
-                f"the Host header names {value!r} but the request goes to {_authority(host, port)}",
-            )
+    if in_tunnel and req.http_version.startswith("HTTP/1"):
+        problem = absolute_form_problem(host, port, req.authority)
+        if problem is not None:
+            return problem
+    http2_authority = req.authority if req.is_http2 or req.is_http3 else ""
+    problem = host_header_problem(host, port, req.scheme, req.headers.get_all("host"),
+                                  http2_authority)  # fmt: skip
+    if problem is not None:
+        return problem
     sni = flow.client_conn.sni if in_tunnel and req.scheme == "https" else None
-    if sni:
-        try:
-            sni_host = canonical_host(sni)
-        except InvalidHost:
-            sni_host = sni
-        if sni_host != host:
-            return Reason.SNI_MISMATCH, f"the TLS SNI names {sni!r} but the tunnel goes to {host!r}"
-    return None
+    return sni_problem(sni, host) if sni else None
 
 
 addons = [Allowlist()]

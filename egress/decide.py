@@ -1,7 +1,8 @@
 """One request's whole decision, without sending anything.
 
 The same steps the proxy takes, as pure functions over plain data; the proxy runs the same
-pieces in its hooks. ``decide_url``: URL, allowlist and addresses (the conformance table).
+pieces in its hooks (each request check itself is in ``egress.request_checks``, the
+allowlist, injection and grammar modules: one copy, shared). ``decide_url``: URL, allowlist and addresses (the conformance table).
 ``decide_request``: a whole request (headers and body too) through every check in the
 proxy's order, the secret checks included, each step recorded (``egress check``).
 """
@@ -20,20 +21,31 @@ from egress.config import Rule, SecretSpec
 from egress.encodings import SecretForms
 from egress.errors import InvalidHost
 from egress.grammar import fold_name, request_problem
-from egress.hostnames import IPAddress, canonical_host, is_ip, split_host_port
+from egress.hostnames import IPAddress, canonical_host, is_ip
 from egress.injection import (
     Denial,
     RequestParts,
-    _surfaces_with,
     host_leak,
     is_signed,
     plan,
     refuse_signed_body,
+    surfaces_with,
     undecodable_body,
     unscannable_body,
 )
-from egress.policy import Allowlist, Decision, _path_allowed
+from egress.policy import Allowlist, Decision, path_allowed
 from egress.reasons import Reason, http_status
+from egress.request_checks import (
+    PROXY_ONLY_HEADERS,
+    Problem,
+    host_header_problem,
+    proxy_header_problem,
+    undecodable_form,
+    unreadable_form,
+    upgrade_problem,
+    upgrade_tokens,
+    userinfo_problem,
+)
 from egress.resolver import Refused
 from egress.routing import body_override_methods, is_form, override_methods, path_readings
 from egress.secrets import SecretValue
@@ -226,43 +238,6 @@ class _Refused(Exception):
         self.reason, self.detail, self.secret = reason, detail, secret
 
 
-def upgrade_tokens(headers: Sequence[tuple[str, str]]) -> list[str]:
-    """The protocols a request asks to upgrade to, lower case."""
-    return [t.strip().lower() for k, v in headers if k.lower() == "upgrade"
-            for t in v.split(",") if t.strip()]  # fmt: skip
-
-
-def proxy_header_problem(headers: Sequence[tuple[str, str]]) -> tuple[Reason, str] | None:
-    """httpoxy: a 'Proxy' header becomes HTTP_PROXY in CGI-style servers."""
-    if any(fold_name(name) == "proxy" for name, _ in headers):
-        return Reason.PROXY_HEADER, "the request carries a 'Proxy' header (httpoxy); remove it"
-    return None
-
-
-def host_header_problem(
-    host: str, port: int, scheme: str, host_headers: Sequence[str]
-) -> tuple[Reason, str] | None:
-    """An HTTP/1.1 request's Host header must name the host being decided: one header, the
-    same host, and the same port when it names one."""
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if len(host_headers) > 1:
-        return Reason.HOST_HEADER_MISMATCH, "the request has more than one Host header"
-    if not host_headers:
-        return Reason.HOST_HEADER_MISMATCH, "the request has no Host header"
-    claimed = host_headers[0]
-    try:
-        c_host, c_port = split_host_port(claimed, 443 if scheme == "https" else 80)
-        c_host = canonical_host(c_host)
-    except InvalidHost:
-        return Reason.HOST_HEADER_MISMATCH, f"the Host header {claimed!r} is not a valid host"
-    if c_host != host or (":" in claimed.rsplit("]", 1)[-1] and c_port != port):
-        return (
-            Reason.HOST_HEADER_MISMATCH,
-            f"the Host header names {claimed!r} but the request goes to {authority}",
-        )
-    return None
-
-
 def match_rules(
     allowlist: Allowlist, scheme: str, host: str, port: int, methods: Sequence[str], path: str,
     websocket: bool,
@@ -277,7 +252,7 @@ def match_rules(
             port=port in r.ports,
             scheme=scheme in r.schemes,
             method=r.methods is None or all(m in r.methods for m in methods),
-            path=_path_allowed(r, readings, unjudgeable),
+            path=path_allowed(r, readings, unjudgeable),
             websocket=r.websocket or not websocket,
         )  # fmt: skip
         for r in allowlist.rules
@@ -324,6 +299,10 @@ def decide_request(
     def refuse(reason: Reason, detail: str, secret: str | None = None) -> NoReturn:
         raise _Refused(reason, detail, secret)
 
+    def refuse_on(problem: Problem | None) -> None:
+        if problem is not None:
+            refuse(*problem)
+
     def url() -> str:
         try:
             v.port = parts.port or (443 if scheme == "https" else 80)
@@ -334,9 +313,7 @@ def decide_request(
         return f"scheme {scheme}, port {v.port}"
 
     def userinfo() -> str:
-        if parts.username is not None or parts.password is not None:
-            refuse(Reason.USERINFO_IN_URL,
-                   "the URL carries credentials ('user@'); send them in a header instead")  # fmt: skip
+        refuse_on(userinfo_problem(parts.netloc))
         return "the URL carries no 'user@'"
 
     def host() -> str:
@@ -385,22 +362,16 @@ def decide_request(
         return "method, target and headers are well formed"
 
     def proxy_header() -> str:
-        problem = proxy_header_problem(headers)
-        if problem is not None:
-            refuse(*problem)
+        refuse_on(proxy_header_problem(headers))
         return "no 'Proxy' header"
 
     def host_header() -> str:
-        problem = host_header_problem(v.host, v.port, scheme, host_headers)
-        if problem is not None:
-            refuse(*problem)
+        refuse_on(host_header_problem(v.host, v.port, scheme, host_headers))
         return f"the Host header {host_headers[0]!r} names the host"
 
     def upgrade() -> str:
         tokens = upgrade_tokens(headers)
-        if tokens and tokens != ["websocket"]:
-            refuse(Reason.UPGRADE_NOT_ALLOWED,
-                   f"the request asks to upgrade to {', '.join(tokens)!r}; only WebSocket upgrades can be allowed")  # fmt: skip
+        refuse_on(upgrade_problem(tokens))
         v.websocket = tokens == ["websocket"]
         return "a WebSocket upgrade" if v.websocket else "no upgrade"
 
@@ -413,10 +384,7 @@ def decide_request(
         return f"allowed by {d.rule_label}"
 
     def streamed_form() -> str:
-        if streamed and is_form(content_type) and allowlist.restricts_methods(v.host):
-            refuse(Reason.METHOD_NOT_ALLOWED,
-                   f"the form body is over limits.max_body_bytes ({max_body_bytes}), so its "
-                   f"'_method' parameter cannot be checked against the methods allowed for {v.host!r}")  # fmt: skip
+        refuse_on(unreadable_form(streamed, content_type, allowlist, v.host, max_body_bytes))
         return "no form body too large to check for '_method'"
 
     def body_size() -> str:
@@ -428,8 +396,7 @@ def decide_request(
         return "the body is read whole" if body else "no body"
 
     def in_headers() -> str:
-        drop = ("proxy-authorization", "proxy-connection")
-        sent = tuple((k, val) for k, val in headers if fold_name(k) not in drop)
+        sent = tuple((k, val) for k, val in headers if fold_name(k) not in PROXY_ONLY_HEADERS)
         first = RequestParts(scheme, v.host, method, path, sent, None, content_type, transparent)
         state["signed"] = is_signed(first)
         result = plan(first, list(secrets), forms)
@@ -446,9 +413,7 @@ def decide_request(
         try:
             decoded = decoding.decode(body, encoding, max_body_bytes)
         except decoding.DecodeError:
-            refuse(Reason.METHOD_NOT_ALLOWED,
-                   "the form body cannot be decoded within limits.max_body_bytes, so its '_method' "
-                   f"parameter cannot be checked against the methods allowed for {v.host!r}")  # fmt: skip
+            refuse(*undecodable_form(v.host))
         in_body = body_override_methods(decoded, content_type)
         if not in_body:
             return "no '_method' in the form body"
@@ -507,7 +472,7 @@ def decide_request(
         v.rules = match_rules(allowlist, scheme, v.host, v.port, [method, *v.overrides], path,
                               v.websocket)  # fmt: skip
         whole = RequestParts(scheme, v.host, method, path, tuple(headers), body)
-        v.secrets = [SecretMatch(s, s.bound_to(v.host), tuple(_surfaces_with(whole, s.placeholder)))
+        v.secrets = [SecretMatch(s, s.bound_to(v.host), tuple(surfaces_with(whole, s.placeholder)))
                      for s in specs]  # fmt: skip
     return v
 

@@ -69,7 +69,7 @@ def _decode_basic(value: str) -> str | None:
         return None
 
 
-def _surfaces_with(req: RequestParts, needle: str) -> list[str]:
+def surfaces_with(req: RequestParts, needle: str) -> list[str]:
     """Where does ``needle`` occur in the request? Surfaces: header, path, query, body."""
     found: list[str] = []
     path, _, query = req.path.partition("?")
@@ -241,7 +241,7 @@ def plan(
     # 1. Nothing of a secret may go to a host it is not bound to.
     unbound = [spec for spec, _ in secrets if not spec.bound_to(req.host)]
     for spec in unbound:
-        where = _surfaces_with(req, spec.placeholder)
+        where = surfaces_with(req, spec.placeholder)
         if where:
             return Denial(
                 Reason.PLACEHOLDER_TO_UNBOUND_HOST,
@@ -266,7 +266,7 @@ def plan(
         return foreign
     # 3. Each placeholder on its bound host: where it is, and whether it can be injected.
     for spec, value in secrets:
-        where = _surfaces_with(req, spec.placeholder) if spec.bound_to(req.host) else []
+        where = surfaces_with(req, spec.placeholder) if spec.bound_to(req.host) else []
         if not where:
             continue
         outside = [s for s in where if s not in spec.surfaces]

@@ -92,7 +92,7 @@ class Allowlist:
             (Reason.METHOD_NOT_ALLOWED,
              lambda r: r.methods is None or all(m in r.methods for m in methods), method_text),
             (Reason.PATH_NOT_ALLOWED,
-             lambda r: _path_allowed(r, readings, unjudgeable), path_text),
+             lambda r: path_allowed(r, readings, unjudgeable), path_text),
             (Reason.WEBSOCKET_NOT_ALLOWED, lambda r: r.websocket or not websocket, "a WebSocket upgrade"),
         )  # fmt: skip
         for reason, test, what in stages:
@@ -103,7 +103,7 @@ class Allowlist:
         return Decision(True, Reason.ALLOWED, rules[0])
 
 
-def _path_allowed(rule: Rule, readings: list[str], unjudgeable: str | None) -> bool:
+def path_allowed(rule: Rule, readings: list[str], unjudgeable: str | None) -> bool:
     """Every reading an upstream may route on must be under one of the rule's prefixes."""
     if rule.paths is None:
         return True
