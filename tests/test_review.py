@@ -160,15 +160,18 @@ secrets:
 DIFFS = [
     # (new config, reach grows?, a line that must be in the opened reach, closed reach)
     (OLD.replace("methods: [GET]", "methods: [GET, POST]"), True,
-     "this change lets `github_token` reach api.github.com with methods POST", None),
+     "this change lets `github_token` reach api.github.com with POST (allow[0])", None),
     (OLD.replace("  - host: pypi.org\n", "  - host: pypi.org\n  - host: gist.github.com\n").replace(
         "hosts: [api.github.com]", "hosts: [api.github.com, gist.github.com]"), True,
-     "this change lets `github_token` reach gist.github.com with any method", None),
-    (OLD + "    inject: [headers, body]\n", True, "surfaces body", None),
+     "this change lets `github_token` reach gist.github.com with any method injected in the headers", None),
+    (OLD + "    inject: [headers, body]\n", True, "api.github.com injected in the body", None),
     (OLD.replace("    methods: [GET]\n", "    methods: [GET]\n    paths: [/repos/]\n"), False, None,
-     "this change stops `github_token` from reaching api.github.com with paths any path"),
+     "this change stops `github_token` from reaching api.github.com on any path"),
     (OLD.replace("  - host: pypi.org\n", ""), False, None, None),
 ]  # fmt: skip
+
+
+GROWS = {"host", "methods", "paths", "ports", "schemes", "surfaces", "websocket"}
 
 
 @pytest.mark.parametrize(("new", "grows", "opened", "closed"), DIFFS)
@@ -181,6 +184,7 @@ def test_diff(
     assert d.reach_grows is grows, [c.line for c in d.opened_reach]
     if opened:
         assert any(opened in c.line for c in d.opened_reach), [c.line for c in d.opened_reach]
+        assert all(set(c.grows) <= GROWS for c in d.opened_reach)
     if closed:
         assert any(closed in c.line for c in d.closed_reach), [c.line for c in d.closed_reach]
     back = diff_configs(str(tmp_path / "new.yaml"), str(tmp_path / "old.yaml"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from egress.review.model import Finding, at_least
+
 FORMATS = ("text", "json", "markdown", "sarif", "html")
 
 
@@ -40,6 +42,58 @@ def add_parsers(sub: argparse._SubParsersAction, cfg_help: str) -> None:  # type
     ln.add_argument("--format", "-f", choices=("yaml", "json"), default="yaml")
 
 
+def _write(text: str, output: str | None) -> None:
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+def _fails(findings: list[Finding], threshold: str) -> bool:
+    return threshold != "never" and any(at_least(f.severity, threshold) for f in findings)
+
+
 def run(args: argparse.Namespace) -> int:
-    print(f"egress: {args.command} is not built yet", file=sys.stderr)
-    return 2
+    """Exit 0: done (and nothing at --fail-on or worse); 1: findings at --fail-on or worse,
+    or with --fail-on-new-reach, reach that grows; 2: a config or file error."""
+    if args.command == "learn":
+        from egress.review.learn import run_learn
+
+        return run_learn(args)
+    if args.diff:
+        return _run_diff(args)
+    from egress.config import load_or_default
+    from egress.review.analyze import review_config
+    from egress.review.render import render
+
+    cfg = load_or_default(args.config)
+    report = review_config(cfg)
+    if args.audit:
+        from egress.review.auditjoin import read_lines, summarize
+
+        try:
+            report.audit = summarize(read_lines(args.audit), cfg, args.audit)
+        except OSError as e:
+            print(f"egress: error: --audit {args.audit}: {e.strerror}", file=sys.stderr)
+            return 2
+    _write(render(report, args.format), args.output)
+    return 1 if _fails(report.findings, args.fail_on) else 0
+
+
+def _run_diff(args: argparse.Namespace) -> int:
+    from egress.review.diff import diff_configs
+    from egress.review.render_diff import render_diff
+
+    if args.format not in ("text", "json", "markdown"):
+        print("egress: error: --diff writes text, json or markdown", file=sys.stderr)
+        return 2
+    if args.config or args.audit:
+        print("egress: error: --diff takes its two configs itself (no --config/--audit)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    d = diff_configs(*args.diff)
+    _write(render_diff(d, args.format), args.output)
+    if args.fail_on_new_reach and d.reach_grows:
+        return 1
+    return 1 if _fails(d.new_findings, args.fail_on) else 0

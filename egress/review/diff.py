@@ -63,28 +63,25 @@ def _paths_within(small: tuple[str, ...] | None, big: tuple[str, ...] | None) ->
 
 
 def _growth(e: ReachEntry | HostEntry, o: ReachEntry | HostEntry) -> list[str]:
-    """What ``e`` allows beyond ``o`` (same subject, o's host covers e's host)."""
+    """What ``e`` allows beyond ``o`` (same subject, o's host covers e's host), as phrases
+    that follow "reach HOST": "with POST", "on /gists", "over http", "in the body"."""
     grows = []
-    if not set(e.ports) <= set(o.ports):
-        grows.append("ports " + ", ".join(str(p) for p in e.ports if p not in o.ports))
-    if not set(e.schemes) <= set(o.schemes):
-        grows.append("schemes " + ", ".join(s for s in e.schemes if s not in o.schemes))
     if not _within(e.methods, o.methods):
-        extra = "any method" if e.methods is None else ", ".join(
-            m for m in e.methods if o.methods is not None and m not in o.methods
-        )  # fmt: skip
-        grows.append(f"methods {extra}")
+        grows.append("with " + ("any method" if e.methods is None else "/".join(
+            m for m in e.methods if o.methods is not None and m not in o.methods)))  # fmt: skip
     if not _paths_within(e.paths, o.paths):
-        extra = "any path" if e.paths is None else ", ".join(
-            p for p in e.paths if not _paths_within((p,), o.paths)
-        )  # fmt: skip
-        grows.append(f"paths {extra}")
+        grows.append("on " + ("any path" if e.paths is None else ", ".join(
+            p for p in e.paths if not _paths_within((p,), o.paths))))  # fmt: skip
+    if not set(e.ports) <= set(o.ports):
+        grows.append("on port " + ", ".join(str(p) for p in e.ports if p not in o.ports))
+    if not set(e.schemes) <= set(o.schemes):
+        grows.append("over " + ", ".join(s for s in e.schemes if s not in o.schemes))
     if isinstance(e, ReachEntry) and isinstance(o, ReachEntry):
         more = [s for s in e.surfaces if s not in o.surfaces]
         if more:
-            grows.append("surfaces " + ", ".join(more))
+            grows.append("injected in the " + ", ".join(more))
     if isinstance(e, HostEntry) and isinstance(o, HostEntry) and e.websocket and not o.websocket:
-        grows.append("websocket")
+        grows.append("over WebSocket")
     return grows
 
 
@@ -93,13 +90,28 @@ def _covering(e_host: str, o_host: str) -> bool:
     return overlap(a, b) == b
 
 
+def _dimension(phrase: str) -> str:
+    """The dimension a growth phrase is about: methods, paths, ports, schemes, surfaces..."""
+    for prefix, name in (("with ", "methods"), ("on port ", "ports"), ("on ", "paths"),
+                         ("over WebSocket", "websocket"), ("over ", "schemes"),
+                         ("injected ", "surfaces")):  # fmt: skip
+        if phrase.startswith(prefix):
+            return name
+    return phrase
+
+
 def _what(e: ReachEntry | HostEntry) -> str:
-    methods = "any method" if e.methods is None else "/".join(e.methods)
-    paths = "" if e.paths is None else " on " + ", ".join(e.paths)
-    ports = "" if set(e.ports) <= {443} and e.schemes == ("https",) else (
-        f" ({'/'.join(e.schemes)}, port {', '.join(map(str, e.ports))})"
-    )  # fmt: skip
-    return f"{e.host} with {methods}{paths}{ports}"
+    """Everything an entry allows, for a host the old config did not reach at all."""
+    parts = ["with " + ("any method" if e.methods is None else "/".join(e.methods))]
+    if e.paths is not None:
+        parts.append("on " + ", ".join(e.paths))
+    if set(e.ports) != {443}:
+        parts.append("on port " + ", ".join(map(str, e.ports)))
+    if e.schemes != ("https",):
+        parts.append("over " + "/".join(e.schemes))
+    if isinstance(e, ReachEntry):
+        parts.append("injected in the " + ", ".join(e.surfaces))
+    return " ".join(parts)
 
 
 def _compare(
@@ -113,19 +125,22 @@ def _compare(
         if any(not _growth(e, o) for o in same):
             continue
         who = f"`{subject}`" if subject else "the agent"
+        reach = "reach" if verb == "lets" else "from reaching"
         if not same:
-            line = f"this change {verb} {who} {'reach' if verb == 'lets' else 'from reaching'} {_what(e)}"
             grows: tuple[str, ...] = ("host",)
+            what = _what(e)
         else:
             best = min((_growth(e, o) for o in same), key=len)
-            line = (f"this change {verb} {who} {'reach' if verb == 'lets' else 'from reaching'} "
-                    f"{e.host} with {'; '.join(best)}")  # fmt: skip
-            grows = tuple(g.split(" ", 1)[0] for g in best)
-        if isinstance(e, ReachEntry):
-            line += f" ({e.rule}, surfaces {', '.join(e.surfaces)})"
-        else:
-            line += f" ({e.rule})"
-        out.append(Change(subject, e.host, line, grows))
+            grows = tuple(_dimension(g) for g in best)
+            what = " ".join(best)
+        out.append(
+            Change(
+                subject,
+                e.host,
+                f"this change {verb} {who} {reach} {e.host} {what} ({e.rule})",
+                grows,
+            )
+        )
     return out
 
 

@@ -135,7 +135,7 @@ def check_domain_facts(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding
                 continue  # without a credential a code host's write API refuses the agent
             where = f" ({', '.join(fact.paths)})" if fact.paths else ""
             title = domains.categories().get(fact.category, fact.category)
-            explanation = f"{fact.reason} Source: {fact.source}."
+            explanation = f"{fact.reason} Source: {fact.source.rstrip('.')}."
             if kind == "domain_fronting":
                 explanation += FRONTING_NOTE
             yield _finding(cfg, kind, f"{rule.label}.host", rule.host.text,
