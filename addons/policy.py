@@ -68,7 +68,7 @@ class Allowlist(EgressAddon):
             return
         d = rt.allowlist.decide_connect(host, port)
         if not d.allowed and self._enforce(flow, d):
-            hint = how_to_allow(d.reason, host, port, "https", "CONNECT", "/", d.rule_label)
+            hint = how_to_allow(d.reason, host, port, "https", "CONNECT", "/", d.rule)
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
             return
         picked = await rt.resolver.pick(host, port)
@@ -174,7 +174,7 @@ class Allowlist(EgressAddon):
         overrides = override_methods(req.headers.items(multi=True), req.path)
         d = rt.allowlist.decide(scheme, host, port, req.method, req.path, websocket, overrides)
         if not d.allowed and self._enforce(flow, d):
-            hint = how_to_allow(d.reason, host, port, scheme, req.method, req.path, d.rule_label)
+            hint = how_to_allow(d.reason, host, port, scheme, req.method, req.path, d.rule)
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
             return
         if tunnel is None and transparent:
@@ -221,7 +221,7 @@ class Allowlist(EgressAddon):
                                 False, overrides)  # fmt: skip
         if not d.allowed and self._enforce(flow, d):
             hint = how_to_allow(d.reason, m["host"], m["port"], m["scheme"], in_body[0], req.path,
-                                d.rule_label)  # fmt: skip
+                                d.rule)  # fmt: skip
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
 
     @fail_closed
@@ -335,7 +335,7 @@ class Allowlist(EgressAddon):
             return
         d = rt.allowlist.decide_connect(host, port)
         if not d.allowed and rt.config.mode != "report":
-            hint = how_to_allow(d.reason, host, port, "https", "CONNECT", "/", d.rule_label)
+            hint = how_to_allow(d.reason, host, port, "https", "CONNECT", "/", d.rule)
             refuse(d.reason, f"{d.detail}. {hint}" if hint else d.detail, host, d.rule_label)
             return
         picked = await rt.resolver.pick(host, port, prefer=original)

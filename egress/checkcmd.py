@@ -246,7 +246,7 @@ def _same(text: str) -> str:
 def _hint(a: Asked, v: Verdict) -> str | None:
     if v.reason not in ALLOWLIST_REASONS:
         return None
-    return how_to_allow(v.reason, v.host, v.port, v.scheme, a.method, v.path, _label(v))
+    return how_to_allow(v.reason, v.host, v.port, v.scheme, a.method, v.path, v.rule)
 
 
 def _label(v: Verdict) -> str | None:
@@ -273,7 +273,8 @@ def _as_text(cfg: Config, a: Asked, v: Verdict, explain: bool, loaded: bool) -> 
         lines.append(f"  rule:    {r.label} (host {r.host}, ports {list(r.ports)}, schemes {list(r.schemes)}"
                      + (f", methods {list(r.methods)}" if r.methods else "")
                      + (f", paths {list(r.paths)}" if r.paths else "")
-                     + (", websocket" if r.websocket else "") + ")")  # fmt: skip
+                     + (", websocket" if r.websocket else "") + ")"
+                     + (f" in {r.origin}" if r.origin else ""))  # fmt: skip
         lines.append(f"  secrets: {_secrets_line(v)}")
         if v.address is not None:
             where = "an address" if is_ip(v.host) else "from upstream.resolve"
@@ -284,7 +285,9 @@ def _as_text(cfg: Config, a: Asked, v: Verdict, explain: bool, loaded: bool) -> 
         lines.append(f"DENY {a.method} {a.url}")
         lines.append(f"  reason:  {v.reason.value} ({http_status(v.reason)})")
         if v.rule is not None:
-            lines.append(f"  rule:    {v.rule.label}")
+            lines.append(
+                f"  rule:    {v.rule.label}" + (f" in {v.rule.origin}" if v.rule.origin else "")
+            )
         if v.secret:
             lines.append(f"  secret:  {v.secret}")
         lines.append(f"  why:     {v.detail}")

@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
+from egress.config import Rule
 from egress.reasons import Reason, http_status
 from egress.routing import path_readings
 
 
 def how_to_allow(reason: Reason, host: str, port: int, scheme: str, method: str,
-                 path: str, rule: str | None) -> str | None:  # fmt: skip
+                 path: str, rule: Rule | None) -> str | None:  # fmt: skip
+    """What to change in the config to allow a request the allowlist refused."""
     port_part = "" if port == {"https": 443, "http": 80}.get(scheme) else f"\n    ports: [{port}]"
     scheme_part = "\n    schemes: [http]" if scheme == "http" else ""
     if reason in (Reason.HOST_NOT_ALLOWED, Reason.IP_LITERAL):
         return f"add a rule under 'allow':\n  - host: {host}{port_part}{scheme_part}"
+    label = rule.label if rule else None
     if reason is Reason.PORT_NOT_ALLOWED:
-        return f"add {port} to the 'ports' of {rule}"
-    if reason is Reason.SCHEME_NOT_ALLOWED:
-        return f"add {scheme} to the 'schemes' of {rule}"
-    if reason is Reason.METHOD_NOT_ALLOWED:
-        return f"add {method} to the 'methods' of {rule}"
-    if reason is Reason.WEBSOCKET_NOT_ALLOWED:
-        return f"set 'websocket: true' on {rule}"
-    if reason is Reason.PATH_NOT_ALLOWED:
+        hint = f"add {port} to the 'ports' of {label}"
+    elif reason is Reason.SCHEME_NOT_ALLOWED:
+        hint = f"add {scheme} to the 'schemes' of {label}"
+    elif reason is Reason.METHOD_NOT_ALLOWED:
+        hint = f"add {method} to the 'methods' of {label}"
+    elif reason is Reason.WEBSOCKET_NOT_ALLOWED:
+        hint = f"set 'websocket: true' on {label}"
+    elif reason is Reason.PATH_NOT_ALLOWED:
         path = path.split("?", 1)[0]
         if path_readings(path)[1]:
             return ("send the path without '.'/'..' segments, ';' parameters on them, encoded slashes, "
                     "backslashes or NULs; such paths never pass a path rule")  # fmt: skip
-        return f"add a prefix of {path!r} to the 'paths' of {rule}"
-    return None
+        hint = f"add a prefix of {path!r} to the 'paths' of {label}"
+    else:
+        return None
+    if rule is not None and rule.origin:
+        # A preset (or a shared fragment) is not the user's to edit: say where the rule is
+        # written and that a rule of their own, in their file, does the job.
+        hint += (f" ({label} is written in {rule.origin}, an included file: rather than "
+                 f"editing it, add a rule of your own under 'allow' for {host})")  # fmt: skip
+    return hint
 
 
 def denial_body(

@@ -64,6 +64,8 @@ def test_own_rules_first_then_included_with_their_origins(tmp_path: Path) -> Non
     }
     for key, origin in cases.items():
         assert cfg.origins[key] == origin, key
+    # A rule written in an included file says so: messages tell the user not to edit it.
+    assert [r.origin for r in cfg.rules] == ["", f"{frag}:3", f"{frag}:5"]
 
 
 def test_a_preset_by_name(tmp_path: Path) -> None:
@@ -71,6 +73,25 @@ def test_a_preset_by_name(tmp_path: Path) -> None:
     assert {r.host.text for r in cfg.rules} >= {"pypi.org", "files.pythonhosted.org"}
     assert cfg.origins["allow[0]"].file == "preset:pypi"
     assert cfg.origins["allow[0]"].line is not None
+
+
+def test_a_denial_hint_for_an_included_rule_names_its_file(tmp_path: Path) -> None:
+    from egress.messages import how_to_allow
+    from egress.policy import Allowlist
+    from egress.reasons import Reason
+
+    cfg = config.load(write(tmp_path, {"egress.yaml": MAIN, "fragment.yaml": FRAGMENT}))
+    cases = [
+        # (host, method, path, reason, text the hint holds)
+        ("api.example.org", "POST", "/x", Reason.METHOD_NOT_ALLOWED,
+         f"add POST to the 'methods' of allow[1] (allow[1] is written in {tmp_path / 'fragment.yaml'}:3"),
+        ("example.com", "POST", "/x", Reason.ALLOWED, None),
+    ]  # fmt: skip
+    for host, method, path, reason, hint in cases:
+        d = Allowlist(cfg.rules).decide("https", host, 443, method, path)
+        assert d.reason is reason
+        text = how_to_allow(d.reason, host, 443, "https", method, path, d.rule)
+        assert (text is None) if hint is None else (text is not None and hint in text), text
 
 
 def test_the_including_file_overrides_a_fragment_secret(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,11 @@ def _parse(main: Document) -> Config:
     rules: list[Rule] = []
     for i, item in enumerate(rule_items):
         rule = parse_rule(c, item.node, i)
+        if rule is not None and item.doc is not main:
+            origin = item.doc.origin(item.key)
+            rule = replace(
+                rule, origin=f"{origin.file}:{origin.line}" if origin.line else origin.file
+            )
         if rule is not None:
             rules.append(rule)
 

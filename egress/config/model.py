@@ -40,6 +40,9 @@ class Rule:
     methods: tuple[str, ...] | None  # None: any method
     paths: tuple[str, ...] | None  # None: any path
     websocket: bool = False  # allow WebSocket upgrades
+    # Where the rule is written when not in the config file itself ("preset:github:52",
+    # "team.yaml:4"): messages then say so, since an included file is not the user's to edit.
+    origin: str = field(default="", compare=False)
 
     @property
     def label(self) -> str:
