@@ -15,7 +15,7 @@ from mitmproxy.proxy.layer import NextLayer
 
 from egress import decoding
 from egress.errors import EgressError
-from egress.messages import denial_body
+from egress.messages import denial_body, denial_phrase
 from egress.reasons import Reason, http_status
 from egress.runtime import Runtime, shared
 
@@ -139,6 +139,12 @@ def deny(
         {"content-type": "text/plain; charset=utf-8", "x-egress-reason": reason.value,
          "connection": "close"},
     )  # fmt: skip
+    # Many clients show only the status line of a refused CONNECT: put the reason there too.
+    # The host is the agent's: where a secret's value was found in it (a DNS-exfiltration
+    # attempt, in any encoding), it is left out; elsewhere it is redacted like the body's URL.
+    leak = reason is Reason.SECRET_TO_UNBOUND_HOST
+    host = "" if leak else runtime.redact(str(m.get("host") or req.host))
+    flow.response.reason = denial_phrase(reason, host, None if leak else m.get("port") or req.port)
 
 
 # A fatal TLS alert record, access_denied (49): what a client shows for a refused TLS

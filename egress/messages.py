@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from egress.config import Rule
 from egress.reasons import Reason, http_status
 from egress.routing import path_readings
@@ -37,6 +39,19 @@ def how_to_allow(reason: Reason, host: str, port: int, scheme: str, method: str,
         hint += (f" ({label} is written in {rule.origin}, an included file: rather than "
                  f"editing it, add a rule of your own under 'allow' for {host})")  # fmt: skip
     return hint
+
+
+def denial_phrase(reason: Reason, host: str, port: int | None) -> str:
+    """The status line's reason phrase: what requests, urllib, httpx and curl -v show of a
+    refused CONNECT when they show nothing else ("Tunnel connection failed: 403 Forbidden
+    (egress: host_not_allowed for evil.example:443)"). Only visible ASCII: the host is
+    the agent's and a reason phrase must not break the status line."""
+    status = http_status(reason)
+    where = f"{host}:{port}" if port else host
+    where = "".join(c for c in where if "!" <= c <= "~")[:120]
+    return f"{HTTPStatus(status).phrase} (egress: {reason.value}" + (
+        f" for {where})" if where else ")"
+    )
 
 
 def denial_body(
