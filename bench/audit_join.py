@@ -157,8 +157,9 @@ def rss_kb() -> int:
 def child(path: str, learn_too: bool, no_orjson: bool) -> None:
     """Run in a fresh process: the pass, and what it cost."""
     from egress.config import parse
-    from egress.review import auditjoin
-    from egress.review.auditjoin import read_lines, summarize
+    from egress.review import auditrecords as auditjoin  # where the orjson switch is
+    from egress.review.auditjoin import summarize
+    from egress.review.auditrecords import read_lines
 
     if no_orjson:
         auditjoin._fast_loads = None

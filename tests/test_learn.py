@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from egress.config import Config, Rule, load, parse
 from egress.policy import Allowlist
-from egress.review.auditjoin import PathSet, draftable_readings, generalise
+from egress.review.drafting import PathSet, draftable_readings, generalise
 from egress.review.learn import Learner, learn, render_draft, run_learn
 from egress.review.model import Finding, Location, Report
 from tests.conftest import API, OTHER, RunningProxy, base_config, start_proxy, write_config
@@ -508,7 +508,7 @@ def test_learn_from_the_real_proxy_in_report_mode(
     assert any(r["would_deny"] == "host_not_allowed" for r in records)
     assert any(r["reason"] == "placeholder_to_unbound_host" for r in records)
 
-    from egress.review.auditjoin import read_lines
+    from egress.review.auditrecords import read_lines
 
     whole = render_draft(learn(read_lines(str(p.audit_path)), None, str(p.audit_path)))
     allow = Allowlist(draft_config(whole).rules)

@@ -15,14 +15,8 @@ from hypothesis import strategies as st
 
 from egress.config import Config, parse
 from egress.policy import Allowlist
-from egress.review.auditjoin import (
-    ALLOWLIST_REASONS,
-    OVERLONG,
-    AuditJoin,
-    no_suggestion_reason,
-    read_lines,
-    summarize,
-)
+from egress.review.auditjoin import AuditJoin, no_suggestion_reason, summarize
+from egress.review.auditrecords import ALLOWLIST_REASONS, OVERLONG, read_lines
 
 CONFIG = {
     "allow": [

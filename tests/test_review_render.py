@@ -26,15 +26,10 @@ from egress.review.model import (
     Report,
     TimeBucket,
 )
-from egress.review.render import (
-    FORMATS,
-    WIDTH,
-    md_code,
-    md_escape,
-    render,
-    report_from_dict,
-    report_to_dict,
-)
+from egress.review.render import FORMATS, render
+from egress.review.render_json import report_from_dict, report_to_dict
+from egress.review.render_markdown import md_code, md_escape
+from egress.review.render_text import WIDTH
 
 SCHEMA = Path(__file__).parent / "data" / "sarif-schema-2.1.0.json"
 # Markup that, if it ever ran in a browser, would mark the page (the Chromium test looks).

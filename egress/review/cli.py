@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_or_default(args.config)
     report = review_config(cfg)
     if args.audit:
-        from egress.review.auditjoin import read_lines, summarize
+        from egress.review.auditjoin import summarize
+        from egress.review.auditrecords import read_lines
 
         try:
             report.audit = summarize(read_lines(args.audit), cfg, args.audit)
