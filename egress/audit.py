@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 from urllib.parse import parse_qsl, quote
@@ -76,6 +77,8 @@ class AuditWriter:
 
     def __init__(self, target: str):
         self.target = target
+        # Called with each record after it is written (egress exec's one-line denials).
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._lock = threading.Lock()
         self._own = False
         self._stream: IO[str]
@@ -94,6 +97,10 @@ class AuditWriter:
         with self._lock:
             self._stream.write(line + "\n")
             self._stream.flush()
+        if self.listeners:
+            data = asdict(record) if isinstance(record, AuditRecord) else record
+            for listener in self.listeners:
+                listener(data)
 
     def close(self) -> None:
         if self._own:

@@ -156,10 +156,18 @@ def _refresh_gauges(rt: Runtime) -> None:
         rt.metrics.vault_errors.set(rt.vault.errors)
 
 
-async def _exec(cfg: Config, argv: Sequence[str]) -> int:
+async def _exec(cfg: Config, argv: Sequence[str], audit_option: str | None = None,
+                log_level: str = "auto") -> int:  # fmt: skip
+    from egress.localdev import denial_lines, denial_printer, exec_audit_target
     from egress.proxy import EmbeddedProxy
 
-    audit = AuditWriter("stderr") if cfg.audit_path == "stdout" else None  # keep CMD's stdout clean
+    # Not stdout (CMD's) nor, by default, stderr (the agent's screen): a file, named here.
+    target = exec_audit_target(audit_option, cfg.audit_path)
+    audit = AuditWriter(target)
+    if target != "stderr":
+        print(f"egress: audit log: {target}", file=sys.stderr, flush=True)
+        if denial_lines(log_level, sys.stderr):
+            audit.listeners.append(denial_printer(sys.stderr))
     # The CA stays in this process's private directory: ca.cert_path may be another egress's.
     rt = Runtime.start(cfg, audit=audit, private_ca=True)
     try:
@@ -254,6 +262,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     ex = sub.add_parser("exec", help="run a command with its traffic going through the proxy")
     ex.add_argument("--config", "-c", help=cfg_help)
+    ex.add_argument(
+        "--audit", metavar="PATH",
+        help="write the audit log here ('-': stderr); default: audit.path if it is a file, "
+        "else $XDG_STATE_HOME/egress/exec-audit.jsonl (~/.local/state/egress/...)",
+    )  # fmt: skip
+    ex.add_argument(
+        "--log-level", choices=("auto", "quiet", "deny"), default="auto",
+        help="one line per refused request on stderr: 'deny' always, 'quiet' never, 'auto' "
+        "(default) only when stderr is not a terminal (the agent's screen)",
+    )  # fmt: skip
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- command and arguments")
     ck = sub.add_parser(
         "check", help="print the proxy's decision on requests without sending anything"
@@ -312,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not cmd:
             print("egress: exec needs a command: egress exec -- CMD ARGS...", file=sys.stderr)
             return 2
-        return asyncio.run(_exec(cfg, cmd))
+        return asyncio.run(_exec(cfg, cmd, args.audit, args.log_level))
     except EgressError as e:
         print(f"egress: error: {e}", file=sys.stderr)
         return 2
