@@ -47,7 +47,7 @@ def agent_env(
     from egress.encodings import find
 
     forms = rt.forms()
-    consumed = rt.secrets.env_vars_consumed()
+    consumed = secret_env_vars(cfg, rt)
     # Drop every variable that holds a secret in any form, e.g. inside a URL's userinfo.
     env = {
         k: v for k, v in base.items()
@@ -64,6 +64,30 @@ def agent_env(
             env[spec.env] = spec.placeholder
     env["EGRESS_PROXY_URL"] = proxy_url
     return env
+
+
+def secret_env_vars(cfg: Config, rt: Runtime) -> set[str]:
+    """Variables of egress's own environment that hold secret material: secret sources
+    and the Vault token egress logs in with."""
+    names = set(rt.secrets.env_vars_consumed())
+    if (
+        cfg.vault is not None
+        and cfg.vault.auth.method == "token"
+        and cfg.vault.auth.token_file is None
+    ):
+        names.add(cfg.vault.auth.token_env or "VAULT_TOKEN")
+    return names
+
+
+def protect_process(cfg: Config, rt: Runtime) -> None:
+    """Once secrets are loaded: no same-user process may read them out of this one
+    (egress.hardening), and their variables leave the environment (and so CMD's)."""
+    from egress.hardening import make_undumpable, scrub_environ
+
+    if not make_undumpable():
+        print("egress: warning: this system does not let egress make its memory unreadable to "
+              "processes of the same user; see docs/secrets.md", file=sys.stderr)  # fmt: skip
+    scrub_environ(secret_env_vars(cfg, rt))
 
 
 def _banner(cfg: Config, host: str, port: int) -> str:
@@ -118,6 +142,7 @@ async def _serve(cfg: Config, listen_port: int | None) -> int:
         if admin is not None:
             await admin.stop()
         raise
+    protect_process(cfg, rt)
     try:
         proxy = EmbeddedProxy(
             rt, cfg.listen_host, cfg.listen_port if listen_port is None else listen_port,
@@ -170,6 +195,7 @@ async def _exec(cfg: Config, argv: Sequence[str], audit_option: str | None = Non
             audit.listeners.append(denial_printer(sys.stderr))
     # The CA stays in this process's private directory: ca.cert_path may be another egress's.
     rt = Runtime.start(cfg, audit=audit, private_ca=True)
+    protect_process(cfg, rt)
     try:
         proxy = EmbeddedProxy(rt, "127.0.0.1", 0)
         host, port = await proxy.start()

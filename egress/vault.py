@@ -139,7 +139,9 @@ class VaultClient:
     ):
         self.cfg = cfg
         self.conn = connection_settings(cfg, environ)
-        self.environ = environ
+        # A copy: egress removes the token variable from its own environment once started
+        # (egress.hardening), and token auth re-reads it at every login.
+        self.environ = dict(environ)
         self.clock = clock
         self._session = _CountingSession()
         # hvac prefers the session's verify/cert (default True/None) over its own arguments.
