@@ -44,11 +44,16 @@ class _Ready:
 class _QuietMitmproxyLogs(logging.Filter):
     """mitmproxy logs every connection at INFO and, when upstream verification fails while
     the client keeps sending, a spurious 'mitmproxy has crashed!' traceback. The user sees
-    the outcome in the audit log and the client's 502 instead."""
+    the outcome in the audit log and the client's 502 instead. Its advice on a busy port
+    names mitmproxy's flags, not egress's."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
             return False  # connections cancelled at shutdown
+        if "failed to listen on" in record.getMessage():
+            # It suggests `--mode regular@PORT`, a flag egress does not have; egress says
+            # what to change itself (ProxyStartError: listen.port, or 0 for a free port).
+            return False
         if "has crashed" in record.getMessage():
             # One line, no traceback (it can quote request bytes); the flows of that
             # connection are audited as errors when it closes (AuditLog).

@@ -62,6 +62,7 @@ def test_port_in_use_is_a_clear_error(
                            capture_output=True, text=True, env=proxy_env(), timeout=60)  # fmt: skip
     assert r.returncode == 2 and "could not listen on 127.0.0.1:" in r.stderr
     assert "Traceback" not in r.stderr
+    assert "--mode" not in r.stderr  # mitmproxy's advice names flags egress does not have
 
 
 def test_embedded_default_config_starts_without_any_file(tmp_path: Path) -> None:
