@@ -94,3 +94,11 @@ def test_every_preset_passes_review_without_a_high_finding(
     cfg.write_text(f"include: [{name}]\n")
     code, out = review(["--config", str(cfg), "--fail-on", "high"], capsys, monkeypatch)
     assert code == 0, out
+
+
+@pytest.mark.parametrize("command", ["review", "learn"])
+def test_help_has_examples_and_exit_codes(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "examples:" in out and "exit codes:" in out

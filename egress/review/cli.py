@@ -9,11 +9,41 @@ from egress.review.model import Finding, at_least
 
 FORMATS = ("text", "json", "markdown", "sarif", "html")
 
+REVIEW_EPILOG = """\
+examples:
+  egress review --config egress.yaml
+  egress review --config egress.yaml --format sarif --output egress.sarif
+  egress review --config egress.yaml --fail-on high              # in CI
+  egress review --diff HEAD~1:deploy/egress.yaml deploy/egress.yaml --fail-on-new-reach
+  egress review --config egress.yaml --audit audit.jsonl --format html -o review.html
+
+exit codes:
+  0  reviewed; no finding at --fail-on or worse (and, with --fail-on-new-reach, no new reach)
+  1  a finding at --fail-on or worse, or credentialed reach grew (--fail-on-new-reach)
+  2  the config (or an audit file) cannot be read: the message names the file and key
+"""
+
+LEARN_EPILOG = """\
+examples:
+  egress learn audit.jsonl > allow.yaml
+  egress learn audit.jsonl --config egress.yaml     # only the rules to add
+
+exit codes:
+  0  a draft was printed
+  2  the audit log or the config cannot be read
+"""
+
 
 def add_parsers(sub: argparse._SubParsersAction, cfg_help: str) -> None:  # type: ignore[type-arg]
     rv = sub.add_parser(
         "review",
         help="report what the config lets an agent reach, with which credential, and findings",
+        description="What a config lets an agent reach, with which credential and on which "
+        "surfaces, and what is risky about it; or, with --diff, what a change opens and "
+        "closes. Reads the config only: no secret is loaded, nothing is sent. "
+        "docs/review.md explains every finding id.",
+        epilog=REVIEW_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rv.add_argument("--config", "-c", help=cfg_help)
     rv.add_argument("--format", "-f", choices=FORMATS, default="text")
@@ -35,7 +65,13 @@ def add_parsers(sub: argparse._SubParsersAction, cfg_help: str) -> None:  # type
     )
     rv.add_argument("--audit", metavar="AUDIT.jsonl", help="join the config with an audit log")
     ln = sub.add_parser(
-        "learn", help="draft the smallest allowlist that would have allowed an audit log's traffic"
+        "learn",
+        help="draft the smallest allowlist that would have allowed an audit log's traffic",
+        description="Read the audit log of a `mode: report` run and draft the smallest "
+        "allowlist (with --config: the rules to add) that would have allowed what was seen, "
+        "each rule with the findings egress review gives it.",
+        epilog=LEARN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ln.add_argument("audit", metavar="AUDIT.jsonl")
     ln.add_argument("--config", "-c", help="draft the change to this config instead")
