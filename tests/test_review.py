@@ -51,12 +51,16 @@ TRIGGERS = [
     ("rule_duplicate", "allow: [a.example, b.example, a.example]\n", "allow[2]", "a.example"),
     ("rule_shadowed", "allow:\n  - host: a.example\n  - host: a.example\n    methods: [GET]\n", "allow[1]", "a.example"),
     ("domain_fronting", "allow: [a248.e.akamai.net]\n", "allow[0].host", "a248.e.akamai.net"),
+    ("upstream_ca_trusted", "allow: [a.example]\nupstream:\n  ca_files: [ca.pem]\n", "upstream.ca_files[0]", "CA_PEM"),
+    ("credential_host_pinned", "allow: [a.example]\nupstream:\n  resolve: {a.example: 192.0.2.10}\nsecrets:\n  - name: t\n"
+     + SECRET + "    hosts: [a.example]\n", "upstream.resolve.a.example", "a.example"),
 ]  # fmt: skip
 
 
 def review_text(tmp_path: Path, text: str) -> Report:
     path = tmp_path / "egress.yaml"
     path.write_text(text)
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n(a test CA)\n")
     return review_config(config.load(path))
 
 
@@ -69,6 +73,7 @@ def test_each_finding_points_at_its_key(
     tmp_path: Path, kind: str, text: str, key: str, subject: str
 ) -> None:
     report = review_text(tmp_path, text)
+    subject = str(tmp_path / "ca.pem") if subject == "CA_PEM" else subject
     hits = [f for f in report.findings if f.id == kind]
     assert hits, [f.id for f in report.findings]
     f = hits[0]
@@ -91,7 +96,7 @@ secrets:
   - name: anthropic
     source: {env: REAL}
     hosts: [api.anthropic.com]
-    auth_headers: [x-api-key]
+    auth_headers: [x-api-key, authorization]
 """
 
 

@@ -35,13 +35,16 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in preset_dir().glob("*.yaml"))
 
 
-def load_yaml(text: str, file: str) -> Any:
+def load_yaml(text: str, file: str, quote: bool = True) -> Any:
+    """Parse YAML; ``quote``: let the error say what the parser found (it may quote text)."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e)
+        if not quote:
+            problem = "the parser's message is not shown, since it can quote the file"
         raise ConfigError(file, [ConfigProblem("", f"{where}invalid YAML: {problem}")]) from None
 
 
@@ -89,13 +92,18 @@ class Document:
         return Origin(self.file, line, key)
 
 
-def read_document(path: Path, file: str) -> Document | ConfigProblem:
+def read_document(path: Path, file: str, fragment: bool = False) -> Document | ConfigProblem:
+    """Read one YAML file. For a fragment, a YAML error gives its position only: the
+    parser's message quotes the text, and an include may name any file by mistake (a
+    secrets file), which must not be printed."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         return ConfigProblem("", f"cannot read the file: {e.strerror}", file)
+    except UnicodeDecodeError:
+        return ConfigProblem("", "is not UTF-8 text (a config file is YAML)", file)
     try:
-        data = load_yaml(text, file)
+        data = load_yaml(text, file, quote=not fragment)
     except ConfigError as e:
         return ConfigProblem("", e.problems[0].message, file)
     if data is None:
@@ -156,7 +164,11 @@ def gather(
             continue
         if any(str(Path(d.file).resolve()) == ident or d.file == shown for d in out):
             continue  # the same fragment twice: once is enough
-        frag = read_document(path, shown)
+        if path.suffix not in (".yaml", ".yml"):
+            c.problems.append(ConfigProblem(where, f"{shown!r}: an included file must be a "
+                                            ".yaml or .yml config fragment", doc.file))  # fmt: skip
+            continue
+        frag = read_document(path, shown, fragment=True)
         if isinstance(frag, ConfigProblem):
             c.problems.append(ConfigProblem(where, f"{shown}: {frag.message}", doc.file))
             continue
@@ -218,9 +230,17 @@ def merge_secrets(c: Checker, items: list[Item], main: Document) -> list[Item]:
         if first is None:
             by_name[name.lower()] = item
             out.append(item)
-        elif first.doc is main and item.doc is not main:
+        elif first.doc is main and item.doc is not main and first.overrides is None:
             first.node = {**item.node, **first.node}  # the fragment's keys, overridden
             first.overrides = item
+        elif first.doc is main and item.doc is not main:
+            assert first.overrides is not None
+            c.problems.append(ConfigProblem(
+                f"{item.key}.name",
+                f"{name!r} is also defined in {first.overrides.doc.file} "
+                f"({first.overrides.key}): rename one",
+                item.doc.file,
+            ))  # fmt: skip
         elif item.doc is not main:
             c.problems.append(ConfigProblem(
                 f"{item.key}.name",

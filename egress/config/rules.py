@@ -9,6 +9,11 @@ from egress.config.checker import Checker
 from egress.config.model import _METHOD, DEFAULT_PORTS, SCHEMES, Rule
 from egress.hostnames import HostPattern, parse_host_pattern
 
+# A request path on the wire is ASCII: anything else is percent-encoded, so a prefix with
+# raw non-ASCII never matches; and bidi or zero-width characters would show a reviewer a
+# path that is not the one written.
+_VISIBLE_ASCII = re.compile(r"^[!-~]+$")
+
 
 def parse_rule(c: Checker, node: Any, i: int) -> Rule | None:
     key = f"allow[{i}]"
@@ -50,8 +55,11 @@ def parse_rule(c: Checker, node: Any, i: int) -> Rule | None:
                 ok = False
     paths = c.str_list(m, key, "paths")
     for j, p in enumerate(paths or []):
-        if not p.startswith("/") or "?" in p or "#" in p or re.search(r"[\s\x00-\x1f]", p):
-            c.err(f"{key}.paths[{j}]", f"{p!r} must be a path prefix starting with '/' (no query)")
+        if not p.startswith("/") or "?" in p or "#" in p or not _VISIBLE_ASCII.match(p):
+            c.err(
+                f"{key}.paths[{j}]",
+                f"{p!r} must be a path prefix starting with '/' (no query; visible ASCII only: percent-encode other characters as clients send them)",
+            )
             ok = False
     if not ok:
         return None

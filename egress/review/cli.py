@@ -93,6 +93,17 @@ def _fails(findings: list[Finding], threshold: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Exit 0: done (and nothing at --fail-on or worse); 1: findings at --fail-on or worse,
     or with --fail-on-new-reach, reach that grows; 2: a config or file error."""
+    from egress.errors import EgressError
+
+    try:
+        return _run(args)
+    except EgressError as e:
+        # 2, never 1: CI must tell a config that cannot be read from one with findings.
+        print(f"egress: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "learn":
         from egress.review.learn import run_learn
 

@@ -144,8 +144,10 @@ def _compare(
     return out
 
 
-def _key(f: Finding) -> tuple[str, str]:
-    return (f.id, f.subject)
+def _key(f: Finding) -> tuple[str, str, str]:
+    # The severity is part of it: a finding that turns from medium to high is a new finding
+    # (removing a secret can lift the guard that kept it medium).
+    return (f.id, f.subject, f.severity)
 
 
 def diff_reports(old: Report, new: Report) -> Diff:
@@ -165,9 +167,11 @@ def load_revision(spec: str, workdir: Path) -> tuple[Config, str, str]:
     """A config from a file path, or from ``REV:PATH`` in git: the file's folder at that
     revision is written into ``workdir``, so that relative includes come from REV too.
     Returns the config, the folder it was read from, and the name to show for it."""
-    if Path(spec).exists() or ":" not in spec:
+    rev, colon, file = spec.partition(":")
+    if not colon or not rev or spec.startswith(("/", "./", "../")):
+        # A file. A spec with a colon is a revision even where a file of that name exists:
+        # a change could add a file named "HEAD~1:deploy/egress.yaml" to review itself.
         return load(spec), "", ""
-    rev, _, file = spec.partition(":")
     folder = Path(file).parent.resolve()
 
     def git(*args: str) -> bytes:

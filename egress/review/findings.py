@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from egress.addresses import BLOCKED_CLASSES, METADATA, AddressPolicy
 from egress.config import DEFAULT_PORTS, Config, Rule, SecretSpec
 from egress.config.rules import covers
+from egress.hostnames import IPNetwork, parse_host_pattern
 from egress.policy import path_matches
 from egress.review import domains
 from egress.review.model import Finding, ReachEntry
@@ -45,7 +46,9 @@ KINDS: dict[str, Kind] = {k.id: k for k in (
     Kind("private_range_opened", "medium", "A private or special address range is opened"),
     Kind("user_content_host", "medium", "An allowed host serves content anyone can publish"),
     Kind("file_upload_api", "medium", "A model provider's file-upload API is allowed"),
-    Kind("code_host_write", "medium", "A code host's write API is allowed with a credential"),
+    Kind("code_host_write", "medium", "A code host's write API is allowed"),
+    Kind("upstream_ca_trusted", "medium", "A CA the config brings is trusted for upstreams"),
+    Kind("credential_host_pinned", "low", "A credential's host is sent to an address the config chooses"),
     Kind("secret_in_query", "medium", "A secret is substituted in the query string"),
     Kind("secret_in_body", "medium", "A secret is substituted in request bodies"),
     Kind("no_foreign_credential_check", "medium", "A bound host accepts the agent's own credentials"),
@@ -124,25 +127,36 @@ def check_domain_facts(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding
     for rule in cfg.rules:
         if rule.host.kind == "address":
             continue
-        credentialed = [e.secret for e in reach if e.rule == rule.label]
         seen: set[str] = set()
         for fact in _facts(rule.host.text, rule.methods, rule.paths):
             kind = CATEGORY_FINDING.get(fact.category)
             if kind is None or kind in seen:
                 continue
             seen.add(kind)
-            if kind == "code_host_write" and not credentialed:
-                continue  # without a credential a code host's write API refuses the agent
+            severity = None
+            if kind == "code_host_write" and not _guarded(cfg, rule, "authorization"):
+                # No secret refuses other credentials here: the agent writes with any token
+                # it is handed (to a repository of someone else's choosing).
+                severity = "high"
             where = f" ({', '.join(fact.paths)})" if fact.paths else ""
             title = domains.categories().get(fact.category, fact.category)
             explanation = f"{fact.reason} Source: {fact.source.rstrip('.')}."
             if kind == "domain_fronting":
                 explanation += FRONTING_NOTE
+            if severity == "high":
+                explanation += (" No secret bound to this host refuses other credentials, so "
+                                "the agent can write with a token of its own.")  # fmt: skip
             yield _finding(cfg, kind, f"{rule.label}.host", rule.host.text,
                            f"{rule.host.text}{where}: {title} ({fact.matched})",
-                           explanation, _fact_fix(rule, fact))  # fmt: skip
+                           explanation, _fact_fix(rule, fact), severity)  # fmt: skip
             if fact.category in STORING - {"code_host_write", "file_upload_api"} and _writes(rule):
                 yield _write_finding(cfg, rule, fact)
+
+
+def _guarded(cfg: Config, rule: Rule, header: str) -> bool:
+    """Does a secret bound to every host of ``rule`` refuse any ``header`` but its placeholder?"""
+    return any(s.require_placeholder and header in s.auth_headers
+               and any(covers(h, rule.host) for h in s.hosts) for s in cfg.secrets)  # fmt: skip
 
 
 def _write_finding(cfg: Config, rule: Rule, fact: domains.HostFact) -> Finding:
@@ -150,13 +164,15 @@ def _write_finding(cfg: Config, rule: Rule, fact: domains.HostFact) -> Finding:
     account (a site list such as LOTS, not an anonymous paste or bucket) and a secret bound
     to the host refuses every credential but its placeholder, the agent can write only as
     that secret's account: still a channel, but not to a place of the agent's choosing."""
-    guards = [s.name for s in cfg.secrets
-              if s.require_placeholder and any(covers(h, rule.host) for h in s.hosts)]  # fmt: skip
+    guards = [s.name for s in cfg.secrets if s.require_placeholder
+              and {"authorization", "cookie"} <= set(s.auth_headers)
+              and any(covers(h, rule.host) for h in s.hosts)]  # fmt: skip
     account_only = fact.category == "user_content" and fact.source.startswith("MISP") and guards
     explanation = "An agent can upload data there for anyone to fetch later."
     if account_only:
         explanation = (
-            f"Publishing there takes an account, and egress refuses every credential on "
+            f"Publishing there takes an account, and egress refuses every credential (Authorization "
+            f"and Cookie) on "
             f"{rule.host.text} but the placeholder of {', '.join(guards)}: the agent can write "
             "only as that account, which someone watching it may notice, but it can write."
         )
@@ -178,15 +194,17 @@ FRONTING_NOTE = (
 def _facts(host: str, methods: tuple[str, ...] | None, paths: tuple[str, ...] | None
            ) -> list[domains.HostFact]:  # fmt: skip
     """The domain facts that hold for the hosts a rule names. A list of whole sites (the
-    LOTS list names ``github.com``) speaks for the site it names, not for every name under
-    it: ``api.github.com`` is judged by our own data instead."""
+    LOTS list names ``github.com``, meaning its subdomains too) gives way where our own
+    data judges the name more precisely (``api.github.com``: code host write API, gists)."""
+    found = domains.facts_for(host, methods, paths)
+    if not any(f.source.startswith("egress/") for f in domains.facts_for(host)):
+        return found
     out = []
-    for fact in domains.facts_for(host, methods, paths):
+    for fact in found:
         site_list = fact.source.startswith("MISP") and fact.category == "user_content"
         under = not fact.matched.startswith(".") and host.lstrip("*.") != fact.matched
-        if site_list and under:
-            continue
-        out.append(fact)
+        if not (site_list and under):
+            out.append(fact)
     return out
 
 
@@ -204,6 +222,14 @@ def check_secrets(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding]:
         key = f"secrets[{spec.index}]"
         mine = [e for e in reach if e.secret == spec.name]
         for j, h in enumerate(spec.hosts):
+            if h.kind == "address" and h.network is not None and h.network.num_addresses > 1:
+                yield _finding(cfg, "secret_on_wildcard", f"{key}.hosts[{j}]", spec.name,
+                               f"secret {spec.name} is injected on {h.network.num_addresses:,} "
+                               f"addresses ({h.text})",
+                               "Every address in the range receives the real credential, "
+                               "including ones rented or reassigned to someone else later.",
+                               f"Bind {spec.name} to the exact names (or single addresses) that "
+                               "need it.")  # fmt: skip
             if h.kind == "wildcard":
                 yield _finding(cfg, "secret_on_wildcard", f"{key}.hosts[{j}]", spec.name,
                                f"secret {spec.name} is injected on every host under {h.text}",
@@ -237,6 +263,12 @@ def check_secrets(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding]:
                            "The upstream may log or echo the " + surface + ", and the agent chooses "
                            "where in it the placeholder goes.",
                            f"Inject {spec.name} in headers if the API accepts it there.")  # fmt: skip
+        if spec.require_placeholder and mine and "authorization" not in spec.auth_headers:
+            yield _finding(cfg, "no_foreign_credential_check", f"{key}.auth_headers", spec.name,
+                           f"{spec.name}'s hosts accept an Authorization header the agent brings",
+                           "auth_headers leaves out authorization, so the agent can log in to a "
+                           "bound host with a bearer token or Basic login of its own.",
+                           f"Add authorization to {key}.auth_headers.")  # fmt: skip
         if not spec.require_placeholder and mine:
             yield _finding(cfg, "no_foreign_credential_check", f"{key}.require_placeholder",
                            spec.name,
@@ -265,23 +297,58 @@ def _opened(cfg: Config) -> list[tuple[str, ipaddress.IPv4Network | ipaddress.IP
     return nets
 
 
+# IPv6 ranges that carry an IPv4 address, and where: egress judges such an address by the
+# IPv4 address inside it too (egress.addresses.embedded_ipv4), so the review must as well.
+_EMBEDDINGS = (
+    (ipaddress.IPv6Network("::ffff:0:0/96"), 96),  # IPv4-mapped: bits 96-127
+    (ipaddress.IPv6Network("64:ff9b::/96"), 96),  # NAT64
+    (ipaddress.IPv6Network("64:ff9b:1::/48"), 96),  # local-use NAT64
+    (ipaddress.IPv6Network("2002::/16"), 16),  # 6to4: bits 16-47
+)
+
+
+def ipv4_views(net: IPNetwork) -> list[ipaddress.IPv4Network]:
+    """The IPv4 ranges an opened range reaches: itself, or what its IPv6 addresses embed."""
+    if isinstance(net, ipaddress.IPv4Network):
+        return [net]
+    views = []
+    for prefix, start in _EMBEDDINGS:
+        if not net.overlaps(prefix):
+            continue
+        inner = net if net.prefixlen >= prefix.prefixlen else prefix
+        bits = min(32, max(0, inner.prefixlen - start))
+        value = (int(inner.network_address) >> (96 - start)) & 0xFFFFFFFF
+        views.append(ipaddress.IPv4Network((value, bits), strict=False))
+    return views
+
+
+def _overlaps(net: IPNetwork, targets: tuple[IPNetwork, ...]) -> bool:
+    views: list[IPNetwork] = [net, *ipv4_views(net)]
+    return any(v.version == t.version and v.overlaps(t) for v in views for t in targets)
+
+
 def check_addresses(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding]:
     for key, net in _opened(cfg):
-        if any(m.version == net.version and m.overlaps(net) for m in METADATA):
+        embedded = list(dict.fromkeys(str(v) for v in ipv4_views(net) if v != net))
+        via = f" (it embeds IPv4 {', '.join(embedded)})" if embedded else ""
+        if _overlaps(net, METADATA):
             yield _finding(cfg, "metadata_reachable", key, str(net),
-                           f"{net} includes a cloud metadata address",
+                           f"{net} includes a cloud metadata address{via}",
                            "The metadata service hands out the machine's own cloud credentials "
                            "to anyone who asks.",
                            f"Narrow {net} so that it leaves out {', '.join(map(str, METADATA))}.")  # fmt: skip
-        classes = [name for name, nets in BLOCKED_CLASSES if name != "metadata"
-                   and any(n.version == net.version and n.overlaps(net) for n in nets)]  # fmt: skip
+        classes = [name for name, nets in BLOCKED_CLASSES
+                   if name != "metadata" and _overlaps(net, nets)]  # fmt: skip
         if classes:
-            broad = net.num_addresses > 256
+            size = max(
+                [net.num_addresses] + [2 ** (32 - int(v.prefixlen)) for v in ipv4_views(net)]
+            )
+            broad = size > 256
             yield _finding(cfg, "private_range_opened", key, str(net),
-                           f"{net} opens {', '.join(classes)} addresses",
+                           f"{net} opens {', '.join(classes)} addresses{via}",
                            "Hosts there are inside your network, out of the internet's reach; an "
                            "agent may reach internal services"
-                           + (f" across {net.num_addresses:,} addresses." if broad else "."),
+                           + (f" across {size:,} addresses." if broad else "."),
                            f"Name the one service the agent needs (a /32 or /128) instead of {net}.",
                            "high" if broad else None)  # fmt: skip
 
@@ -324,6 +391,8 @@ def _why_dead(cfg: Config, rule: Rule) -> str | None:
         return None
     policy = AddressPolicy(allowed=tuple(n for _, n in _opened(cfg)))
     names = [n for n in cfg.resolve if rule.host.matches(n)]
+    if rule.host.kind == "wildcard" and cfg.dns != "static":
+        names = []  # other names under it resolve through DNS: one static answer decides nothing
     for name in names:
         refused = [(a, policy.blocked(ipaddress.ip_address(a))) for a in cfg.resolve[name]]
         if all(why for _, why in refused):
@@ -371,9 +440,35 @@ def check_redundant_rules(cfg: Config, reach: list[ReachEntry]) -> Iterator[Find
             break
 
 
+def check_upstream(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding]:
+    """upstream.ca_files and upstream.resolve decide who egress believes a host is. With
+    both, a credential can be handed to a server the config (not the host's owner) chose."""
+    for j, path in enumerate(cfg.upstream_ca_files):
+        yield _finding(cfg, "upstream_ca_trusted", f"upstream.ca_files[{j}]", str(path),
+                       f"certificates signed by {path.name} are trusted for every upstream",
+                       "Whoever holds that CA's key can stand in for any allowed host, the "
+                       "hosts credentials are bound to included.",
+                       "Trust it only if it is your own internal CA, and keep it out of "
+                       "configs that reach public hosts.")  # fmt: skip
+    for name, addrs in cfg.resolve.items():
+        riders = sorted({e.secret for e in reach if parse_host_pattern(e.host).matches(name)
+                         or e.host == name})  # fmt: skip
+        if not riders:
+            continue
+        yield _finding(cfg, "credential_host_pinned", f"upstream.resolve.{name}", name,
+                       f"{name}, where {', '.join(riders)} is injected, is sent to "
+                       f"{', '.join(addrs)}",
+                       "egress connects to the address the config gives instead of what DNS "
+                       "says; the certificate is still checked"
+                       + (", but against CAs this config adds (upstream.ca_files)."
+                          if cfg.upstream_ca_files else "."),
+                       f"Remove upstream.resolve.{name} unless that address is the real host.",
+                       "high" if cfg.upstream_ca_files else None)  # fmt: skip
+
+
 CHECKS: tuple[Check, ...] = (
     check_mode, check_wildcards, check_domain_facts, check_secrets, check_addresses,
-    check_rule_shape, check_redundant_rules,
+    check_rule_shape, check_redundant_rules, check_upstream,
 )  # fmt: skip
 
 

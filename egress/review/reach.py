@@ -66,8 +66,8 @@ def injection_schemes(cfg: Config, spec: SecretSpec, rule: Rule) -> tuple[str, .
 
 def surfaces(spec: SecretSpec, rule: Rule) -> tuple[str, ...]:
     got = set(spec.surfaces)
-    if rule.websocket and "headers" in got:
-        got.add("websocket")  # the upgrade request's headers carry it
+    if rule.websocket and got & {"headers", "query"}:
+        got.add("websocket")  # the upgrade request (headers, URL) carries it
     return tuple(s for s in SURFACE_ORDER if s in got)
 
 

@@ -43,12 +43,19 @@ def render_text(d: Diff) -> str:
     return "\n".join(out) + "\n"
 
 
+def _md_text(line: str) -> str:
+    """A line of plain text in a pull-request comment: no HTML (a path such as
+    '<details>' would fold the rest of the comment away) and no table breaks."""
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
 def render_markdown(d: Diff) -> str:
-    out = [f"### egress review: `{d.old.config}` → `{d.new.config}`", "", f"**{_verdict(d)}**", ""]
+    out = [f"### egress review: {_md_text(d.old.config)} → {_md_text(d.new.config)}", "",
+           f"**{_verdict(d)}**", ""]  # fmt: skip
     for title, lines in _sections(d):
         if lines:
             out.append(f"#### {title}")
-            out += ["- " + line.replace("|", "\\|") for line in lines]
+            out += ["- " + _md_text(line) for line in lines]
             out.append("")
     return "\n".join(out) + "\n"
 
