@@ -1,4 +1,4 @@
-"""The egress command line: run, exec, check, review, learn, redirect."""
+"""The egress command line: run, exec, env, check, review, learn, redirect."""
 
 from __future__ import annotations
 
@@ -15,34 +15,28 @@ from pathlib import Path
 from egress import __version__
 from egress import config as config_mod
 from egress.audit import AuditWriter
+
+# CA_ENV_VARS, NO_PROXY_VALUE and PROXY_ENV_VARS are re-exported from egress.clients.
+from egress.clients import (  # noqa: F401
+    CA_ENV_VARS,
+    NO_PROXY_VALUE,
+    PROXY_ENV_VARS,
+    Target,
+    client_setup,
+    write_files,
+)
 from egress.config import Config
 from egress.errors import EgressError
 from egress.runtime import Runtime
 
 log = logging.getLogger("egress")
 
-# Variables through which common tools find a CA bundle. The agent gets the egress CA alone:
-# every TLS connection it makes goes through the proxy, which verifies upstreams itself.
-CA_ENV_VARS = (
-    "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
-    "GIT_SSL_CAINFO", "PIP_CERT", "AWS_CA_BUNDLE", "NPM_CONFIG_CAFILE", "CARGO_HTTP_CAINFO",
-    "DENO_CERT",
-)  # fmt: skip
-PROXY_ENV_VARS = (
-    "HTTPS_PROXY",
-    "HTTP_PROXY",
-    "ALL_PROXY",
-    "https_proxy",
-    "http_proxy",
-    "all_proxy",
-)
-NO_PROXY_VALUE = "localhost,127.0.0.1,::1"
-
 
 def agent_env(
     base: Mapping[str, str], proxy_url: str, ca_path: str, cfg: Config, rt: Runtime
 ) -> dict[str, str]:
-    """The environment of the command ``egress exec`` runs: proxy and CA variables set,
+    """The environment of the command ``egress exec`` runs: every common client set up to go
+    through the proxy and trust its CA (egress.clients; files in the private directory),
     each secret's placeholder in its variable, and no real secret anywhere."""
     from egress.encodings import find
 
@@ -53,12 +47,12 @@ def agent_env(
         k: v for k, v in base.items()
         if k not in consumed and find(v.encode("utf-8", "surrogateescape"), forms) is None
     }  # fmt: skip
-    for var in PROXY_ENV_VARS:
-        env[var] = proxy_url
-    env["NO_PROXY"] = env["no_proxy"] = NO_PROXY_VALUE
-    for var in CA_ENV_VARS:
-        env[var] = ca_path
-    env.pop("SSL_CERT_DIR", None)  # the agent trusts the egress CA alone
+    target = Target(proxy_url, ca_path, rt.ca.cert_pem(), rt.private_dir, cfg.secrets, cfg.rules)
+    setup = client_setup(target, env)
+    write_files(rt.private_dir, setup.files)
+    for var in setup.unset:
+        env.pop(var, None)
+    env.update(setup.env)
     for spec in cfg.secrets:
         if spec.env:
             env[spec.env] = spec.placeholder
@@ -299,6 +293,16 @@ def _parser() -> argparse.ArgumentParser:
         "(default) only when stderr is not a terminal (the agent's screen)",
     )  # fmt: skip
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- command and arguments")
+    en = sub.add_parser(
+        "env", help="print the setup of egress exec as shell code, for a shell next to egress run",
+        description="Print, as export lines for a shell to eval, what egress exec sets up for "
+        "its command (proxy and CA variables, each secret's placeholder, git, wget, Java, Node, "
+        "npm, cargo: docs/clients.md), for the proxy egress run serves. Reads the config only: "
+        "it prints placeholders, never a secret. Example: eval \"$(egress env -c egress.yaml)\"",
+    )  # fmt: skip
+    from egress.envcmd import add_arguments as add_env_arguments
+
+    add_env_arguments(en, cfg_help)
     ck = sub.add_parser(
         "check", help="print the proxy's decision on requests without sending anything"
     )
@@ -343,6 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_review(args)
     try:
+        if args.command == "env":
+            from egress.envcmd import run as run_env
+
+            return run_env(args)
         cfg = config_mod.load_or_default(args.config)
         if args.command == "check":
             from egress.checkcmd import run as run_check
