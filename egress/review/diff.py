@@ -186,8 +186,13 @@ def load_revision(spec: str, workdir: Path) -> tuple[Config, str, str]:
         why = stderr.decode(errors="replace").strip() or str(e)
         problem = ConfigProblem("", f"cannot read {file!r} at revision {rev!r}: {why}")
         raise ConfigError(spec, [problem]) from None
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(workdir, filter="data")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(workdir, filter="data")
+    except (tarfile.TarError, OSError) as e:
+        # e.g. a symlink to an absolute path in that folder: refused, as a config error
+        problem = ConfigProblem("", f"cannot check out {file!r} at revision {rev!r}: {e}")
+        raise ConfigError(spec, [problem]) from None
     return load(workdir / rel / Path(file).name), str(workdir / rel), f"{rev}:{Path(file).parent}"
 
 

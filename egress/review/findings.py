@@ -393,12 +393,16 @@ def _why_dead(cfg: Config, rule: Rule) -> str | None:
     names = [n for n in cfg.resolve if rule.host.matches(n)]
     if rule.host.kind == "wildcard" and cfg.dns != "static":
         names = []  # other names under it resolve through DNS: one static answer decides nothing
+    verdicts = []
     for name in names:
         refused = [(a, policy.blocked(ipaddress.ip_address(a))) for a in cfg.resolve[name]]
-        if all(why for _, why in refused):
-            listed = ", ".join(f"{a} ({why})" for a, why in refused)
-            return (f"upstream.resolve answers {name} with {listed} only, addresses egress "
-                    "does not dial unless an address rule or upstream.allow_private opens them.")  # fmt: skip
+        if not all(why for _, why in refused):
+            return None  # one name under the rule is dialled: the rule is alive
+        listed = ", ".join(f"{a} ({why})" for a, why in refused)
+        verdicts.append(f"upstream.resolve answers {name} with {listed} only")
+    if verdicts:
+        return ("; ".join(verdicts) + ": addresses egress does not dial unless an address rule "
+                "or upstream.allow_private opens them.")  # fmt: skip
     if cfg.dns == "static" and not names:
         return (f"upstream.dns is static and upstream.resolve has no answer for "
                 f"{rule.host.text}: egress cannot resolve it.")  # fmt: skip
