@@ -239,6 +239,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     return 0 if all(v.allowed for v in verdicts) else 1
 
 
+def _join(items: tuple[object, ...]) -> str:
+    """A rule's list as a person reads it: "GET, POST", not a Python list."""
+    return ", ".join(str(i) for i in items)
+
+
 def _same(text: str) -> str:
     return text
 
@@ -270,10 +275,10 @@ def _as_text(cfg: Config, a: Asked, v: Verdict, explain: bool, loaded: bool) -> 
         r = v.rule
         assert r is not None
         lines.append(f"ALLOW {a.method} {a.url}")
-        lines.append(f"  rule:    {r.label} (host {r.host}, ports {list(r.ports)}, schemes {list(r.schemes)}"
-                     + (f", methods {list(r.methods)}" if r.methods else "")
-                     + (f", paths {list(r.paths)}" if r.paths else "")
-                     + (", websocket" if r.websocket else "") + ")"
+        lines.append(f"  rule:    {r.label} (host {r.host}; ports {_join(r.ports)}; schemes {_join(r.schemes)}"
+                     + (f"; methods {_join(r.methods)}" if r.methods else "")
+                     + (f"; paths {_join(r.paths)}" if r.paths else "")
+                     + ("; websocket" if r.websocket else "") + ")"
                      + (f" in {r.origin}" if r.origin else ""))  # fmt: skip
         lines.append(f"  secrets: {_secrets_line(v)}")
         if v.address is not None:
