@@ -73,7 +73,7 @@ def test_each_finding_points_at_its_key(
     tmp_path: Path, kind: str, text: str, key: str, subject: str
 ) -> None:
     report = review_text(tmp_path, text)
-    subject = str(tmp_path / "ca.pem") if subject == "CA_PEM" else subject
+    subject = "ca.pem" if subject == "CA_PEM" else subject
     hits = [f for f in report.findings if f.id == kind]
     assert hits, [f.id for f in report.findings]
     f = hits[0]

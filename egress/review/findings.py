@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from egress.addresses import BLOCKED_CLASSES, METADATA, AddressPolicy
 from egress.config import DEFAULT_PORTS, Config, Rule, SecretSpec
@@ -444,11 +445,18 @@ def check_redundant_rules(cfg: Config, reach: list[ReachEntry]) -> Iterator[Find
             break
 
 
+def _shown(cfg: Config, path: Path) -> str:
+    """A file the config names, as it would be written there: relative to the config's
+    folder when inside it (reports must not depend on where the checkout is)."""
+    folder = Path(cfg.path).resolve().parent
+    return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
+
+
 def check_upstream(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding]:
     """upstream.ca_files and upstream.resolve decide who egress believes a host is. With
     both, a credential can be handed to a server the config (not the host's owner) chose."""
     for j, path in enumerate(cfg.upstream_ca_files):
-        yield _finding(cfg, "upstream_ca_trusted", f"upstream.ca_files[{j}]", str(path),
+        yield _finding(cfg, "upstream_ca_trusted", f"upstream.ca_files[{j}]", _shown(cfg, path),
                        f"certificates signed by {path.name} are trusted for every upstream",
                        "Whoever holds that CA's key can stand in for any allowed host, the "
                        "hosts credentials are bound to included.",
