@@ -305,7 +305,9 @@ _EMBEDDINGS = (
     (ipaddress.IPv6Network("64:ff9b::/96"), 96),  # NAT64
     (ipaddress.IPv6Network("64:ff9b:1::/48"), 96),  # local-use NAT64
     (ipaddress.IPv6Network("2002::/16"), 16),  # 6to4: bits 16-47
+    (ipaddress.IPv6Network("2001::/32"), 32),  # Teredo: the server, bits 32-63
 )
+_TEREDO = ipaddress.IPv6Network("2001::/32")
 
 
 def ipv4_views(net: IPNetwork) -> list[ipaddress.IPv4Network]:
@@ -319,6 +321,12 @@ def ipv4_views(net: IPNetwork) -> list[ipaddress.IPv4Network]:
         inner = net if net.prefixlen >= prefix.prefixlen else prefix
         bits = min(32, max(0, inner.prefixlen - start))
         value = (int(inner.network_address) >> (96 - start)) & 0xFFFFFFFF
+        views.append(ipaddress.IPv4Network((value, bits), strict=False))
+    if net.overlaps(_TEREDO):
+        # Teredo's client address: the last 32 bits, inverted.
+        inner = net if net.prefixlen >= _TEREDO.prefixlen else _TEREDO
+        bits = min(32, max(0, inner.prefixlen - 96))
+        value = ~int(inner.network_address) & 0xFFFFFFFF
         views.append(ipaddress.IPv4Network((value, bits), strict=False))
     return views
 
