@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from egress.config import Rule
+from egress.config import DEFAULT_PORTS, Rule
 from egress.reasons import Reason, http_status
 from egress.routing import path_readings
 
@@ -17,7 +17,14 @@ def how_to_allow(reason: Reason, host: str, port: int, scheme: str, method: str,
     if reason in (Reason.HOST_NOT_ALLOWED, Reason.IP_LITERAL):
         return f"add a rule under 'allow':\n  - host: {host}{port_part}{scheme_part}"
     label = rule.label if rule else None
-    if reason is Reason.PORT_NOT_ALLOWED:
+    if reason is Reason.PORT_NOT_ALLOWED and rule is not None and scheme not in rule.schemes:
+        # e.g. http://host/ on an https-only rule: the port fails first, then the scheme
+        # would; say both at once. A rule's default ports follow its schemes.
+        defaults = sorted({DEFAULT_PORTS[s] for s in rule.schemes})
+        hint = f"add {scheme} to the 'schemes' of {label}"
+        if list(rule.ports) != defaults or port != DEFAULT_PORTS.get(scheme):
+            hint += f" and {port} to its 'ports'"
+    elif reason is Reason.PORT_NOT_ALLOWED:
         hint = f"add {port} to the 'ports' of {label}"
     elif reason is Reason.SCHEME_NOT_ALLOWED:
         hint = f"add {scheme} to the 'schemes' of {label}"
