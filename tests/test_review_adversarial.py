@@ -143,7 +143,7 @@ FIXED = {
     "diff-revision-shadowed", "cli-config-error-exit-2", "dead-rule-static-mixed-wildcard",
     "diff-revision-absolute-symlink", "metadata-teredo-range",
     "exfiltration_host-canary.discord.com", "exfiltration_host-ptb.discord.com",
-    "exfiltration_host-api.paste.ee", "duplicate-yaml-key",
+    "exfiltration_host-api.paste.ee", "duplicate-yaml-key", "account-only-gitlab-private-token",
 }  # fmt: skip
 
 

@@ -389,7 +389,7 @@ def test_every_own_entry_has_a_reason_a_category_and_valid_patterns() -> None:
         if "reference" in entry:
             assert URL.match(entry["reference"]), where
         assert set(entry) <= {"service", "category", "hosts", "reason", "reference", "paths",
-                              "write_methods_only"}, where  # fmt: skip
+                              "write_methods_only", "credential_headers"}, where  # fmt: skip
         for path in entry.get("paths") or []:
             assert path.startswith("/") and "?" not in path, where
 

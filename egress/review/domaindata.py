@@ -54,6 +54,9 @@ class HostFact:
     reference: str = ""  # a URL backing the entry, when the data has one
     service: str = ""  # the service's name, when the data has one
     also_matched: tuple[str, ...] = ()  # more entries of the same data entry or list
+    # Headers the service takes credentials in besides Authorization and Cookie (GitLab's
+    # PRIVATE-TOKEN): a guard that leaves one out lets the agent's own token through.
+    credential_headers: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------
@@ -187,6 +190,7 @@ def own_entries() -> Iterator[Entry]:
             write_only=bool(entry.get("write_methods_only", False)),
             reference=str(entry.get("reference") or ""),
             service=str(entry.get("service") or ""),
+            credential_headers=tuple(str(h).lower() for h in entry.get("credential_headers") or ()),
         )
         for pattern, text in _patterns(HOSTS_FILE, where, entry):
             yield pattern, text, fact

@@ -135,7 +135,9 @@ def check_domain_facts(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding
                 continue
             seen.add(kind)
             severity = None
-            if kind == "code_host_write" and not _guarded(cfg, rule, "authorization"):
+            if kind == "code_host_write" and not all(
+                _guarded(cfg, rule, h) for h in ("authorization", *fact.credential_headers)
+            ):
                 # No secret refuses other credentials here: the agent writes with any token
                 # it is handed (to a repository of someone else's choosing).
                 severity = "high"
@@ -165,8 +167,12 @@ def _write_finding(cfg: Config, rule: Rule, fact: domains.HostFact) -> Finding:
     account (a site list such as LOTS, not an anonymous paste or bucket) and a secret bound
     to the host refuses every credential but its placeholder, the agent can write only as
     that secret's account: still a channel, but not to a place of the agent's choosing."""
+    # Every header the host's service takes credentials in, by our data for the host.
+    needed = {"authorization", "cookie"}.union(
+        *(f.credential_headers for f in domains.facts_for(rule.host.text))
+    )
     guards = [s.name for s in cfg.secrets if s.require_placeholder
-              and {"authorization", "cookie"} <= set(s.auth_headers)
+              and needed <= set(s.auth_headers)
               and any(covers(h, rule.host) for h in s.hosts)]  # fmt: skip
     account_only = fact.category == "user_content" and fact.source.startswith("MISP") and guards
     explanation = "An agent can upload data there for anyone to fetch later."
