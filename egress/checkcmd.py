@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from egress.addresses import AddressPolicy
 from egress.audit import AuditWriter
 from egress.config import Config
 from egress.decide import (
@@ -185,7 +187,13 @@ def requests_from(args: argparse.Namespace) -> list[Asked]:
 def static_resolve(cfg: Config) -> Callable[[str, int], Picked | Refused | None]:
     """The running proxy's resolver, asked only where it sends no DNS query: addresses,
     names in upstream.resolve, and every name with ``upstream.dns: static``."""
-    resolver = Resolver(cfg.resolve, address_policy(cfg), static_only=cfg.dns == "static")
+    policy = address_policy(cfg)
+    if cfg.listen_port:
+        # The proxy never dials itself (Runtime.listening_on); with a fixed listen port,
+        # check knows that listener too. (exec and port 0 pick theirs when they start.)
+        own = (ipaddress.ip_address(cfg.listen_host), cfg.listen_port)
+        policy = AddressPolicy(policy.allowed, (*policy.own, own))
+    resolver = Resolver(cfg.resolve, policy, static_only=cfg.dns == "static")
 
     def resolve(host: str, port: int) -> Picked | Refused | None:
         if is_ip(host) or host in resolver.static or resolver.static_only:

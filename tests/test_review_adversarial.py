@@ -144,6 +144,7 @@ FIXED = {
     "diff-revision-absolute-symlink", "metadata-teredo-range",
     "exfiltration_host-canary.discord.com", "exfiltration_host-ptb.discord.com",
     "exfiltration_host-api.paste.ee", "duplicate-yaml-key", "account-only-gitlab-private-token",
+    "check-own-listener",
 }  # fmt: skip
 
 
