@@ -176,7 +176,7 @@ def _refresh_gauges(rt: Runtime) -> None:
 
 
 async def _exec(cfg: Config, argv: Sequence[str], audit_option: str | None = None,
-                log_level: str = "auto") -> int:  # fmt: skip
+                log_level: str = "auto", isolate: bool = False) -> int:  # fmt: skip
     from egress.localdev import denial_lines, denial_printer, exec_audit_target
     from egress.proxy import EmbeddedProxy
 
@@ -194,9 +194,22 @@ async def _exec(cfg: Config, argv: Sequence[str], audit_option: str | None = Non
         proxy = EmbeddedProxy(rt, "127.0.0.1", 0)
         host, port = await proxy.start()
         env = agent_env(os.environ, f"http://{host}:{port}", str(rt.ca_path), cfg, rt)
+        bridge = None
+        if isolate:  # egress.isolate: same proxy URL inside, bridged over a Unix socket
+            from egress import isolate as iso
+
+            bridge = iso.UnixBridge(host, port)
+            await bridge.start()
+            plan = iso.Plan(str(bridge.sock), port, str(rt.private_dir),
+                            tuple(iso.published_files(env, rt.private_dir)),
+                            *map(tuple, iso.hide_plan(iso.secret_paths(cfg), [
+                                Path.cwd(), Path.home(), bridge.dir, rt.private_dir])))  # fmt: skip
+            argv = iso.command(plan, argv)
         try:
             child = await asyncio.create_subprocess_exec(*argv, env=env)
         except OSError as e:
+            if bridge is not None:
+                await bridge.stop()
             await proxy.stop()
             print(f"egress: cannot run {argv[0]!r}: {e.strerror}", file=sys.stderr)
             return 127
@@ -207,6 +220,8 @@ async def _exec(cfg: Config, argv: Sequence[str], audit_option: str | None = Non
         for sig in (signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, child.send_signal, sig)
         code = await child.wait()
+        if bridge is not None:
+            await bridge.stop()
         await proxy.stop()
         return code if code >= 0 else 128 - code
     finally:
@@ -292,6 +307,12 @@ def _parser() -> argparse.ArgumentParser:
         help="one line per refused request on stderr: 'deny' always, 'quiet' never, 'auto' "
         "(default) only when stderr is not a terminal (the agent's screen)",
     )  # fmt: skip
+    ex.add_argument(
+        "--isolate", action="store_true",
+        help="Linux: run the command in its own user, mount, PID and network namespaces: its "
+        "only way out is egress, and egress's process, private directory and the secrets "
+        "files are hidden from it (docs/isolation.md)",
+    )  # fmt: skip
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- command and arguments")
     en = sub.add_parser(
         "env", help="print the setup of egress exec as shell code, for a shell next to egress run",
@@ -364,7 +385,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not cmd:
             print("egress: exec needs a command: egress exec -- CMD ARGS...", file=sys.stderr)
             return 2
-        return asyncio.run(_exec(cfg, cmd, args.audit, args.log_level))
+        if args.isolate:
+            from egress.isolate import unsupported_message, unsupported_reason
+
+            if (why := unsupported_reason()) is not None:
+                print(unsupported_message(why), file=sys.stderr)
+                return 2
+        return asyncio.run(_exec(cfg, cmd, args.audit, args.log_level, args.isolate))
     except EgressError as e:
         print(f"egress: error: {e}", file=sys.stderr)
         return 2
