@@ -330,7 +330,12 @@ def _parser() -> argparse.ArgumentParser:
     from egress.checkcmd import add_arguments as add_check_arguments
 
     add_check_arguments(ck, cfg_help)
+    from egress.completion import add_parser as add_completion_parser
+    from egress.doctor import add_parser as add_doctor_parser
     from egress.review.cli import add_parsers as add_review_parsers
+
+    add_doctor_parser(sub, cfg_help)
+    add_completion_parser(sub)
 
     add_review_parsers(sub, cfg_help)
     rd = sub.add_parser(
@@ -363,6 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     if args.command == "redirect":
         return _redirect(args)
+    if args.command == "doctor":
+        from egress.doctor import run as run_doctor
+
+        return run_doctor(args)
+    if args.command == "completion":
+        from egress.completion import run as run_completion
+
+        return run_completion(args)
     if args.command in ("review", "learn"):
         from egress.review.cli import run as run_review
 
