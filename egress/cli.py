@@ -283,6 +283,9 @@ def _redirect(args: argparse.Namespace) -> int:
     return 0
 
 
+_RAW = argparse.RawDescriptionHelpFormatter  # keeps the examples' line breaks
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="egress", description="Credential-injecting egress proxy for AI agents."
@@ -290,12 +293,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"egress {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     cfg_help = "config file (default: the embedded default config)"
-    run = sub.add_parser("run", help="run the proxy until Ctrl-C")
+    run = sub.add_parser(
+        "run", help="run the proxy until Ctrl-C", formatter_class=_RAW,
+        description="Load the config and every secret, make the ephemeral CA and serve as an "
+        "explicit (or, with listen.mode: transparent, transparent) proxy until Ctrl-C or "
+        "SIGTERM. The banner on stderr says where the CA is and how to point clients at it.",
+        epilog="examples:\n  egress run                          # the embedded default config\n"
+        "  egress run -c egress.yaml --port 0  # a free port\n"
+        "  eval \"$(egress env -c egress.yaml)\" # then, in the agent's shell\n\n"
+        "exit codes:\n  0  stopped by Ctrl-C or SIGTERM\n"
+        "  2  the config is invalid, a required secret cannot be loaded, or the port is busy",
+    )  # fmt: skip
     run.add_argument("--config", "-c", help=cfg_help)
     run.add_argument(
         "--port", type=int, help="listen port (overrides listen.port; 0 picks a free one)"
     )
-    ex = sub.add_parser("exec", help="run a command with its traffic going through the proxy")
+    ex = sub.add_parser(
+        "exec", help="run a command with its traffic going through the proxy", formatter_class=_RAW,
+        description="Start a private proxy on a free loopback port and run CMD through it: "
+        "proxy and CA variables set for every common client (docs/clients.md), each secret's "
+        "placeholder in its variable, no real secret in CMD's environment or readable from "
+        "egress's process; with --isolate, no way out but egress.",
+        epilog="examples:\n  egress exec -- claude\n  egress exec --isolate -c egress.yaml -- "
+        "npm install\n  egress exec --log-level deny -- pytest\n\n"
+        "exit codes:\n  CMD's exit code (128+N if CMD died from signal N)\n"
+        "  127  CMD cannot be run\n  2  the config is invalid, a required secret cannot be "
+        "loaded, or --isolate is not possible here",
+    )  # fmt: skip
     ex.add_argument("--config", "-c", help=cfg_help)
     ex.add_argument(
         "--audit", metavar="PATH",
@@ -325,8 +349,16 @@ def _parser() -> argparse.ArgumentParser:
 
     add_env_arguments(en, cfg_help)
     ck = sub.add_parser(
-        "check", help="print the proxy's decision on requests without sending anything"
-    )
+        "check", help="print the proxy's decision on requests without sending anything",
+        formatter_class=_RAW,
+        description="The decision the proxy would take on each request, with the proxy's own "
+        "checks in its order (secret checks included), without sending anything.",
+        epilog="examples:\n  egress check -c egress.yaml https://api.github.com/user\n"
+        "  egress check -c egress.yaml -X POST -H 'Authorization: Bearer $TOKEN' URL --explain\n"
+        "  egress check -c egress.yaml --file urls.txt --format json\n\n"
+        "exit codes:\n  0  every request allowed\n  1  a request refused\n"
+        "  2  config error, a required secret cannot be loaded, or bad input",
+    )  # fmt: skip
     from egress.checkcmd import add_arguments as add_check_arguments
 
     add_check_arguments(ck, cfg_help)

@@ -201,3 +201,16 @@ def test_two_proxies_never_share_a_ca_file(cfg: Path, upstream: Upstream, tmp_pa
     # Once the first one has stopped, the path is free again.
     again = start_proxy(cfg, tmp_path)
     assert again.stop() == 0
+
+
+@pytest.mark.parametrize("command", ["run", "exec", "check", "review", "learn", "doctor"])
+def test_subcommand_help_has_a_description_examples_and_exit_codes(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from egress.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "exit codes" in out.lower() and "egress " + command in out, out
