@@ -313,12 +313,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Start a private proxy on a free loopback port and run CMD through it: "
         "proxy and CA variables set for every common client (docs/clients.md), each secret's "
         "placeholder in its variable, no real secret in CMD's environment or readable from "
-        "egress's process; with --isolate, no way out but egress.",
+        "egress's process; isolated (Linux, where the kernel allows it: --isolate), no way "
+        "out but egress.",
         epilog="examples:\n  egress exec -- claude\n  egress exec --isolate -c egress.yaml -- "
-        "npm install\n  egress exec --log-level deny -- pytest\n\n"
+        "npm install   # fail if it cannot be isolated\n  egress exec --no-isolate -- make\n"
+        "  egress exec --log-level deny -- pytest\n\n"
         "exit codes:\n  CMD's exit code (128+N if CMD died from signal N)\n"
         "  127  CMD cannot be run\n  2  the config is invalid, a required secret cannot be "
-        "loaded, or --isolate is not possible here",
+        "loaded, or an explicit --isolate is not possible here",
     )  # fmt: skip
     ex.add_argument("--config", "-c", help=cfg_help)
     ex.add_argument(
@@ -331,11 +333,18 @@ def _parser() -> argparse.ArgumentParser:
         help="one line per refused request on stderr: 'deny' always, 'quiet' never, 'auto' "
         "(default) only when stderr is not a terminal (the agent's screen)",
     )  # fmt: skip
-    ex.add_argument(
-        "--isolate", action="store_true",
+    iso = ex.add_mutually_exclusive_group()
+    iso.add_argument(
+        "--isolate", action="store_true", default=None,
         help="Linux: run the command in its own user, mount, PID and network namespaces: its "
         "only way out is egress, and egress's process, private directory and the secrets "
-        "files are hidden from it (docs/isolation.md)",
+        "files are hidden from it (docs/isolation.md). The default where the kernel allows "
+        "it; given explicitly, exec fails (status 2) where it does not",
+    )  # fmt: skip
+    iso.add_argument(
+        "--no-isolate", dest="isolate", action="store_false",
+        help="run the command unisolated (as your user, on your network): it can connect "
+        "around the proxy and read what your user can read",
     )  # fmt: skip
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- command and arguments")
     en = sub.add_parser(
@@ -430,13 +439,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not cmd:
             print("egress: exec needs a command: egress exec -- CMD ARGS...", file=sys.stderr)
             return 2
-        if args.isolate:
-            from egress.isolate import unsupported_message, unsupported_reason
+        isolate = args.isolate is not False  # the default: isolated where possible
+        if isolate:
+            from egress.isolate import not_isolated_notice, unsupported_message, unsupported_reason
 
             if (why := unsupported_reason()) is not None:
-                print(unsupported_message(why), file=sys.stderr)
-                return 2
-        return asyncio.run(_exec(cfg, cmd, args.audit, args.log_level, args.isolate))
+                if args.isolate:  # asked for explicitly: fail closed
+                    print(unsupported_message(why), file=sys.stderr)
+                    return 2
+                print(not_isolated_notice(why), file=sys.stderr, flush=True)
+                isolate = False
+        return asyncio.run(_exec(cfg, cmd, args.audit, args.log_level, isolate))
     except EgressError as e:
         print(f"egress: error: {e}", file=sys.stderr)
         return 2

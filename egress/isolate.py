@@ -81,9 +81,16 @@ def _prctl(option: int, arg: int) -> None:
 
 def _map_ids(inside_uid: int, outside_uid: int, inside_gid: int, outside_gid: int) -> None:
     """Map one uid and one gid of a user namespace this process just entered."""
-    Path("/proc/self/setgroups").write_text("deny")
-    Path("/proc/self/uid_map").write_text(f"{inside_uid} {outside_uid} 1")
-    Path("/proc/self/gid_map").write_text(f"{inside_gid} {outside_gid} 1")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{inside_uid} {outside_uid} 1"),
+                       ("gid_map", f"{inside_gid} {outside_gid} 1")):  # fmt: skip
+        try:
+            Path(f"/proc/self/{name}").write_text(text)
+        except OSError as e:
+            hint = ""
+            if name == "uid_map" and outside_uid == 0 and e.errno == errno.EPERM:
+                # Linux 5.12+: mapping uid 0 of the parent namespace needs CAP_SETFCAP.
+                hint = " (mapping uid 0 needs CAP_SETFCAP: root without capabilities)"
+            raise IsolateError(f"writing /proc/self/{name} ({text!r}): {e.strerror}{hint}") from e
 
 
 # ---- pure planning: what the sandbox hides and what it shows ---------------------------
@@ -162,6 +169,35 @@ def unsupported_reason() -> str | None:
     """None when this machine lets egress make the namespaces, else what is missing."""
     if not sys.platform.startswith("linux"):
         return f"--isolate needs Linux namespaces (this is {sys.platform})"
+    # The probe in a forked child of this process (a few ms; a new Python costs ~100 ms on
+    # every exec). The child only makes syscalls and writes to a pipe, so a fork of a process
+    # with threads is safe here; where fork is not possible, the probe as a script.
+    try:
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+    except OSError:
+        return _probe_script()
+    if pid == 0:  # pragma: no cover (the child)
+        code = 1
+        try:
+            os.close(rfd)
+            os.dup2(wfd, 2)
+            sys.stderr = os.fdopen(2, "w", closefd=False)
+            code = _probe()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as r:
+        err = r.read().decode(errors="replace").strip()
+    code = _status(os.waitpid(pid, 0)[1])
+    if code == 0:
+        return None
+    return err or f"the namespace probe failed with status {code}"
+
+
+def _probe_script() -> str | None:
     try:
         r = subprocess.run([*_self(), "probe"],
                            capture_output=True, text=True, timeout=20)  # fmt: skip
@@ -172,14 +208,29 @@ def unsupported_reason() -> str | None:
     return r.stderr.strip() or f"the namespace probe failed with status {r.returncode}"
 
 
+_NEEDS = (
+    "It needs unprivileged user namespaces (Linux: sysctl kernel.unprivileged_userns_clone=1 "
+    "on Debian/Ubuntu kernels, user.max_user_namespaces > 0, and no AppArmor restriction "
+    "kernel.apparmor_restrict_unprivileged_userns=1, or a container started with permission "
+    "to make namespaces; root needs CAP_SYS_ADMIN and CAP_SETFCAP)."
+)
+
+
 def unsupported_message(reason: str) -> str:
+    """An explicit --isolate that cannot be honoured: the error (exec stops, status 2)."""
     return (
-        f"egress: error: --isolate is not available here: {reason}. It needs unprivileged "
-        "user namespaces (Linux: sysctl kernel.unprivileged_userns_clone=1 on Debian/Ubuntu "
-        "kernels, user.max_user_namespaces > 0, and no AppArmor restriction "
-        "kernel.apparmor_restrict_unprivileged_userns=1, or a container started with "
-        "permission to make namespaces). To run without isolation (CMD can then read what "
-        "your user can read and connect around the proxy), leave out --isolate."
+        f"egress: error: --isolate is not available here: {reason}. {_NEEDS} To run without "
+        "isolation (CMD can then read what your user can read and connect around the "
+        "proxy), use --no-isolate."
+    )
+
+
+def not_isolated_notice(reason: str) -> str:
+    """The default where isolation is not possible: one line, CMD runs unisolated."""
+    return (
+        f"egress: warning: not isolating CMD: {reason}; CMD runs unisolated (it can connect "
+        "around the proxy and read your user's files; docs/isolation.md). --no-isolate "
+        "silences this, --isolate makes it an error."
     )
 
 

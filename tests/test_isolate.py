@@ -65,7 +65,14 @@ def test_unsupported_message_names_what_is_missing_and_the_way_out() -> None:
         "unshare(user, mount, pid, net namespaces): Operation not permitted"
     )
     assert "Operation not permitted" in msg and "user namespaces" in msg
-    assert "leave out --isolate" in msg
+    assert "--no-isolate" in msg
+
+
+def test_not_isolated_notice_is_one_line_naming_cause_consequence_and_silencer() -> None:
+    msg = isolate.not_isolated_notice("unshare: Operation not permitted")
+    assert "\n" not in msg
+    assert "unshare: Operation not permitted" in msg and "unisolated" in msg
+    assert "--no-isolate" in msg
 
 
 # ---- end to end -----------------------------------------------------------------------------
@@ -258,22 +265,105 @@ def test_sigterm_reaches_the_command_and_nothing_is_left(cfg: Path, outside: Pat
     assert _leftovers(f"isolate.py run .*{cfg.parent}") == ""
 
 
+NO_NS = ("import sys, egress.isolate as i; "
+         "i.unsupported_reason = lambda: 'unshare: Operation not permitted'; "
+         "from egress.cli import main; sys.exit(main())")  # fmt: skip
+
+
 def test_isolate_unavailable_fails_clearly_and_runs_nothing(cfg: Path, outside: Path) -> None:
-    """Where the namespaces cannot be made, exec --isolate refuses: never un-isolated."""
+    """Where the namespaces cannot be made, an explicit exec --isolate refuses: never
+    un-isolated."""
     ran = outside / "ran"
-    env = proxy_env()
-    wrapper = ("import sys, egress.isolate as i; "
-               "i.unsupported_reason = lambda: 'unshare: Operation not permitted'; "
-               "from egress.cli import main; sys.exit(main())")  # fmt: skip
     r = subprocess.run(
-        [sys.executable, "-c", wrapper, "exec", "--isolate", "--config", str(cfg), "--",
+        [sys.executable, "-c", NO_NS, "exec", "--isolate", "--config", str(cfg), "--",
          "touch", str(ran)],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True, text=True, env=proxy_env(), timeout=60,
     )  # fmt: skip
     assert r.returncode == 2
     assert "--isolate is not available here: unshare: Operation not permitted" in r.stderr
-    assert "leave out --isolate" in r.stderr
+    assert "--no-isolate" in r.stderr
     assert not ran.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "notice"),
+    [
+        ([], True),  # the default: a one-line notice, then CMD unisolated
+        (["--no-isolate"], False),  # asked for: no notice
+    ],
+)
+def test_default_where_unavailable_runs_unisolated_with_one_line(
+    cfg: Path, outside: Path, flags: list[str], notice: bool
+) -> None:
+    ran = outside / "ran"
+    r = subprocess.run(
+        [sys.executable, "-c", NO_NS, "exec", *flags, "--config", str(cfg), "--",
+         "touch", str(ran)],
+        capture_output=True, text=True, env=proxy_env(), timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert ran.exists()
+    lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("egress: audit log:")]
+    if notice:
+        assert len(lines) == 1, r.stderr
+        assert "unshare: Operation not permitted" in lines[0] and "unisolated" in lines[0]
+        assert "--no-isolate" in lines[0]
+    else:
+        assert lines == [], r.stderr
+
+
+@needs_ns
+@pytest.mark.parametrize(("flags", "isolated"), [([], True), (["--isolate"], True),
+                                                 (["--no-isolate"], False)])  # fmt: skip
+def test_isolated_by_default_where_possible(cfg: Path, flags: list[str], isolated: bool) -> None:
+    r = egress("exec", *flags, "--config", str(cfg), "--", "sh", "-c", "echo $$")
+    assert r.returncode == 0, r.stderr
+    assert (int(r.stdout) < 100) is isolated  # PID 2 or so in a PID namespace of its own
+    assert "not isolating" not in r.stderr
+
+
+AIOHTTP = r"""
+import asyncio, json, os, sys
+import aiohttp
+AUTH = {"Authorization": "Bearer " + os.environ["API_TOKEN"]}
+async def main(url):
+    out = {}
+    for name, trust_env in (("default", False), ("trust_env", True)):
+        try:
+            async with aiohttp.ClientSession(trust_env=trust_env) as s:
+                async with s.get(url, headers=AUTH, timeout=aiohttp.ClientTimeout(total=10)) as r:
+                    out[name] = [r.status, (await r.json())["headers"].get("authorization")]
+        except aiohttp.ClientConnectorError as e:
+            out[name] = ["connect-error", e.os_error.errno if e.os_error else None]
+        except Exception as e:
+            out[name] = ["error", type(e).__name__, str(e)[:200]]
+    print(json.dumps(out))
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@needs_ns
+def test_aiohttp_ignoring_the_proxy_cannot_connect_and_with_trust_env_is_proxied(
+    cfg: Path, upstream: Upstream, outside: Path
+) -> None:
+    """aiohttp ignores HTTPS_PROXY unless trust_env=True: under the default isolation it
+    fails to connect (never goes direct); with trust_env it goes through egress."""
+    pytest.importorskip("aiohttp")
+    url = f"https://{API}:{upstream.port}/aiohttp"
+    # aiohttp resolves the host itself without the proxy: name the loopback address so the
+    # attempt is a real direct connection, not a DNS failure.
+    direct = f"https://127.0.0.1:{upstream.port}/aiohttp-direct"
+    (outside / "aio.py").write_text(AIOHTTP)
+    script = f"{sys.executable} {outside}/aio.py {url}; {sys.executable} {outside}/aio.py {direct}"
+    r = egress("exec", "--config", str(cfg), "--", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    by_name, by_addr = (json.loads(line) for line in r.stdout.splitlines())
+    assert by_name["trust_env"] == [200, "Bearer egress-api_token-placeholder"], by_name
+    assert by_name["default"][0] == "connect-error", by_name  # no DNS, no route
+    assert by_addr["default"] == ["connect-error", 111], by_addr  # the sandbox's own loopback
+    assert [q.path for q in upstream.requests] == ["/aiohttp"]
+    assert upstream.requests[0].headers["authorization"] == f"Bearer {SECRET}"
+    assert_no_secret(r.stdout, r.stderr)
 
 
 SYSTEM_PY = "/usr/bin/python3"  # readable by other users (pyenv's, under /root, is not)
