@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -84,6 +85,11 @@ def protect_process(cfg: Config, rt: Runtime) -> None:
     scrub_environ(secret_env_vars(cfg, rt))
 
 
+def _config_arg(cfg: Config) -> str:
+    """' --config PATH' for a command line that must read the same config ('' for the default)."""
+    return "" if cfg.path == config_mod.EMBEDDED_DEFAULT else f" --config {shlex.quote(cfg.path)}"
+
+
 def _banner(cfg: Config, host: str, port: int) -> str:
     url = f"http://{host}:{port}"
     ca = cfg.ca_cert_path
@@ -100,9 +106,14 @@ def _banner(cfg: Config, host: str, port: int) -> str:
         ]
     else:
         lines += [
-            "point a client at the proxy:",
-            f"  export HTTPS_PROXY={url} HTTP_PROXY={url} SSL_CERT_FILE={ca}",
-            f"  curl --proxy {url} --cacert {ca} https://<allowed host>/",
+            "point a shell's clients at it (proxy, CA and placeholders for curl, requests, git, "
+            "pip, Node, Java, wget...; docs/clients.md):",
+            f'  eval "$(egress env{_config_arg(cfg)} --proxy-url {url})"',
+            f"  or only: export HTTPS_PROXY={url} HTTP_PROXY={url} SSL_CERT_FILE={ca} "
+            f"REQUESTS_CA_BUNDLE={ca}",
+            "check the clients found here: egress doctor"
+            + _config_arg(cfg)
+            + f" --proxy-url {url}",
             "or run an agent through it: egress exec -- <command>",
         ]
     for spec in cfg.secrets:

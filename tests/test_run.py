@@ -24,6 +24,8 @@ def test_clean_shutdown(
     banner = p.stderr_path.read_text()
     assert f"CA certificate: {p.ca}" in banner
     assert f"export HTTPS_PROXY={p.url}" in banner
+    # The whole client setup, for a shell next to this proxy (egress env, docs/clients.md).
+    assert f'eval "$(egress env --config {p.config} --proxy-url {p.url})"' in banner
     assert "API_TOKEN=egress-api_token-placeholder" in banner
     p.proc.send_signal(sig)
     assert p.proc.wait(timeout=15) == 0
