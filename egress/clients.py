@@ -6,7 +6,8 @@ it and why. ``egress exec`` applies it to CMD's environment (egress.cli.agent_en
 same with the test that proves each entry.
 
 Everything here is computed from plain data (the proxy URL, the CA, the config's secrets
-and rules, the environment it starts from); only ``write_files`` touches the disk.
+and rules, the environment it starts from); only ``write_files`` writes to the disk, and
+only ``_netrc`` reads it (the first line of the file NETRC names, to tell egress's own).
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ CA_ENV_VARS = (
     "DENO_CERT",
 )  # fmt: skip
 WGETRC = "wgetrc"
+NETRC = "netrc"
+# Files written 0600 (the rest are public: a CA certificate, a proxy address).
+PRIVATE_FILES = frozenset({NETRC})
+NETRC_HEADER = "# Written by egress"
 TRUSTSTORE = "egress-truststore.p12"
 # Java cannot open a PKCS12 truststore without a password. It guards nothing here (the
 # file holds one public certificate), so it is Java's well-known default.
@@ -175,6 +180,59 @@ def _wget(t: Target, base: Mapping[str, str], out: Setup) -> None:
     out.env["WGETRC"] = str(t.files_dir / WGETRC)
 
 
+def _netrc(t: Target, base: Mapping[str, str], out: Setup) -> None:
+    """requests (and pip, which vendors it), uv and ``curl -n`` read a netrc: NETRC names
+    one holding, for each exact host a secret is bound to, ``__token__`` and the secret's
+    placeholder. They send it as Basic auth, and egress puts the real token in its place.
+    A NETRC of the user's is left as it is (docs/clients.md): it is their choice, and
+    copying its entries would put credentials egress cannot vet into a file it hands the
+    agent. One written by egress (an earlier ``egress env``) is replaced."""
+    mine = str(t.files_dir / NETRC)
+    theirs = base.get("NETRC")
+    if theirs and theirs != mine and not _written_by_egress(theirs):
+        out.notes.append(f"netrc: NETRC is set ({theirs}): left as is, without placeholders")
+        return
+    text = netrc_text(t.secrets)
+    if text is None:
+        if theirs:
+            out.unset.append("NETRC")  # ours from an earlier egress env, now with nothing
+        return
+    out.files[NETRC] = text.encode()
+    out.env["NETRC"] = mine
+
+
+def _written_by_egress(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().startswith(NETRC_HEADER)
+    except OSError:
+        return False
+
+
+def netrc_text(secrets: tuple[SecretSpec, ...]) -> str | None:
+    """A netrc with one line per exact host name a secret with ``netrc: true`` is bound to
+    (wildcards and addresses have no netrc form); None when there is none. Placeholders
+    only."""
+    lines: dict[str, str] = {}
+    for spec in secrets:
+        if not spec.netrc:
+            continue  # opt-in: requests would replace a caller's own Authorization there
+        if any(c.isspace() or c in "\"'" for c in spec.placeholder):
+            continue  # no netrc token can hold it
+        for host in spec.hosts:
+            # A host bound to two secrets: the first one in the config wins (a netrc has
+            # one entry per machine; readers disagree on which of two they take).
+            if host.kind == "name" and host.text not in lines:
+                lines[host.text] = (
+                    f"machine {host.text} login __token__ password {spec.placeholder}"
+                )
+    if not lines:
+        return None
+    head = (f"{NETRC_HEADER}: placeholders only, which egress swaps for the real tokens on "
+            "the way out.\n")  # fmt: skip
+    return head + "".join(line + "\n" for line in lines.values())
+
+
 CLIENTS: tuple[Client, ...] = (
     # Every client that takes its proxy from the environment (curl, Python, Go, Ruby, git's
     # libcurl, pip, uv, npm, cargo, wget; Node with NODE_USE_ENV_PROXY). Both spellings: curl
@@ -220,6 +278,9 @@ CLIENTS: tuple[Client, ...] = (
     # Deno's --cert.
     Client("Deno", {"DENO_CERT": "{ca}"}),
     Client("wget", build=_wget),
+    # requests, pip, uv, curl -n: a netrc with each bound host's placeholder. git ignores
+    # NETRC: it has its helpers above.
+    Client("netrc: requests, pip, uv, curl -n", build=_netrc),
     Client("Java", build=_java),
 )
 
@@ -239,12 +300,18 @@ def client_setup(t: Target, base: Mapping[str, str]) -> Setup:
 
 
 def write_files(directory: Path, files: Mapping[str, bytes]) -> None:
-    """Write the setup's files (public: a CA certificate, a proxy address), each atomically."""
+    """Write the setup's files, each atomically: 0600 those of PRIVATE_FILES (the netrc;
+    it holds placeholders only, but is a credentials file), 0644 the others (public: a CA
+    certificate, a proxy address)."""
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
+        mode = 0o600 if name in PRIVATE_FILES else 0o644
         tmp = directory / f".{name}.tmp"
-        tmp.write_bytes(data)
-        os.chmod(tmp, 0o644)
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
         os.replace(tmp, directory / name)
 
 

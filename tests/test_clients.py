@@ -27,11 +27,14 @@ import trustme
 from egress import config as config_mod
 from egress.clients import (
     CA_ENV_VARS,
+    NETRC,
     TRUSTSTORE_PASSWORD,
     Setup,
     Target,
     client_setup,
     java_truststore,
+    netrc_text,
+    write_files,
 )
 from tests.canary import OUTPUTS
 from tests.conftest import (
@@ -213,6 +216,16 @@ def cfg(tmp_path: Path, test_ca_file: Path, upstream: Upstream, service: Service
     return write_config(tmp_path, _config(tmp_path, test_ca_file, upstream, service))
 
 
+@pytest.fixture
+def index_cfg(
+    tmp_path: Path, test_ca_file: Path, upstream: Upstream, service: ServiceServer
+) -> Path:
+    """api_token is a package index's token: netrc: true puts its placeholder in the netrc."""
+    data = _config(tmp_path, test_ca_file, upstream, service)
+    data["secrets"][0]["netrc"] = True
+    return write_config(tmp_path, data)
+
+
 def run_exec(cfg: Path, script: str, **extra: str) -> subprocess.CompletedProcess[str]:
     home = cfg.parent / "home"
     home.mkdir(exist_ok=True)
@@ -342,41 +355,47 @@ def test_git_clone_with_no_setup(cfg: Path, service: ServiceServer) -> None:
     assert SECRET not in config and PH not in config
 
 
-# --- pip: a token goes in the index URL --------------------------------------------------------
+# --- pip, uv, curl -n: the placeholder comes from egress's netrc ------------------------------
 
 
-def test_pip_download_from_an_index(cfg: Path, service: ServiceServer) -> None:
-    """pip needs no setup for a public index; for one behind auth, the token goes in the index
-    URL: with the placeholder there, the index gets the real token."""
+def test_pip_download_from_an_index(index_cfg: Path, service: ServiceServer) -> None:
+    """pip needs no setup for a public index, nor for one behind auth: the index URL holds no
+    credentials, pip takes __token__ and the placeholder from the netrc NETRC names, and the
+    index gets the real token. curl reads the same file with --netrc-file."""
     base = f"{API}:{service.port}"
     pip = '"$PY" -m pip download -q --no-deps --no-cache-dir --disable-pip-version-check'
     script = (f"{pip} -d public --index-url https://{base}/public/simple/ {PKG} && "
-              f'{pip} -d private --index-url "https://__token__:$API_TOKEN@{base}/private/simple/" {PKG}')  # fmt: skip
-    r = run_exec(cfg, script)
+              f"PIP_INDEX_URL=https://{base}/private/simple/ {pip} -d private {PKG} && "
+              f'curl -sS --fail-with-body --netrc-file "$NETRC" https://{base}/private/simple/{PKG}/')  # fmt: skip
+    r = run_exec(index_cfg, script)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert (cfg.parent / "public" / WHEEL).read_bytes() == service.wheel
-    assert (cfg.parent / "private" / WHEEL).read_bytes() == service.wheel
-    assert all(a == "" for _, _, a in service.requests_to("/public/"))
+    assert WHEEL in r.stdout  # curl's page
+    assert (index_cfg.parent / "public" / WHEEL).read_bytes() == service.wheel
+    assert (index_cfg.parent / "private" / WHEEL).read_bytes() == service.wheel
+    # The netrc is per host: /public/ may get the token too; the placeholder never arrives.
+    assert all(_basic_password(a) in (None, SECRET) for _, _, a in service.requests_to("/public/"))
     private = service.requests_to("/private/")
     assert {p for _, p, _ in private} >= {f"/private/simple/{PKG}/", f"/private/files/{WHEEL}"}
-    assert any(_basic_password(a) == SECRET for _, _, a in private)
+    assert any(_basic_credentials(a) == f"__token__:{SECRET}" for _, _, a in private)
+    assert all(_basic_password(a) in (None, SECRET) for _, _, a in private)
 
 
-def test_uv_install_from_an_index(cfg: Path, service: ServiceServer) -> None:
-    """uv (rustls) trusts the egress CA through SSL_CERT_FILE and takes HTTPS_PROXY; a token
-    goes in the index URL, as for pip."""
+def test_uv_install_from_an_index(index_cfg: Path, service: ServiceServer) -> None:
+    """uv (rustls) trusts the egress CA through SSL_CERT_FILE, takes HTTPS_PROXY, and reads
+    the placeholder from NETRC, as pip does: the index URL holds no credentials."""
     if shutil.which("uv") is None:
         pytest.skip("uv is not installed (pip install uv)")
     base = f"{API}:{service.port}"
     uv = '"uv" pip install -q --no-cache --python "$PY" --no-deps'
     script = (f"{uv} --target public --index-url https://{base}/public/simple/ {PKG} && "
-              f'{uv} --target private --index-url "https://__token__:$API_TOKEN@{base}/private/simple/" {PKG}')  # fmt: skip
-    r = run_exec(cfg, script)
+              f"UV_INDEX_URL=https://{base}/private/simple/ {uv} --target private {PKG}")  # fmt: skip
+    r = run_exec(index_cfg, script)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert (cfg.parent / "public" / "egress_demo" / "__init__.py").exists()
-    assert (cfg.parent / "private" / "egress_demo" / "__init__.py").exists()
-    assert all(a == "" for _, _, a in service.requests_to("/public/"))
-    assert any(_basic_password(a) == SECRET for _, _, a in service.requests_to("/private/"))
+    assert (index_cfg.parent / "public" / "egress_demo" / "__init__.py").exists()
+    assert (index_cfg.parent / "private" / "egress_demo" / "__init__.py").exists()
+    assert all(_basic_password(a) in (None, SECRET) for _, _, a in service.requests_to("/public/"))
+    private = service.requests_to("/private/")
+    assert any(_basic_credentials(a) == f"__token__:{SECRET}" for _, _, a in private)
 
 
 # --- What exec sets, as data ------------------------------------------------------------------
@@ -412,6 +431,51 @@ def test_git_config_entries(tmp_path: Path, test_ca_file: Path) -> None:
     assert {k: v for k, v in again.env.items() if k.startswith("GIT_")} == {
         k: v for k, v in out.env.items() if k.startswith("GIT_")
     }
+
+
+def test_netrc_entries(tmp_path: Path, test_ca_file: Path) -> None:
+    """One line per exact host a secret is bound to, with its placeholder (the first secret
+    for a host bound to two); no wildcard or address; mode 0600. A NETRC of the user's is
+    left as it is; one egress wrote (egress env evaluated before) is replaced."""
+    import netrc
+
+    cfg = base_config(tmp_path, test_ca_file, 8443)
+    cfg["allow"] += [{"host": "*.wild.test"}, {"host": "pypi.example"}, {"host": "10.0.0.0/8"}]
+    cfg["secrets"][0]["hosts"] = [API, "pypi.example"]
+    cfg["secrets"][1]["hosts"] = ["*.wild.test", "pypi.example", "10.0.0.0/8"]
+    # Opt-in per secret: without netrc: true, no line (requests would replace a caller's
+    # own Authorization header on that host).
+    loaded = config_mod.load(str(write_config(tmp_path, cfg)))
+    assert netrc_text(loaded.secrets) is None
+    cfg["secrets"][0]["netrc"] = cfg["secrets"][1]["netrc"] = True
+    loaded = config_mod.load(str(write_config(tmp_path, cfg)))
+    text = netrc_text(loaded.secrets)
+    assert text is not None and text.startswith("# Written by egress")
+    assert text.splitlines()[1:] == [
+        f"machine {API} login __token__ password {PH}",
+        f"machine pypi.example login __token__ password {PH}",
+    ]
+    assert SECRET not in text and "wild" not in text and "10.0.0" not in text
+    out = _setup(tmp_path, cfg, {})
+    path = tmp_path / "files" / NETRC
+    assert out.env["NETRC"] == str(path) and out.files[NETRC] == text.encode()
+    write_files(path.parent, out.files)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (path.parent / "wgetrc").stat().st_mode & 0o777 == 0o644
+    parsed = netrc.netrc(str(path))
+    assert parsed.authenticators("pypi.example") == ("__token__", None, PH) or \
+        parsed.authenticators("pypi.example") == ("__token__", "", PH)  # fmt: skip
+    # egress env evaluated twice: NETRC names our file, which is replaced.
+    assert _setup(tmp_path, cfg, {"NETRC": str(path)}).env["NETRC"] == str(path)
+    theirs = tmp_path / "their-netrc"
+    theirs.write_text("machine other.example login me password x\n")
+    kept = _setup(tmp_path, cfg, {"NETRC": str(theirs)})
+    assert "NETRC" not in kept.env and NETRC not in kept.files
+    assert any("NETRC is set" in n for n in kept.notes)
+    # No exact host: no file, and no NETRC.
+    cfg["secrets"][0]["hosts"] = ["*.wild.test"]
+    cfg["secrets"][1]["hosts"] = ["*.wild.test"]
+    assert "NETRC" not in _setup(tmp_path, cfg, {}).env
 
 
 def test_java_options_and_truststore(

@@ -123,6 +123,9 @@ class SecretSpec:
     require_placeholder: bool = True  # its auth headers carry the placeholder or are absent
     auth_headers: tuple[str, ...] = ("authorization", "x-api-key")
     allow_unscrubbable: bool = False  # pass responses egress cannot scrub on its flows
+    # egress exec/env write the placeholder into a netrc for its exact hosts (pip, uv):
+    # opt-in, since requests then replaces a caller's own Authorization header there.
+    netrc: bool = False
 
     def bound_to(self, host: str) -> bool:
         return any(p.matches(host) for p in self.hosts)

@@ -84,7 +84,7 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
     known = (
         "name", "source", "hosts", "placeholder", "placeholder_prefix", "placeholder_length", "env",
         "inject", "body_max_bytes", "allow_http", "required", "require_placeholder", "auth_headers",
-        "allow_unscrubbable",
+        "allow_unscrubbable", "netrc",
     )  # fmt: skip
     m = c.mapping(node, key, known, ("name", "source", "hosts"))
     if m is None:
@@ -164,6 +164,7 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
         require_placeholder=c.typed(m, key, "require_placeholder", bool, True),
         auth_headers=tuple(auth_headers),
         allow_unscrubbable=c.typed(m, key, "allow_unscrubbable", bool, False),
+        netrc=c.typed(m, key, "netrc", bool, False),
     )
 
 
