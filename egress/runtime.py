@@ -14,17 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from egress import config as config_mod
+from egress import secretindex
 from egress.addresses import AddressPolicy
 from egress.agentfiles import write_agent_files
 from egress.audit import AuditWriter
 from egress.ca import EphemeralCA
 from egress.config import Config
-from egress.encodings import SecretForms, make_forms, scrub
+from egress.encodings import SecretForms, make_forms
 from egress.errors import EgressError
 from egress.hostnames import IPAddress
 from egress.metrics import Metrics
 from egress.policy import Allowlist
 from egress.resolver import Resolver
+from egress.secretindex import SecretIndex
 from egress.secrets import SecretSource, SecretStore, make_source
 from egress.trust import system_trust_bundle
 from egress.vault import VaultClient, VaultError, VaultRefresher, VaultSource
@@ -111,8 +113,8 @@ class Runtime:
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
     # checked addresses for plain-HTTP requests: (client id, host, port) -> address
     dial: dict[tuple[str, str, int], IPAddress] = field(default_factory=dict)
-    _forms: list[SecretForms] = field(default_factory=list, repr=False)
-    _forms_version: int = -1
+    _index: SecretIndex = field(default_factory=lambda: secretindex.build([]), repr=False)
+    _index_version: int = -1
 
     @classmethod
     def start(
@@ -212,19 +214,21 @@ class Runtime:
     def forms(self) -> list[SecretForms]:
         """Every secret's encoded forms (current and previous values), recomputed only when a
         value changes."""
-        version = (
-            self.secrets.version
-        )  # read first: a rotation meanwhile forces a rebuild next time
-        if self._forms_version != version:
-            self._forms = [make_forms(s.name, v, s.placeholder) for s, v in self.secrets.known()]
-            self._forms_version = version
-        return self._forms
+        return list(self.index().forms)
+
+    def index(self) -> SecretIndex:
+        """Every form of every loaded secret, for one-pass searches (egress.secretindex);
+        rebuilt only when a value changes."""
+        version = self.secrets.version  # read first: a rotation meanwhile rebuilds next time
+        if self._index_version != version:
+            self._index = secretindex.build(
+                [make_forms(s.name, v, s.placeholder) for s, v in self.secrets.known()]
+            )
+            self._index_version = version
+        return self._index
 
     def forms_by_name(self) -> dict[str, list[SecretForms]]:
-        by_name: dict[str, list[SecretForms]] = {}
-        for f in self.forms():
-            by_name.setdefault(f.name, []).append(f)
-        return by_name
+        return self.index().by_name
 
     def listening_on(self, host: str, port: int) -> None:
         """Record the proxy's own listener: egress never dials itself."""
@@ -236,13 +240,7 @@ class Runtime:
     def redact(self, text: str) -> str:
         """Replace every loaded secret value in ``text`` with ``[secret:<name>]``: for text that
         echoes what a client sent (denial bodies, audited paths, error details)."""
-        data = text.encode("utf-8", "surrogateescape")
-        forms = self.forms()
-        for f in forms:
-            for secret, _, _ in f.pairs:
-                data = data.replace(secret, f"[secret:{f.name}]".encode())
-        data, _ = scrub(data, forms)  # what is left: values inside larger base64 blobs
-        return data.decode("utf-8", "surrogateescape")
+        return secretindex.redact(text, self.index())
 
     def close(self) -> None:
         if self.vault is not None:
