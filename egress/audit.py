@@ -9,10 +9,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import select
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import parse_qsl, quote
 
@@ -52,15 +53,33 @@ class AuditRecord:
     duration_ms: float | None = None
     detail: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The record as ``dataclasses.asdict`` gives it (the fields in their order, a copy
+        of the list), built directly: asdict's generic deep copy cost more than the rest of
+        the record (tests/test_audit_writer.py holds the two equal)."""
+        return {
+            "time": self.time, "event": self.event, "flow_id": self.flow_id,
+            "client": self.client, "method": self.method, "scheme": self.scheme,
+            "host": self.host, "port": self.port, "path": self.path,
+            "decision": self.decision, "reason": self.reason, "rule": self.rule,
+            "would_deny": self.would_deny, "secrets": list(self.secrets),
+            "scrubbed": self.scrubbed, "status": self.status, "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out, "duration_ms": self.duration_ms, "detail": self.detail,
+        }  # fmt: skip
+
     def to_json(self) -> str:
-        return to_line(asdict(self))
+        return to_line(self.to_dict())
+
+
+# json.dumps(record, separators=(",", ":"), ensure_ascii=True) builds this encoder per call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 
 
 def to_line(record: dict[str, Any]) -> str:
     """One JSON object on one line under every line-splitting convention: every character
     over 0x7F is escaped (U+2028, U+2029, NEL and the rest that str.splitlines() and
     JavaScript split on), and so are lone surrogates from bytes that were not UTF-8."""
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=True)
+    return _encode(record)
 
 
 def now_iso(ts: float | None = None) -> str:
@@ -73,7 +92,13 @@ def now_iso(ts: float | None = None) -> str:
 
 
 class AuditWriter:
-    """Writes records to stdout, stderr or an append-only file (mode 0600)."""
+    """Writes records to stdout, stderr or an append-only file (mode 0600).
+
+    Each line goes out in one ``os.write`` of the whole line: on a file opened with
+    O_APPEND, Linux appends a single write as one unit, so processes and threads appending
+    to one file never interleave parts of their lines (on a pipe, the same holds for lines
+    up to PIPE_BUF, 4096 bytes). A short write (a full disk, a non-blocking pipe) is
+    continued until the line is complete; threads of one writer take turns."""
 
     def __init__(self, target: str):
         self.target = target
@@ -81,27 +106,51 @@ class AuditWriter:
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._lock = threading.Lock()
         self._own = False
-        self._stream: IO[str]
-        if target == "stdout":
-            self._stream = sys.stdout
-        elif target == "stderr":
-            self._stream = sys.stderr
+        # stdout/stderr: anything already buffered in the stream goes out before a line;
+        # a stream with no file descriptor (replaced by a test, say) is written through.
+        self._stream: IO[str] | None = None
+        self._fd: int | None = None
+        if target in ("stdout", "stderr"):
+            self._stream = sys.stdout if target == "stdout" else sys.stderr
+            try:
+                self._fd = self._stream.fileno()
+            except (AttributeError, OSError, ValueError):
+                self._fd = None
         else:
             os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            self._stream = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._own = True
 
     def write(self, record: AuditRecord | dict[str, Any]) -> None:
-        line = record.to_json() if isinstance(record, AuditRecord) else to_line(record)
+        data = record.to_dict() if isinstance(record, AuditRecord) else record
+        line = to_line(data) + "\n"
         with self._lock:
-            self._stream.write(line + "\n")
-            self._stream.flush()
-        if self.listeners:
-            data = asdict(record) if isinstance(record, AuditRecord) else record
-            for listener in self.listeners:
-                listener(data)
+            if self._fd is None:
+                assert self._stream is not None
+                self._stream.write(line)
+                self._stream.flush()
+            else:
+                if self._stream is not None:
+                    self._stream.flush()
+                write_all(self._fd, line.encode("ascii"))  # to_line escapes all but ASCII
+        for listener in self.listeners:
+            listener(data)
 
     def close(self) -> None:
-        if self._own:
-            self._stream.close()
+        if self._own and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """One ``os.write`` of ``data`` and, only if it was cut short, more until all is out."""
+    view = memoryview(data)
+    while True:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:  # a non-blocking pipe that is full: wait until it drains
+            select.select([], [fd], [])
+            continue
+        if written == len(view):
+            return
+        view = view[written:]
