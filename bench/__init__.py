@@ -1,0 +1,1 @@
+"""egress's benchmarks. ``python -m bench`` runs the rerunnable one (bench/README.md)."""
