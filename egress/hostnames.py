@@ -29,7 +29,22 @@ _NUMERIC_LABEL = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)$")
 _FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f/\\@?#%]")
 
 
+# Per-request callers ask about the same few names again and again (the tunnel's host, its
+# Host header, its SNI): the pure functions below keep their answers for recent strings. The
+# strings are the agent's, so the caches are bounded in entries (least recently used go)
+# and take only strings short enough to be a host; anything else is computed every time.
+# An error (InvalidHost) is never cached: it is raised anew on every call.
+CACHE_ENTRIES = 2048
+CACHE_MAX_CHARS = 300  # a DNS name is at most 253 characters; a bracketed IPv6 address less
+
+
 def _ip(text: str) -> IPAddress | None:
+    if type(text) is str and len(text) <= CACHE_MAX_CHARS:
+        return _ip_cached(text)
+    return _ip_uncached(text)
+
+
+def _ip_uncached(text: str) -> IPAddress | None:
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:
@@ -40,8 +55,17 @@ def _ip(text: str) -> IPAddress | None:
     return addr
 
 
+_ip_cached = functools.lru_cache(maxsize=CACHE_ENTRIES)(_ip_uncached)
+
+
 def canonical_host(raw: str) -> str:
     """Return the canonical form of a host (name or address), or raise InvalidHost."""
+    if type(raw) is str and len(raw) <= CACHE_MAX_CHARS:
+        return _canonical_cached(raw)
+    return _canonical_host(raw)
+
+
+def _canonical_host(raw: str) -> str:
     host = raw.strip() if isinstance(raw, str) else ""
     if not host or host != raw:
         raise InvalidHost(f"invalid host {raw!r}: empty or surrounded by white space")
@@ -84,6 +108,9 @@ def canonical_host(raw: str) -> str:
         except idna.IDNAError as e:
             raise InvalidHost(f"invalid host {raw!r}: bad punycode label ({e})") from None
     return name
+
+
+_canonical_cached = functools.lru_cache(maxsize=CACHE_ENTRIES)(_canonical_host)
 
 
 def is_ip(host: str) -> bool:

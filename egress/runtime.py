@@ -119,7 +119,7 @@ class Runtime:
     @classmethod
     def start(
         cls, cfg: Config, audit: AuditWriter | None = None, metrics: Metrics | None = None,
-        *, private_ca: bool = False,
+        *, private_ca: bool = False, refresh: bool = True,
     ) -> Runtime:  # fmt: skip
         """Load every secret and make the CA. Raises SecretLoadError or VaultError before
         anything listens.
@@ -128,7 +128,10 @@ class Runtime:
         directory only, never to ``ca.cert_path`` or ``agent.dir``, which another egress may
         be serving. Otherwise ``ca.cert_path`` is held with a lock for the life of the
         process: a second egress on the same path is refused instead of replacing the CA
-        the first one's clients trust."""
+        the first one's clients trust.
+
+        ``refresh=False``: the Vault refresher thread is made but not started; the caller
+        starts it (``rt.vault.start()``) once it has forked its workers (egress.workers)."""
         sources: dict[str, SecretSource] = {}
         vault_sources: list[VaultSource] = []
         client: VaultClient | None = None
@@ -194,7 +197,7 @@ class Runtime:
         except BaseException:
             shutil.rmtree(private, ignore_errors=True)
             raise
-        if refresher is not None:
+        if refresher is not None and refresh:
             refresher.start()
         return cls(
             config=cfg,
