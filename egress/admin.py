@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from egress.metrics import Metrics
 
@@ -16,11 +16,18 @@ class AdminServer:
         self.host, self.port = host, port
         self.why_not_ready = "starting: loading secrets"
         self.before_scrape: Callable[[], None] = lambda: None
+        # With workers (egress.workers): why not every worker is ready ("" when all are),
+        # and a /metrics answer that sums them.
+        self.workers_not_ready: Callable[[], str] = lambda: ""
+        self.render: Callable[[], Awaitable[bytes]] | None = None
         self._server: asyncio.base_events.Server | None = None
 
     @property
     def ready(self) -> bool:
-        return self.why_not_ready == ""
+        return self.why_not() == ""
+
+    def why_not(self) -> str:
+        return self.why_not_ready or self.workers_not_ready()
 
     def set_ready(self, why_not: str = "") -> None:
         self.why_not_ready = why_not
@@ -55,11 +62,13 @@ class AdminServer:
                     status, ctype, body = (
                         503,
                         "text/plain",
-                        f"not ready: {self.why_not_ready}\n".encode(),
+                        f"not ready: {self.why_not()}\n".encode(),
                     )
             elif path == "/metrics":
                 self.before_scrape()
-                status, ctype, body = 200, "text/plain; version=0.0.4", self.metrics.render()
+                self.metrics.ready.set(1 if self.ready else 0)
+                body = await self.render() if self.render else self.metrics.render()
+                status, ctype = 200, "text/plain; version=0.0.4"
             else:
                 status, ctype, body = 404, "text/plain", b"not found: /healthz, /readyz, /metrics\n"
             reason = {

@@ -90,11 +90,12 @@ def _config_arg(cfg: Config) -> str:
     return "" if cfg.path == config_mod.EMBEDDED_DEFAULT else f" --config {shlex.quote(cfg.path)}"
 
 
-def _banner(cfg: Config, host: str, port: int) -> str:
+def _banner(cfg: Config, host: str, port: int, workers: int = 1) -> str:
     url = f"http://{host}:{port}"
     ca = cfg.ca_cert_path
+    procs = "" if workers == 1 else f", {workers} worker processes"
     lines = [
-        f"egress {__version__}: listening on {host}:{port} (config: {cfg.path})",
+        f"egress {__version__}: listening on {host}:{port} (config: {cfg.path}{procs})",
         f"CA certificate: {ca} (made at this start, valid {cfg.ca_validity_hours} h; "
         "its key stays in memory)",
     ]
@@ -123,11 +124,15 @@ def _banner(cfg: Config, host: str, port: int) -> str:
     return "\n".join(lines)
 
 
-async def _serve(cfg: Config, listen_port: int | None) -> int:
+async def _serve(cfg: Config, listen_port: int | None, workers: int | None = None) -> int:
+    """``egress run``: one proxy in this process (``workers: 1``) or N forked workers on
+    one port (egress.workers); SIGTERM/SIGINT drain and stop, exit 0."""
     from egress.admin import AdminServer
     from egress.metrics import Metrics
-    from egress.proxy import EmbeddedProxy
+    from egress.proxy import IN_FLIGHT_GRACE, EmbeddedProxy
+    from egress.workers import Supervisor, bind_listeners, listen_hosts, worker_count
 
+    n = worker_count(workers if workers is not None else cfg.workers)
     loop = asyncio.get_running_loop()
     signals = asyncio.Queue[int]()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -141,27 +146,49 @@ async def _serve(cfg: Config, listen_port: int | None) -> int:
               file=sys.stderr, flush=True)  # fmt: skip
     try:
         # Secrets may take a while (Vault): load them off the event loop so that /healthz and
-        # /readyz answer meanwhile.
-        rt = await asyncio.to_thread(Runtime.start, cfg, None, metrics)
+        # /readyz answer meanwhile. With workers, the Vault refresher starts after the fork.
+        rt = await asyncio.to_thread(Runtime.start, cfg, None, metrics, refresh=n == 1)
     except BaseException:
         if admin is not None:
             await admin.stop()
         raise
     protect_process(cfg, rt)
+    proxy: EmbeddedProxy | None = None
+    sup: Supervisor | None = None
     try:
-        proxy = EmbeddedProxy(
-            rt, cfg.listen_host, cfg.listen_port if listen_port is None else listen_port,
-            transparent=cfg.listen_mode == "transparent",
-        )  # fmt: skip
-        host, port = await proxy.start()
         if admin is not None:
             rt.listening_on(a_host, a_port)  # the admin port is the proxy's own, too
+        port = cfg.listen_port if listen_port is None else listen_port
+        transparent = cfg.listen_mode == "transparent"
+        if n == 1:
+            proxy = EmbeddedProxy(rt, cfg.listen_host, port, transparent=transparent)
+            host, port = await proxy.start()
+            server = asyncio.create_task(proxy.wait())
+        else:
+            listeners = bind_listeners(listen_hosts(cfg.listen_host, transparent), port, n)
+            host, port = cfg.listen_host, listeners[0][0].getsockname()[1]
+            for s in listeners[0]:
+                rt.listening_on(*s.getsockname()[:2])
+            sup = Supervisor(rt, n, listeners, cfg.listen_host, port, transparent)
+            await sup.start()
+            if rt.vault is not None:
+                rt.vault.start()  # only the parent talks to Vault (egress.workers)
+            server = asyncio.create_task(sup.failed.wait())
+        if admin is not None:
             admin.before_scrape = lambda: _refresh_gauges(rt)
+            if sup is not None:
+                admin.workers_not_ready = sup.why_not_ready
+                admin.render = sup.render_metrics
             admin.set_ready()
-        print(_banner(cfg, host, port), file=sys.stderr, flush=True)
-        server = asyncio.create_task(proxy.wait())
+        print(_banner(cfg, host, port, n), file=sys.stderr, flush=True)
         waiter = asyncio.create_task(signals.get())
         await asyncio.wait({waiter, server}, return_when=asyncio.FIRST_COMPLETED)
+        if sup is not None and sup.failed.is_set():
+            waiter.cancel()
+            if admin is not None:
+                admin.set_ready("stopping: workers keep dying")
+            await sup.stop(now=True)
+            return 1
         if waiter.done() and waiter.result() == signal.SIGTERM and admin is not None and cfg.admin:
             # Drain: report not ready so that traffic moves away, keep serving for a while;
             # a second signal stops at once.
@@ -170,11 +197,30 @@ async def _serve(cfg: Config, listen_port: int | None) -> int:
                   file=sys.stderr, flush=True)  # fmt: skip
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(signals.get(), cfg.admin.drain_seconds)
+                signals.put_nowait(signal.SIGTERM)  # that second signal: stop at once below
         waiter.cancel()
-        await proxy.stop()
+        if admin is not None:
+            admin.set_ready("stopping")
+        # Stop accepting, let the requests in flight finish (IN_FLIGHT_GRACE at most); a
+        # further signal stops at once.
+        now = asyncio.Event()
+        nudge = asyncio.create_task(signals.get())
+        nudge.add_done_callback(lambda _: now.set())
+        if not signals.empty():
+            now.set()
+        if sup is not None:
+            await sup.stop(now=now.is_set(), signal_now=now)
+        elif proxy is not None:
+            if not server.done():
+                await proxy.stop_accepting()
+                await proxy.finish_in_flight(IN_FLIGHT_GRACE, now)
+            await proxy.stop()
+        nudge.cancel()
         print("egress: stopped", file=sys.stderr, flush=True)
         return 0
     finally:
+        if sup is not None and not all(w.exited.is_set() for w in sup.workers.values()):
+            await sup.stop(now=True)  # an error above: no worker outlives the parent
         await asyncio.to_thread(rt.close)  # may revoke Vault leases
         if admin is not None:
             await admin.stop()
@@ -294,6 +340,19 @@ def _redirect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers_arg(text: str) -> int:
+    from egress.config.load import check_workers
+
+    try:
+        value: object = int(text)
+    except ValueError:
+        value = text
+    problem = check_workers(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem.replace("leave it out", "leave --workers out"))
+    return int(text)
+
+
 _RAW = argparse.RawDescriptionHelpFormatter  # keeps the examples' line breaks
 
 
@@ -319,6 +378,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--port", type=int, help="listen port (overrides listen.port; 0 picks a free one)"
     )
+    run.add_argument(
+        "--workers", type=_workers_arg, metavar="N",
+        help="proxy processes serving the one port (overrides workers:; default: one per CPU "
+        "this process may use, a container's CPU limit included)",
+    )  # fmt: skip
     ex = sub.add_parser(
         "exec", help="run a command with its traffic going through the proxy", formatter_class=_RAW,
         description="Start a private proxy on a free loopback port and run CMD through it: "
@@ -443,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_check(cfg, args)
         if args.command == "run":
-            return asyncio.run(_serve(cfg, args.port))
+            return asyncio.run(_serve(cfg, args.port, args.workers))
         cmd = list(args.cmd)
         if cmd and cmd[0] == "--":
             cmd = cmd[1:]

@@ -3,7 +3,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+
+# Families the parent of the workers keeps itself (egress.workers); every other family is
+# counted by the workers and summed at each scrape.
+PARENT_ONLY = frozenset(
+    {"egress_ready", "egress_vault_calls", "egress_vault_errors", "egress_worker_restarts",
+     "egress_workers_ready"}
+)  # fmt: skip
 
 
 class Metrics:
@@ -30,6 +41,12 @@ class Metrics:
         )
         self.ready = Gauge("egress_ready", "1 when the CA is made, secrets are loaded and listeners are up",
                            registry=r)  # fmt: skip
+        self.workers_ready = Gauge(
+            "egress_workers_ready", "Worker processes serving now (workers:)", registry=r
+        )
+        self.worker_restarts = Counter(
+            "egress_worker_restarts", "Workers replaced after dying unexpectedly", registry=r
+        )
 
     def record(self, decision: str, reason: str, secrets: list[str], scrubbed: int,
                seconds: float | None) -> None:  # fmt: skip
@@ -43,3 +60,72 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def samples(self) -> list[list[Any]]:
+        """This process's families, except the parent's own, as plain data for the
+        parent of the workers: [name, help, type, [[sample, labels, value], ...]]."""
+        return [
+            [m.name, m.documentation, m.type, [[x.name, x.labels, x.value] for x in m.samples]]
+            for m in self.registry.collect()
+            if m.name not in PARENT_ONLY
+        ]
+
+    def total_requests(self) -> float:
+        return sum(
+            x.value
+            for m in self.registry.collect()
+            if m.name == "egress_requests"
+            for x in m.samples
+            if x.name.endswith("_total")
+        )
+
+    def render_merged(self, workers: list[list[Any]], per_worker: dict[int, float]) -> bytes:
+        """The parent's own families, the workers' summed (``merge``) and how many requests
+        each worker slot decided (egress_worker_requests{worker="i"})."""
+        own = [m for m in self.registry.collect() if m.name in PARENT_ONLY]
+        spread = Metric("egress_worker_requests", "Requests decided by each worker", "gauge")
+        for slot, n in sorted(per_worker.items()):
+            spread.add_sample("egress_worker_requests", {"worker": str(slot)}, n)
+        families = [*own, *(_metric(f) for f in workers), spread]
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed(families))
+        return generate_latest(registry)
+
+
+def merge(per_worker: Iterable[list[list[Any]]]) -> list[list[Any]]:
+    """Sum the workers' samples by name and labels (counters, histogram buckets, sums and
+    counts, open connections); a ``_created`` time is the earliest."""
+    order: dict[str, list[Any]] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for families in per_worker:
+        for name, doc, typ, samples in families:
+            order.setdefault(name, [name, doc, typ])
+            got = values.setdefault(name, {})
+            for sname, labels, value in samples:
+                key = (sname, tuple(sorted(labels.items())))
+                if key not in got:
+                    got[key] = value
+                elif sname.endswith("_created"):
+                    got[key] = min(got[key], value)
+                else:
+                    got[key] += value
+    return [
+        [*order[name], [[s, dict(labels), v] for (s, labels), v in values[name].items()]]
+        for name in order
+    ]
+
+
+def _metric(family: list[Any]) -> Metric:
+    name, doc, typ, samples = family
+    m = Metric(name, doc, typ)
+    for sname, labels, value in samples:
+        m.add_sample(sname, labels, value)
+    return m
+
+
+class _Fixed:
+    def __init__(self, families: list[Metric]):
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)

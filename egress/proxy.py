@@ -26,6 +26,9 @@ from egress.addons.tls import EgressTls
 from egress.errors import EgressError
 from egress.runtime import Runtime
 
+# On stop: how long requests in flight may take to finish once the listener is closed.
+IN_FLIGHT_GRACE = 10.0
+
 
 class ProxyStartError(EgressError):
     pass
@@ -39,6 +42,41 @@ class _Ready:
 
     def running(self) -> None:
         self.event.set()
+
+
+class _InFlight:
+    """The HTTP requests being answered now: a stopping proxy lets them finish."""
+
+    def __init__(self) -> None:
+        self.flows: set[str] = set()
+
+    def requestheaders(self, flow: Any) -> None:
+        self.flows.add(flow.id)
+
+    def response(self, flow: Any) -> None:
+        self.flows.discard(flow.id)
+
+    def error(self, flow: Any) -> None:
+        self.flows.discard(flow.id)
+
+
+def _serve_on_inherited_sockets(sockets: list[socket.socket]) -> None:
+    """Make mitmproxy serve on listening sockets bound by egress's parent process
+    (egress.workers) instead of binding its own: the one place egress reaches into how
+    mitmproxy listens (``AsyncioServerInstance.listen``, mitmproxy 11 and 12). Only ever
+    called in a worker process, which serves nothing else."""
+    from mitmproxy.proxy import mode_servers
+
+    by_addr = {s.getsockname()[:2]: s for s in sockets}
+    original = mode_servers.AsyncioServerInstance.listen
+
+    async def listen(self: Any, host: str, port: int) -> list[Any]:
+        sock = by_addr.get((host, port))
+        if sock is None or self.mode.transport_protocol != "tcp":
+            return await original(self, host, port)
+        return [await asyncio.start_server(self.handle_stream, sock=sock, backlog=1024)]
+
+    mode_servers.AsyncioServerInstance.listen = listen  # type: ignore[method-assign]
 
 
 class _QuietMitmproxyLogs(logging.Filter):
@@ -78,11 +116,19 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 class EmbeddedProxy:
-    def __init__(self, rt: Runtime, listen_host: str, listen_port: int, transparent: bool = False):
+    def __init__(
+        self, rt: Runtime, listen_host: str, listen_port: int, transparent: bool = False,
+        sockets: list[socket.socket] | None = None,
+    ):  # fmt: skip
+        """``sockets``: listening sockets bound by the parent (egress.workers), one per
+        address the proxy listens on; without them mitmproxy binds its own."""
         self.rt = rt
         self.opts = options.Options()
         self.master = Master(self.opts)
         self._ready = _Ready()
+        self.in_flight = _InFlight()
+        if sockets:
+            _serve_on_inherited_sockets(sockets)
         self.master.addons.add(
             core.Core(),
             proxyserver.Proxyserver(),
@@ -94,11 +140,12 @@ class EmbeddedProxy:
             SecretInjector(rt),
             ResponseScrubber(rt),
             AuditLog(rt),
+            self.in_flight,
             self._ready,
         )
         if transparent:
             hosts = [listen_host]
-            if listen_host == "127.0.0.1" and _has_ipv6_loopback():
+            if listen_host == "127.0.0.1" and has_ipv6_loopback():
                 hosts.append("::1")  # ip6tables' REDIRECT sends IPv6 connections there
             modes = [f"transparent@{h}:{listen_port}" for h in hosts]
         else:
@@ -160,8 +207,39 @@ class EmbeddedProxy:
             with contextlib.suppress(asyncio.CancelledError, SystemExit):
                 await self._task
 
+    async def stop_accepting(self) -> None:
+        """Close the listeners; connections already accepted go on."""
+        with contextlib.suppress(Exception):
+            await self.master.addons.get("proxyserver").servers.update([])
 
-def _has_ipv6_loopback() -> bool:
+    async def finish_in_flight(self, grace: float, now: asyncio.Event | None = None) -> None:
+        """Wait until no request is in flight, ``grace`` seconds or ``now`` at most."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.in_flight.flows and loop.time() < deadline:
+            if now is not None and now.is_set():
+                return
+            await asyncio.sleep(0.05)
+        if not self.in_flight.flows:
+            await asyncio.sleep(0.1)  # the last response's final bytes reach the client
+
+
+async def serve_until_stopped(
+    proxy: EmbeddedProxy, stop: asyncio.Event, now: asyncio.Event, grace: float = IN_FLIGHT_GRACE
+) -> None:
+    """Serve until ``stop`` is set, then stop accepting, let the requests in flight finish
+    (until ``now`` is set or ``grace`` runs out) and shut the proxy down."""
+    server = asyncio.ensure_future(proxy.wait())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({server, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not server.done():
+        await proxy.stop_accepting()
+        await proxy.finish_in_flight(grace, now)
+    await proxy.stop()
+
+
+def has_ipv6_loopback() -> bool:
     """Can this network namespace listen on ::1? (Not where IPv6 is disabled.)"""
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:

@@ -37,8 +37,9 @@ from egress.hostnames import IPNetwork, canonical_host, is_ip
 
 TOP_KEYS = (
     "mode", "include", "listen", "admin", "agent", "ca", "upstream", "allow", "secrets",
-    "vault", "audit", "limits",
+    "vault", "audit", "limits", "workers",
 )  # fmt: skip
+MAX_WORKERS = 256
 
 
 def _is_ip(text: str) -> bool:
@@ -60,6 +61,33 @@ def _host_port(c: Checker, m: dict[str, Any], key: str, default_port: int) -> tu
     if not 0 <= port < 65536:
         c.err(f"{key}.port", f"{port} is not a port number (0 picks a free port)")
     return host, port
+
+
+def check_workers(value: object) -> str | None:
+    """What is wrong with a ``workers`` value (None: nothing). Shared with ``--workers``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return (f"must be a whole number of proxy processes such as 2, not {value!r}; leave "
+                "it out for one per CPU this process may use")  # fmt: skip
+    if value < 1:
+        return (f"{value} is not a number of proxy processes: give 1 or more, or leave it "
+                "out for one per CPU this process may use")  # fmt: skip
+    if value > MAX_WORKERS:
+        return (f"{value} is too many (at most {MAX_WORKERS}); more processes than CPUs only "
+                "add memory: leave it out for one per CPU this process may use")  # fmt: skip
+    return None
+
+
+def parse_workers(c: Checker, top: dict[str, Any]) -> int | None:
+    """``workers: N``: proxy processes on the one listening port (egress.workers); absent or
+    null, one per CPU this process may use."""
+    value = top.get("workers")
+    if value is None:
+        return None
+    problem = check_workers(value)
+    if problem:
+        c.err("workers", problem)
+        return None
+    return int(value)
 
 
 def parse(data: Any, file: str, base: Path, lines: dict[str, int] | None = None) -> Config:
@@ -185,6 +213,7 @@ def _parse(main: Document) -> Config:
         if drain < 0:
             c.err("admin.drain_seconds", "must be 0 or more")
         admin = AdminConfig(admin_host, admin_port, drain)
+    workers = parse_workers(c, top)
     vault = parse_vault(c, top.get("vault"), base)
     if "vault" not in top and any(s.source.kind == "vault" for s in secrets):
         vault = parse_vault(c, {}, base)  # all from VAULT_* variables, token auth
@@ -209,6 +238,7 @@ def _parse(main: Document) -> Config:
         limits=limits,
         mode=mode,
         admin=admin,
+        workers=workers,
         agent_dir=agent_dir,
         agent_proxy_url=agent_proxy_url,
         vault=vault if "vault" in top or any(s.source.kind == "vault" for s in secrets) else None,

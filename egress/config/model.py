@@ -167,6 +167,7 @@ class Config:
     vault: VaultConfig | None = None
     mode: str = "enforce"  # "report": allowlist denials are logged as would_deny and let through
     admin: AdminConfig | None = None  # health, readiness and metrics listener
+    workers: int | None = None  # proxy processes on the one port; None: one per usable CPU
     agent_dir: Path | None = None  # where files for the agent are written (sidecar)
     agent_proxy_url: str | None = None  # written into the agent's env file as HTTPS_PROXY etc.
     # "transparent": connections redirected by the kernel, decided on SNI / Host
