@@ -94,7 +94,9 @@ class Arm:
             config = str(self.make_config(tag, admin if self.admin else None))
         cmd = [c.format(port=port, config=config) for c in self.cmd]
         t0 = time.monotonic()
-        proc = procs.start(self.name, cmd, self.log, env=self.env)
+        # Not the checkout as the working directory: ``python -m`` puts the working directory
+        # first on sys.path, ahead of PYTHONPATH (the baseline's worktree).
+        proc = procs.start(self.name, cmd, self.log, env=self.env, cwd=str(self.tmp))
         self.proc, self.port = proc, port
         if self.admin:
             wait_until(f"{self.name}: /readyz", lambda: _readyz(admin), START_TIMEOUT, proc,
@@ -115,7 +117,9 @@ class Arm:
 
     def stop(self, procs: Procs) -> None:
         if self.proc is not None:
-            procs.stop(self.proc, 2)  # SIGINT: egress and mitmproxy shut down cleanly
+            # SIGINT to the leader alone: egress and mitmproxy shut down cleanly (egress stops
+            # its own workers); then whatever is left in the group is killed.
+            procs.stop(self.proc, 2, group=False)
             self.proc = None
 
 

@@ -3,6 +3,7 @@ on Ctrl-C and on failure; their CPU and memory read from /proc."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -50,12 +51,17 @@ class Procs:
         self.procs.append((name, proc))
         return proc
 
-    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
+             group: bool = True) -> None:  # fmt: skip
         self.procs = [(n, p) for n, p in self.procs if p is not proc]
         if proc.poll() is None:
-            _killpg(proc.pid, sig)
+            if group:
+                _killpg(proc.pid, sig)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=8)
             except subprocess.TimeoutExpired:
                 pass
         _killpg(proc.pid, signal.SIGKILL)  # anything left in its group
@@ -65,7 +71,9 @@ class Procs:
     def stop_all(self) -> None:
         for _, proc in reversed(list(self.procs)):
             try:
-                self.stop(proc)
+                # SIGINT to the leader: a fast, clean stop for nginx, bao, mitmproxy and egress
+                # (SIGTERM would make egress drain for admin.drain_seconds first)
+                self.stop(proc, signal.SIGINT, group=False)
             except Exception as e:  # noqa: BLE001 - keep stopping the others
                 print(f"bench: stopping {proc.args}: {e}", file=sys.stderr)
         for fn in reversed(self.cleanups):
