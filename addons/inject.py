@@ -24,7 +24,6 @@ from egress.injection import (
     is_signed,
     plan,
     refuse_signed_body,
-    unbound_forms,
     undecodable_body,
     unscannable_body,
 )
@@ -45,9 +44,7 @@ class SecretInjector(EgressAddon):
     def _plan(
         self, flow: http.HTTPFlow, parts: RequestParts, pause: Pause = no_pause
     ) -> Denial | Injection:
-        rt = self.runtime
-        secrets = [(s, rt.secrets.get(s.name)) for s in rt.config.secrets]
-        return plan(parts, secrets, rt.forms_by_name(), pause)
+        return plan(parts, None, self.runtime.index(), pause)
 
     def _parts(self, flow: http.HTTPFlow, headers: bool, body: bytes | None) -> RequestParts:
         m, req = meta(flow), flow.request
@@ -71,7 +68,7 @@ class SecretInjector(EgressAddon):
         if length.isdigit():
             # Over the limit the body will stream unbuffered: it cannot be scanned.
             unscannable = unscannable_body(
-                int(length), rt.config.max_body_bytes, list(rt.config.secrets), m["host"]
+                int(length), rt.config.max_body_bytes, rt.index(), m["host"]
             )
             if unscannable is not None:
                 deny(flow, rt, unscannable.reason, unscannable.detail)
@@ -161,19 +158,21 @@ class SecretInjector(EgressAddon):
         if not message.from_client:
             return
         rt, host = self.runtime, meta(flow)["host"]
-        unbound = [s for s in rt.config.secrets if not s.bound_to(host)]
+        index = rt.index()
+        view = index.host(host)
         content = message.content
         found: tuple[Reason, str, str] | None = None
-        for spec in unbound:
-            if spec.placeholder.encode() in content:
-                found = (Reason.PLACEHOLDER_TO_UNBOUND_HOST, spec.name, "its placeholder")
+        for k in sorted(index.placeholders_in(content)):
+            if k not in view.bound_set:
+                found = (Reason.PLACEHOLDER_TO_UNBOUND_HOST, index.specs[k].name, "its placeholder")
                 break
         if found is None:
-            guard = unbound_forms(unbound, rt.forms_by_name())
             if len(content) > INLINE_SCAN_BYTES:
-                leaked = await asyncio.to_thread(find_deep, content, guard, yield_interpreter)
+                leaked = await asyncio.to_thread(
+                    find_deep, content, index, view.guard, yield_interpreter
+                )
             else:
-                leaked = find_deep(content, guard)
+                leaked = find_deep(content, index, view.guard)
             if leaked:
                 found = (Reason.SECRET_TO_UNBOUND_HOST, leaked[0], f"its real value ({leaked[1]})")
         if found is not None:

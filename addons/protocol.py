@@ -55,7 +55,6 @@ from mitmproxy.proxy.layers.http._events import (
     ResponseTrailers,
 )
 
-from egress.encodings import scrub
 from egress.messages import denial_body
 from egress.reasons import Reason, http_status
 
@@ -501,7 +500,7 @@ class ProtocolGuard(EgressAddon):
             lim.stream_reset_window_seconds,
         )
         LIMITS.max_ws_message, LIMITS.config = lim.max_websocket_message_bytes, rt.config.path
-        LIMITS.scrub = lambda data: scrub(data, rt.forms())[0]
+        LIMITS.scrub = lambda data: rt.index().scrub(data)[0]
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         guard_layers(nextlayer.layer)

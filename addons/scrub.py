@@ -17,7 +17,6 @@ from egress.addons.inject import INLINE_SCAN_BYTES, yield_interpreter
 from mitmproxy import http
 
 from egress import decoding
-from egress.encodings import scrub
 from egress.reasons import Reason
 from egress.streamscrub import StreamScrubber
 
@@ -43,7 +42,7 @@ class ResponseScrubber(EgressAddon):
         return (
             flow.response is not None
             and meta(flow).get("decision") == "allow"
-            and bool(self.runtime.forms())
+            and bool(self.runtime.index().forms)
         )
 
     @fail_closed
@@ -67,7 +66,7 @@ class ResponseScrubber(EgressAddon):
         if not large and not resp.stream:
             return  # buffered: scrubbed whole in response()
         if _encoding(resp) in ("", "identity"):
-            scrubber = StreamScrubber(self.runtime.forms())
+            scrubber = StreamScrubber(self.runtime.index())
             meta(flow)["stream_scrubber"] = scrubber
             resp.stream = scrubber
         elif self._strict(flow):
@@ -91,7 +90,7 @@ class ResponseScrubber(EgressAddon):
         if resp.trailers:  # HTTP/2 and chunked trailers (grpc-message echoes, for one)
             fields, n = [], 0
             for name, value in resp.trailers.fields:
-                new, k = scrub(value, self.runtime.forms())
+                new, k = self.runtime.index().scrub(value)
                 fields.append((name, new))
                 n += k
             if n:
@@ -121,10 +120,10 @@ class ResponseScrubber(EgressAddon):
             return
         if len(body) > INLINE_SCAN_BYTES:  # off the event loop: other clients keep going
             new_body, n = await asyncio.to_thread(
-                scrub, body, self.runtime.forms(), yield_interpreter
+                self.runtime.index().scrub, body, yield_interpreter
             )
         else:
-            new_body, n = scrub(body, self.runtime.forms())
+            new_body, n = self.runtime.index().scrub(body)
         if n:
             resp.headers.pop("content-encoding", None)  # sent decoded: any coding, any stack
             resp.content = new_body  # fixes Content-Length
@@ -138,13 +137,17 @@ class ResponseScrubber(EgressAddon):
         )
 
     def _scrub_headers(self, flow: http.HTTPFlow, resp: http.Response) -> None:
-        forms = self.runtime.forms()
-        reason, total = scrub(resp.data.reason, forms)  # the status line's reason phrase
+        index = self.runtime.index()
+        # One pass over the whole head first: nearly always nothing to scrub.
+        head = b"\n".join([resp.data.reason, *(v for _, v in resp.headers.fields)])
+        if not index.candidates(head):
+            return
+        reason, total = index.scrub(resp.data.reason)  # the status line's reason phrase
         if total:
             resp.data.reason = reason
         fields = []
         for name, value in resp.headers.fields:
-            new, n = scrub(value, forms)
+            new, n = index.scrub(value)
             total += n
             fields.append((name, new))
         if total:
@@ -175,7 +178,7 @@ class ResponseScrubber(EgressAddon):
         message = flow.websocket.messages[-1]
         if not message.from_client:
             try:
-                new, n = scrub(message.content, self.runtime.forms())
+                new, n = self.runtime.index().scrub(message.content)
             except Exception:  # noqa: BLE001 (never pass an unscrubbed message on)
                 flow.kill()
                 return

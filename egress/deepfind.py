@@ -14,7 +14,8 @@ percent, JSON) in each *view* of the data:
 - reduced to its hex digits (``0x``, ``\\x``, ``%`` and every other delimiter removed).
 
 Every view is computed with C-speed operations (bytes methods, regular expressions,
-``codecs.escape_decode``, ``json.loads``), once per request for all secrets. This is not a
+``codecs.escape_decode``, ``json.loads``), once per request for all secrets, and searched
+for all of them in one pass (egress.secretindex). This is not a
 proof against every encoding an agent can invent (a reversed or XORed value is not found);
 docs/threat-model.md says so. The primary defence is that the agent never receives a real
 value: responses are scrubbed.
@@ -26,8 +27,12 @@ import codecs
 import json
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from egress.encodings import Pause, SecretForms, find, no_pause
+from egress.encodings import Pause, no_pause
+
+if TYPE_CHECKING:
+    from egress.secretindex import SecretIndex
 
 PERCENT_ROUNDS = 3
 # One token at a time, left to right, so that a quote is never read as the end of one
@@ -103,15 +108,28 @@ def views(data: bytes) -> Iterator[tuple[str, bytes]]:
 
 
 def find_deep(
-    data: bytes, forms: list[SecretForms], pause: Pause = no_pause
+    data: bytes,
+    index: SecretIndex,
+    allowed: frozenset[int] | None = None,
+    pause: Pause = no_pause,
 ) -> tuple[str, str] | None:
-    """(secret name, how it was encoded) for the first secret found in any view. ``pause``
-    runs between passes, each a single C-speed call (see encodings.scrub)."""
-    if not data or not forms:
+    """(secret name, how it was encoded) for the first secret value in ``allowed`` (every
+    value in ``index`` by default) found in any view. ``pause`` runs between passes, each a
+    single C-speed call (see encodings.scrub)."""
+    if not data or not index.forms or (allowed is not None and not allowed):
         return None
+    distinct: dict[bytes, str] = {}
     for how, view in views(data):
+        if view:
+            distinct.setdefault(view, how)  # a view no different from another: searched once
         pause()
-        found = find(view, forms, pause)
+    # One pass over all views, joined by a byte no form and no base64 core holds (secret
+    # values refuse NUL): nearly always nothing, and then that is all.
+    if not index.candidates(b"\0".join(distinct), allowed, pause):
+        return None
+    for view, how in distinct.items():
+        found = index.find(view, allowed, pause)
         if found:
             return found[0], found[1] if how == "as sent" else f"{found[1]}, {how}"
+        pause()
     return None

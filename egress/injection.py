@@ -24,6 +24,7 @@ from egress.deepfind import find_deep
 from egress.encodings import Pause, SecretForms, make_forms, no_pause
 from egress.grammar import fold_name
 from egress.reasons import Reason
+from egress.secretindex import SecretIndex
 from egress.secrets import MIN_SCAN_LENGTH, SecretValue
 
 Header = tuple[str, str]
@@ -105,12 +106,13 @@ def _substitute_header(value: str, placeholder: str, secret: str) -> str:
 
 
 def _leaked(
-    req: RequestParts, forms: list[SecretForms], pause: Pause = no_pause
+    req: RequestParts, index: SecretIndex, guard: frozenset[int], pause: Pause = no_pause
 ) -> tuple[str, str] | None:
     """(secret name, where and how) for the first real secret value in the request, however
     deeply encoded (egress.deepfind: percent-decoded up to three times, hex with delimiters,
-    JSON values joined, wrapped base64...). One pass per surface for all secrets."""
-    if not forms:
+    JSON values joined, wrapped base64...), among the values in ``guard``. One pass per view
+    of each surface for all secrets."""
+    if not guard:
         return None
     path, _, query = req.path.partition("?")
     surfaces = [("headers", "\n".join(f"{k}: {v}" for k, v in req.headers).encode("utf-8", "surrogateescape")),
@@ -118,10 +120,27 @@ def _leaked(
                 ("query", query.encode("utf-8", "surrogateescape")),
                 ("body", req.body or b"")]  # fmt: skip
     for name, data in surfaces:
-        found = find_deep(data, forms, pause)
+        found = find_deep(data, index, guard, pause)
         if found:
             return found[0], f"{name} ({found[1]})"
     return None
+
+
+def placeholder_surfaces(req: RequestParts, index: SecretIndex) -> dict[int, list[str]]:
+    """For each secret (index into ``index.specs``) whose placeholder is in the request: the
+    surfaces it is in, as ``surfaces_with`` lists them. One pass per surface for all."""
+    path, _, query = req.path.partition("?")
+    header_text = "\n".join(
+        [v for _, v in req.headers] + [d for _, v in req.headers if (d := _decode_basic(v))]
+    )
+    found: dict[int, list[str]] = {}
+    for surface, data in (("headers", header_text.encode("utf-8", "surrogateescape")),
+                          ("path", path.encode("utf-8", "surrogateescape")),
+                          ("query", query.encode("utf-8", "surrogateescape")),
+                          ("body", req.body or b"")):  # fmt: skip
+        for k in index.placeholders_in(data):
+            found.setdefault(k, []).append(surface)
+    return found
 
 
 def is_signed(req: RequestParts) -> bool:
@@ -131,13 +150,15 @@ def is_signed(req: RequestParts) -> bool:
     return "x-amz-signature=" in req.path.lower()
 
 
-def _foreign_credential(req: RequestParts, specs: list[SecretSpec]) -> Denial | None:
+def _foreign_credential(req: RequestParts, index: SecretIndex) -> Denial | None:
     """On a host with bound secrets, the headers those secrets use must carry one of their
     placeholders or be absent: the agent must not log in with a credential of its own."""
-    guarded = [s for s in specs if s.require_placeholder and s.bound_to(req.host)]
+    header_owners = index.host(req.host).header_owners
+    if not header_owners:
+        return None
     for name, value in req.headers:
         # X_Api_Key is X-Api-Key to CGI/WSGI servers: compare names as they fold them.
-        owners = [s for s in guarded if fold_name(name) in s.auth_headers]
+        owners = [index.specs[k] for k in header_owners.get(fold_name(name), ())]
         if not owners:
             continue
         decoded = _decode_basic(value) or ""
@@ -162,23 +183,30 @@ def unbound_forms(
 
 
 def host_leak(
-    names: list[str], host: str, specs: list[SecretSpec], forms: dict[str, list[SecretForms]]
+    names: list[str],
+    host: str,
+    specs: list[SecretSpec],
+    forms: dict[str, list[SecretForms]] | SecretIndex,
 ) -> Denial | None:
     """A placeholder or real value of a secret not bound to ``host`` inside a host name the
     agent chose (``names``: as sent, and canonical). Checked before egress resolves the
     name: a DNS query for ``<value>.allowed.example`` would carry the value out."""
-    unbound = [s for s in specs if not s.bound_to(host)]
-    guard = unbound_forms(unbound, forms)
+    index = as_index(forms, specs)
+    view = index.host(host)
     for name in dict.fromkeys(names):
-        for spec in unbound:
-            if spec.placeholder.lower() in name.lower():
+        found_ph = index.placeholders_in(
+            name.lower().encode("utf-8", "surrogateescape"), lower=True
+        )
+        for k in sorted(found_ph):
+            if k not in view.bound_set:
+                spec = index.specs[k]
                 return Denial(
                     Reason.PLACEHOLDER_TO_UNBOUND_HOST,
                     f"the placeholder of secret {spec.name!r} is in the host name, and "
                     f"{spec.name!r} is not bound to that host",
                     spec.name,
                 )
-        found = find_deep(name.encode("utf-8", "surrogateescape"), guard)
+        found = find_deep(name.encode("utf-8", "surrogateescape"), index, view.guard)
         if found:
             return Denial(
                 Reason.SECRET_TO_UNBOUND_HOST,
@@ -189,10 +217,31 @@ def host_leak(
     return None
 
 
-def unscannable_body(length: int, limit: int, specs: list[SecretSpec], host: str) -> Denial | None:
+def as_index(
+    forms: dict[str, list[SecretForms]] | SecretIndex | None,
+    specs: list[SecretSpec],
+    values: dict[str, SecretValue | None] | None = None,
+) -> SecretIndex:
+    """The index the caller holds (the proxy's, built once per set of values), or one made
+    for this call (egress check, tests)."""
+    if isinstance(forms, SecretIndex):
+        return forms
+    flat = [f for fs in (forms or {}).values() for f in fs]
+    return SecretIndex(flat, specs, values)
+
+
+def unscannable_body(
+    length: int, limit: int, specs: list[SecretSpec] | SecretIndex, host: str
+) -> Denial | None:
     """A body over ``limits.max_body_bytes`` streams unbuffered: on a host with a secret that
     injects into bodies it cannot be scanned for placeholders, so the request is refused."""
-    if length > limit and any("body" in s.surfaces and s.bound_to(host) for s in specs):
+    if length <= limit:
+        return None
+    if isinstance(specs, SecretIndex):
+        body_bound = specs.host(host).body_bound
+    else:
+        body_bound = any("body" in s.surfaces and s.bound_to(host) for s in specs)
+    if body_bound:
         return Denial(
             Reason.BODY_TOO_LARGE,
             f"the request body ({length} bytes) is over limits.max_body_bytes "
@@ -225,24 +274,33 @@ def refuse_signed_body(result: Denial | Injection, signed: bool) -> Denial | Inj
 
 def plan(
     req: RequestParts,
-    secrets: list[tuple[SecretSpec, SecretValue | None]],
-    forms: dict[str, list[SecretForms]] | None = None,
+    secrets: list[tuple[SecretSpec, SecretValue | None]] | None,
+    forms: dict[str, list[SecretForms]] | SecretIndex | None = None,
     pause: Pause = no_pause,
 ) -> Denial | Injection:
     """Check a request against every secret and return what to send, or why not to.
 
-    ``forms``: each secret's encoded forms (current and previous values), for the leak
-    guard; by default made from ``secrets``."""
-    if forms is None:
-        forms = {
-            s.name: [make_forms(s.name, v, s.placeholder)] for s, v in secrets if v is not None
-        }
+    ``forms``: the proxy's SecretIndex (its specs and values are then the ones checked, and
+    ``secrets`` may be None), or each secret's encoded forms (current and previous values)
+    for the leak guard; by default made from ``secrets``."""
+    if isinstance(forms, SecretIndex):
+        index = forms
+    else:
+        assert secrets is not None
+        if forms is None:
+            forms = {
+                s.name: [make_forms(s.name, v, s.placeholder)] for s, v in secrets if v is not None
+            }
+        index = as_index(forms, [s for s, _ in secrets], {s.name: v for s, v in secrets})
+    view = index.host(req.host)
+    placeholders = placeholder_surfaces(req, index)
     to_inject: list[tuple[SecretSpec, SecretValue, list[str]]] = []
+    found = sorted(placeholders)  # in config order, as the checks below report them
     # 1. Nothing of a secret may go to a host it is not bound to.
-    unbound = [spec for spec, _ in secrets if not spec.bound_to(req.host)]
-    for spec in unbound:
-        where = surfaces_with(req, spec.placeholder)
-        if where:
+    for k in found:
+        if k not in view.bound_set:
+            where = placeholders[k]
+            spec = index.specs[k]
             return Denial(
                 Reason.PLACEHOLDER_TO_UNBOUND_HOST,
                 f"the placeholder of secret {spec.name!r} is in the {where[0]} of a request "
@@ -251,7 +309,7 @@ def plan(
                 f"it, add it to secrets[{spec.index}].hosts",
                 spec.name,
             )
-    leaked = _leaked(req, unbound_forms(unbound, forms), pause)
+    leaked = _leaked(req, index, view.guard, pause)
     if leaked:
         name, where = leaked
         return Denial(
@@ -261,14 +319,16 @@ def plan(
             name,
         )
     # 2. The agent must not log in to a bound host with a credential of its own.
-    foreign = _foreign_credential(req, [s for s, _ in secrets])
+    foreign = _foreign_credential(req, index)
     if foreign is not None:
         return foreign
     # 3. Each placeholder on its bound host: where it is, and whether it can be injected.
-    for spec, value in secrets:
-        where = surfaces_with(req, spec.placeholder) if spec.bound_to(req.host) else []
-        if not where:
+    for k in found:
+        if k not in view.bound_set:
             continue
+        where = placeholders[k]
+        spec = index.specs[k]
+        value = index.values.get(spec.name)
         outside = [s for s in where if s not in spec.surfaces]
         if outside:
             hint = (

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from egress import config as config_mod
 from egress import secretindex
@@ -29,7 +30,9 @@ from egress.resolver import Resolver
 from egress.secretindex import SecretIndex
 from egress.secrets import SecretSource, SecretStore, make_source
 from egress.trust import system_trust_bundle
-from egress.vault import VaultClient, VaultError, VaultRefresher, VaultSource
+
+if TYPE_CHECKING:  # imported where Vault is used: hvac and requests cost ~0.1 s at start-up
+    from egress.vault import VaultClient, VaultRefresher, VaultSource
 
 log = logging.getLogger("egress")
 
@@ -137,6 +140,8 @@ class Runtime:
         client: VaultClient | None = None
         vault_specs = [s for s in cfg.secrets if s.source.kind == "vault"]
         if vault_specs:
+            from egress.vault import VaultClient, VaultError, VaultSource
+
             assert cfg.vault is not None
             client = VaultClient(cfg.vault)
             try:
@@ -162,6 +167,8 @@ class Runtime:
             raise
         refresher = None
         if client is not None:
+            from egress.vault import VaultRefresher
+
             assert cfg.vault is not None
             refresher = VaultRefresher(client, store, vault_sources, cfg.vault)
         for name, problem in store.problems.items():
@@ -225,7 +232,9 @@ class Runtime:
         version = self.secrets.version  # read first: a rotation meanwhile rebuilds next time
         if self._index_version != version:
             self._index = secretindex.build(
-                [make_forms(s.name, v, s.placeholder) for s, v in self.secrets.known()]
+                [make_forms(s.name, v, s.placeholder) for s, v in self.secrets.known()],
+                self.config.secrets,
+                {s.name: self.secrets.get(s.name) for s in self.config.secrets},
             )
             self._index_version = version
         return self._index

@@ -11,10 +11,11 @@ the next chunk.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 
 from egress import b64scan
-from egress.encodings import SecretForms, stream_forms
+from egress.encodings import SecretForms
+from egress.secretindex import SecretIndex
 
 _LINE_BREAK_STARTS = (b"\r", b"\n", b"\\r", b"\\n")
 # The first bytes of a line break, raw or JSON-escaped, longest first.
@@ -39,48 +40,34 @@ def _without_breaks(tail: bytes) -> tuple[bytes, list[int]]:
 
 
 class StreamScrubber:
-    def __init__(self, forms: list[SecretForms]):
-        self.pairs = stream_forms(forms)
-        self.embedded = [f.embedded for f in forms]
+    def __init__(self, index: SecretIndex | Sequence[SecretForms]):
+        if not isinstance(index, SecretIndex):
+            index = SecretIndex(index)
+        plan = index.stream_plan()  # what every stream of these values shares
+        self.index = index
+        self.steps = plan.steps  # (value index, form, same-length mask), longest first
+        self.embedded = plan.embedded
         self.count = 0
         self.carry = b""
         self.sent_tail = b""  # the last bytes sent: base64 context for masking
         # What may still begin a secret: prefixes of every flat form; prefixes of each
         # base64 core, alone or after one character mixed with the preceding byte.
-        self.prefixes: set[bytes] = set()
-        self.mixed_prefixes: set[bytes] = set()
-        intoken = set(b64scan.ALPHABET) | set(b"\r\n\\")
-        longest = 1
-        for secret, _ in self.pairs:
-            intoken.update(secret)
-            longest = max(longest, len(secret))
-            self.prefixes.update(secret[:i] for i in range(1, len(secret)))
-        for e in self.embedded:
-            for core, mixed in e.heads:
-                longest = max(longest, len(core) + 2)
-                target = self.mixed_prefixes if mixed else self.prefixes
-                target.update(core[:i] for i in range(1, len(core) + 1))
-        self.firsts = {p[:1] for p in self.prefixes}
-        self.mixed_firsts = {p[:1] for p in self.mixed_prefixes}
-        self.longest = longest
-        flat_class = b"".join(re.escape(c) for c in sorted(self.firsts))
-        mixed_class = b"".join(re.escape(c) for c in sorted(self.mixed_firsts))
-        alternatives = [b"[" + flat_class + b"]"] if flat_class else []
-        if mixed_class:
-            alternatives.append(b"[A-Za-z0-9+/_=-](?=[" + mixed_class + b"])")
-        self.begins = re.compile(b"|".join(alternatives) or b"(?!)")
-        self.intoken = bytes(sorted(intoken))
+        self.prefixes = plan.prefixes
+        self.mixed_prefixes = plan.mixed_prefixes
+        self.firsts = plan.firsts
+        self.mixed_firsts = plan.mixed_firsts
+        self.longest = plan.longest
+        self.begins = plan.begins
+        self.intoken = plan.intoken_bytes
         # A form wrapped across lines can be longer than itself: room for a break per 8.
-        self.window = longest + (longest // 8 + 2) * 4
+        self.window = self.longest + (self.longest // 8 + 2) * 4
 
     def _scrub(self, data: bytes) -> bytes:
-        for secret, mask in self.pairs:
-            n = data.count(secret)
-            if n:
-                data = data.replace(secret, mask)
-                self.count += n
+        # One pass for all values; the values found are replaced in the per-value order.
+        data, n = self.index.replace_in_order(data, self.steps)
+        self.count += n
         context = self.sent_tail
-        masked, n = b64scan.mask(context + data, self.embedded, frozen=len(context))
+        masked, n = self.index.mask_embedded(context + data, frozen=len(context))
         self.count += n
         return masked[len(context) :]
 
