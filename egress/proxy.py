@@ -9,22 +9,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import socket
+import sys
 from typing import Any
 
-from mitmproxy import options
-from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver
-from mitmproxy.master import Master
 
-from egress.addons.audit import AuditLog
-from egress.addons.inject import SecretInjector
-from egress.addons.policy import Allowlist
-from egress.addons.protocol import ProtocolGuard
-from egress.addons.scrub import ResponseScrubber
-from egress.addons.tls import EgressTls
-from egress.errors import EgressError
-from egress.runtime import Runtime
+def _import_mitmproxy_addons_without_init() -> None:
+    """Make ``import mitmproxy.addons.X`` load module X only.
+
+    mitmproxy/addons/__init__.py imports every addon mitmproxy ships (the Flask onboarding
+    app, ldap3 and passlib for proxyauth, the web and save addons...): about 21 MiB of RSS
+    and 0.3 s of start-up that egress never runs. ``mitmproxy.master`` imports
+    ``mitmproxy.addons.termlog`` and egress.addons.tls imports ``mitmproxy.addons.tlsconfig``,
+    so the package would run on the first import. Registering the package module without
+    executing its __init__ (its __path__ set, so submodules import as usual) avoids that.
+    Nothing egress runs calls ``mitmproxy.addons.default_addons()``, the one thing the
+    __init__ defines. Where the package is already imported (a plain mitmdump loading
+    egress's addons with -s) this does nothing. tests/test_startup.py checks that a running
+    ``egress run`` has no flask, ldap3 or passlib in sys.modules.
+    """
+    if "mitmproxy.addons" in sys.modules:
+        return
+    spec = importlib.util.find_spec("mitmproxy.addons")
+    if spec is None or spec.submodule_search_locations is None:
+        return  # not a package any more: import it as usual
+    package = importlib.util.module_from_spec(spec)  # made, not executed
+    sys.modules["mitmproxy.addons"] = package
+    import mitmproxy
+
+    mitmproxy.addons = package  # type: ignore[attr-defined]
+
+
+_import_mitmproxy_addons_without_init()
+
+from mitmproxy import options  # noqa: E402 (after the import set-up above)
+from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver  # noqa: E402
+from mitmproxy.master import Master  # noqa: E402
+
+from egress.addons.audit import AuditLog  # noqa: E402
+from egress.addons.inject import SecretInjector  # noqa: E402
+from egress.addons.policy import Allowlist  # noqa: E402
+from egress.addons.protocol import ProtocolGuard  # noqa: E402
+from egress.addons.scrub import ResponseScrubber  # noqa: E402
+from egress.addons.tls import EgressTls  # noqa: E402
+from egress.errors import EgressError  # noqa: E402
+from egress.runtime import Runtime  # noqa: E402
 
 # On stop: how long requests in flight may take to finish once the listener is closed.
 IN_FLIGHT_GRACE = 10.0
