@@ -363,3 +363,19 @@ def test_cgroup_cpu_limit(
 def test_default_workers_is_the_usable_cpus() -> None:
     n = available_cpus()
     assert 1 <= n <= len(os.sched_getaffinity(0))
+
+
+def test_the_example_sidecar_sets_its_workers_by_its_cpu_limit() -> None:
+    """deploy/kubernetes: without a CPU limit egress would start one worker per node CPU."""
+    import math
+
+    import yaml
+
+    docs = yaml.safe_load_all(
+        (Path(__file__).parent.parent / "deploy/kubernetes/20-agent-pod.yaml").read_text()
+    )
+    pod = next(d for d in docs if d and d.get("kind") == "Pod")
+    proxy = next(c for c in pod["spec"]["initContainers"] if c["name"] == "egress")
+    cpu = str(proxy["resources"]["limits"]["cpu"])
+    cpus = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    assert math.ceil(cpus) == 1  # one worker, as docs/kubernetes.md says
