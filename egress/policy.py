@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,12 +31,50 @@ def path_matches(prefix: str, path: str) -> bool:
     return path.startswith(prefix if prefix.endswith("/") else prefix + "/")
 
 
+# Per-host answers are kept for recent hosts: the host (and the port and scheme) are the
+# agent's, so the caches are bounded in entries and take only short strings; what they keep
+# is a pure function of the key and of the rules, which an Allowlist never changes.
+CACHE_ENTRIES = 2048
+CACHE_MAX_CHARS = 300  # a canonical host is at most 253 characters
+
+
 class Allowlist:
     def __init__(self, rules: tuple[Rule, ...] | list[Rule]):
-        self.rules = tuple(rules)
+        self._rules = tuple(rules)
+        self._host_rules_cached = functools.lru_cache(maxsize=CACHE_ENTRIES)(self._match_host)
+        self._port_scheme_cached = functools.lru_cache(maxsize=CACHE_ENTRIES)(
+            self._match_port_scheme
+        )
 
-    def _host_rules(self, host: str) -> list[Rule]:
-        return [r for r in self.rules if r.host.matches(host)]
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """The rules, in config order (fixed: the caches depend on them)."""
+        return self._rules
+
+    def _match_host(self, host: str) -> tuple[Rule, ...]:
+        return tuple(r for r in self._rules if r.host.matches(host))
+
+    def _host_rules(self, host: str) -> tuple[Rule, ...]:
+        if type(host) is str and len(host) <= CACHE_MAX_CHARS:
+            return self._host_rules_cached(host)
+        return self._match_host(host)
+
+    def _match_port_scheme(
+        self, host: str, port: int, scheme: str
+    ) -> tuple[Decision | None, tuple[Rule, ...]]:
+        """The first two stages of ``decide`` (the host has rules): the denial when no rule
+        for the host allows the port, or the scheme, else the rules that allow both."""
+        rules = self._host_rules(host)
+        passing = tuple(r for r in rules if port in r.ports)
+        if not passing:
+            return Decision(False, Reason.PORT_NOT_ALLOWED, rules[0],
+                            f"port {port} is not allowed for host {host!r}"), ()  # fmt: skip
+        rules = passing
+        passing = tuple(r for r in rules if scheme in r.schemes)
+        if not passing:
+            return Decision(False, Reason.SCHEME_NOT_ALLOWED, rules[0],
+                            f"scheme {scheme} is not allowed for host {host!r}"), ()  # fmt: skip
+        return None, passing
 
     def restricts_methods(self, host: str) -> bool:
         return any(r.methods is not None for r in self._host_rules(host))
@@ -70,37 +109,48 @@ class Allowlist:
     ) -> Decision:  # fmt: skip
         """Decide one request. ``host`` must be canonical; ``path`` may carry a query;
         ``websocket`` says it asks for a WebSocket upgrade; ``overrides`` are the methods the
-        request names in override headers or ``_method`` parameters (egress.routing)."""
-        rules = self._host_rules(host)
+        request names in override headers or ``_method`` parameters (egress.routing).
+
+        Dimension by dimension, so that the reason names the first thing that failed on the
+        rules for this host: port, scheme, method, path, WebSocket; a denial names the first
+        rule still in play before the failing dimension."""
+        rules: Sequence[Rule] = self._host_rules(host)
         if not rules:
             return self._no_rule(host)
-        path_only = path.split("?", 1)[0] or "/"
-        # Only work out a path's readings when a rule for this host restricts paths.
-        readings, unjudgeable = (
-            path_readings(path_only) if any(r.paths is not None for r in rules) else ([], None)
-        )
+        if (
+            type(host) is str and type(port) is int and type(scheme) is str
+            and len(host) <= CACHE_MAX_CHARS and len(scheme) <= 16
+        ):  # fmt: skip
+            denied, rules = self._port_scheme_cached(host, port, scheme)
+        else:
+            denied, rules = self._match_port_scheme(host, port, scheme)
+        if denied is not None:
+            return denied
         methods = list(dict.fromkeys([method.upper(), *overrides]))
-        method_text = f"method {method}" + (
-            f" (overridden to {', '.join(overrides)})" if overrides else ""
-        )
-        path_text = f"path {path_only}" + (f" ({unjudgeable})" if unjudgeable else "")
-        # Check dimension by dimension, so that the reason names the first thing that failed
-        # on the rules for this host.
-        stages = (
-            (Reason.PORT_NOT_ALLOWED, lambda r: port in r.ports, f"port {port}"),
-            (Reason.SCHEME_NOT_ALLOWED, lambda r: scheme in r.schemes, f"scheme {scheme}"),
-            (Reason.METHOD_NOT_ALLOWED,
-             lambda r: r.methods is None or all(m in r.methods for m in methods), method_text),
-            (Reason.PATH_NOT_ALLOWED,
-             lambda r: path_allowed(r, readings, unjudgeable), path_text),
-            (Reason.WEBSOCKET_NOT_ALLOWED, lambda r: r.websocket or not websocket, "a WebSocket upgrade"),
-        )  # fmt: skip
-        for reason, test, what in stages:
-            passing = [r for r in rules if test(r)]
+        passing = [r for r in rules if r.methods is None or all(m in r.methods for m in methods)]
+        if not passing:
+            method_text = f"method {method}" + (
+                f" (overridden to {', '.join(overrides)})" if overrides else ""
+            )
+            return Decision(False, Reason.METHOD_NOT_ALLOWED, rules[0],
+                            f"{method_text} is not allowed for host {host!r}")  # fmt: skip
+        rules = passing
+        # A path's readings are worked out only when a rule still in play restricts paths
+        # (a rule without paths allows every path).
+        if any(r.paths is not None for r in rules):
+            path_only = path.split("?", 1)[0] or "/"
+            readings, unjudgeable = path_readings(path_only)
+            passing = [r for r in rules if path_allowed(r, readings, unjudgeable)]
             if not passing:
-                return Decision(False, reason, rules[0], f"{what} is not allowed for host {host!r}")
+                path_text = f"path {path_only}" + (f" ({unjudgeable})" if unjudgeable else "")
+                return Decision(False, Reason.PATH_NOT_ALLOWED, rules[0],
+                                f"{path_text} is not allowed for host {host!r}")  # fmt: skip
             rules = passing
-        return Decision(True, Reason.ALLOWED, rules[0])
+        passing = [r for r in rules if r.websocket or not websocket]
+        if not passing:
+            return Decision(False, Reason.WEBSOCKET_NOT_ALLOWED, rules[0],
+                            f"a WebSocket upgrade is not allowed for host {host!r}")  # fmt: skip
+        return Decision(True, Reason.ALLOWED, passing[0])
 
 
 def path_allowed(rule: Rule, readings: list[str], unjudgeable: str | None) -> bool:
