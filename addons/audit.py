@@ -140,10 +140,13 @@ class AuditLog(EgressAddon):
         resp = flow.response
         end = (resp.timestamp_end if resp and resp.timestamp_end else None) or time.time()
         peer = flow.client_conn.peername
-        # A client may put a real secret value in the path itself: never record it.
-        path = (
-            "" if event == "connect" else self.runtime.redact(m.get("path", redact_path(req.path)))
-        )
+        # A client may put a real secret value in the path itself: never record it. The
+        # policy addon has redacted the query already (m["path"]); only a flow it never
+        # decided needs it done here.
+        if event == "connect":
+            path = ""
+        else:
+            path = self.runtime.redact(m["path"] if "path" in m else redact_path(req.path))
         detail = self.runtime.redact(m["detail"]) if m.get("detail") else None
         record = AuditRecord(
             time=now_iso(req.timestamp_start),
