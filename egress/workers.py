@@ -51,6 +51,7 @@ import socket
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,7 +311,13 @@ class Supervisor:
         parent_end, child_end = socket.socketpair()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12 warns on fork() in a process with threads. The threads here are
+            # the idle executor thread of asyncio.to_thread and, for a replacement, the
+            # Vault refresher; the worker uses neither, nor hvac, and gets a fresh
+            # sys.stderr (_worker_main) in case the refresher was logging at this moment.
+            warnings.filterwarnings("ignore", ".*multi-threaded.*fork", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:  # the worker: never returns
             code = 1
             try:
@@ -494,6 +501,13 @@ def _worker_main(sup: Supervisor, slot: int, ctrl: socket.socket) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the parent decides
     for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+    # A new sys.stderr: the inherited one's lock may be held by a parent thread that was
+    # writing at the moment of the fork (logging's own locks are reset by logging itself).
+    old_stderr = sys.stderr
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")  # noqa: SIM115
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is old_stderr:
+            handler.stream = sys.stderr
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 

@@ -27,6 +27,7 @@ from cryptography import x509
 from egress.config.load import parse
 from egress.errors import ConfigError
 from egress.workers import available_cpus, cgroup_cpu_limit
+from tests.canary import CANARIES
 from tests.conftest import (
     API,
     SECRET,
@@ -39,6 +40,7 @@ from tests.conftest import (
     write_config,
 )
 from tests.upstream import Upstream
+from tests.vault_server import VaultServer
 
 PH = "egress-api_token-placeholder"
 
@@ -289,6 +291,31 @@ def test_audit_to_stdout_from_two_workers(tmp_path: Path, upstream: Upstream,
         == list(range(n))  # fmt: skip
 
 
+def test_workers_stop_when_the_parent_is_killed(tmp_path: Path, upstream: Upstream,
+                                               test_ca_file: Path) -> None:  # fmt: skip
+    cfg = base_config(tmp_path, test_ca_file, upstream.port)
+    cfg["workers"] = 2
+    p = start_proxy(write_config(tmp_path, cfg), tmp_path)
+    pids = worker_pids(p.proc.pid)
+    assert len(pids) == 2
+    p.proc.kill()
+    p.proc.wait(timeout=10)
+    try:
+        wait_for(lambda: not any(_alive(pid) for pid in pids), "the orphaned workers to stop")
+    finally:
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 @pytest.mark.parametrize(
     "value, message",
     [
@@ -379,3 +406,55 @@ def test_the_example_sidecar_sets_its_workers_by_its_cpu_limit() -> None:
     cpu = str(proxy["resources"]["limits"]["cpu"])
     cpus = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
     assert math.ceil(cpus) == 1  # one worker, as docs/kubernetes.md says
+
+
+WK_VALUE = "vault-workers-token-00000001"
+WK_ROTATED = "vault-workers-token-ROTATED2"
+CANARIES.update({WK_VALUE, WK_ROTATED})
+
+
+def test_only_the_parent_talks_to_vault_and_rotation_reaches_every_worker(
+    tmp_path: Path, vault: VaultServer, upstream: Upstream, test_ca_file: Path
+) -> None:
+    vault.kv2_put("agent/workers", {"token": WK_VALUE})
+    vault.policy("egress-workers", 'path "secret/data/agent/workers" { capabilities = ["read"] }')
+    token = vault.token(["egress-workers"])
+    cfg = base_config(tmp_path, test_ca_file, upstream.port)
+    cfg["workers"] = 2
+    cfg["admin"] = {"port": 0, "drain_seconds": 0}
+    cfg["vault"] = {"address": vault.address, "ca_file": str(vault.ca_file),
+                    "auth": {"method": "token", "token_env": "T"}, "refresh_seconds": 1}  # fmt: skip
+    cfg["secrets"][0]["source"] = {"vault": {"path": "agent/workers", "key": "token"}}
+    p = start_proxy(write_config(tmp_path, cfg), tmp_path, proxy_env(T=token))
+    try:
+        url = admin_url(p)
+
+        def seen(prefix: str, n: int) -> set[str]:
+            upstream.recorder.clear()
+            urls = [f"https://{API}:{upstream.port}/{prefix}/{i}" for i in range(n)]
+            assert curl_many(p, urls) == ["200"] * n
+            return {r.headers["authorization"] for r in upstream.requests}
+
+        assert seen("v1", 30) == {f"Bearer {WK_VALUE}"}
+        vault.kv2_put("agent/workers", {"token": WK_ROTATED})
+        wait_for(lambda: seen("probe", 4) == {f"Bearer {WK_ROTATED}"}, "the rotated value")
+        time.sleep(0.5)  # the push reaches every worker within a tick
+        before = metric(get(url + "/metrics")[1], "egress_worker_requests")
+        # New connections, spread over both workers: every one carries the new value.
+        assert seen("v2", 40) == {f"Bearer {WK_ROTATED}"}
+        after = metric(get(url + "/metrics")[1], "egress_worker_requests")
+        assert all(after[w] > before[w] for w in before), (before, after)
+        # A worker that dies renews, revokes and logs in nothing: the parent's token lives on.
+        os.kill(worker_pids(p.proc.pid)[0], signal.SIGKILL)
+        wait_for(lambda: len(worker_pids(p.proc.pid)) == 2 and get(url + "/readyz")[0] == 200,
+                 "a replacement")  # fmt: skip
+        assert seen("v3", 20) == {f"Bearer {WK_ROTATED}"}
+    finally:
+        vault.kv2_put("agent/workers", {"token": WK_VALUE})
+        stop_and_check(p)
+    err = p.stderr_path.read_text()
+    # One Vault client in the whole run: the parent's refresher stopped once.
+    assert len(re.findall(r"vault: \d+ calls in this run", err)) == 1
+    assert "revoked" not in err
+    out = p.outputs()
+    assert WK_VALUE not in out and WK_ROTATED not in out
