@@ -17,6 +17,9 @@ from bench.procs import Procs, free_port, port_open, rss_mib, wait_until
 
 BENCH_DIR = Path(__file__).resolve().parent
 ARM_NAMES = ("direct", "mitmdump", "core", "egress-1", "egress-20", "egress-100")
+# the default: ARM_NAMES and egress-1-w1 (issue 13's workers: 2 vs workers: 1 target; egress's
+# default is the cores it may use)
+DEFAULT_ARMS = (*ARM_NAMES[:4], "egress-1-w1", *ARM_NAMES[4:])
 START_TIMEOUT = 120.0
 ARM_RE = re.compile(r"egress-(\d+)(?:-w(\d+))?")
 

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.arms import ARM_NAMES, BENCH_DIR, Arm, make_arm, parse_arms, secrets_of, workers_of
+from bench.arms import (
+    BENCH_DIR,
+    DEFAULT_ARMS,
+    Arm,
+    make_arm,
+    parse_arms,
+    secrets_of,
+    workers_of,
+)
 
 FIGURE_GROUPS = ("load", "newconn", "stream", "sse", "idle", "startup", "vault")
 REPO = BENCH_DIR.parent
@@ -69,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true",
                     help="a short smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))  # fmt: skip
     ap.add_argument("--rounds", type=int, help=f"rounds (default {FULL['rounds']})")
-    ap.add_argument("--arms", type=_arms, default=list(ARM_NAMES),
-                    help=f"comma-separated (default {','.join(ARM_NAMES)}); any egress-N; "
-                    "'baseline' is added by --baseline")  # fmt: skip
+    ap.add_argument("--arms", type=_arms, default=list(DEFAULT_ARMS),
+                    help=f"comma-separated (default {','.join(DEFAULT_ARMS)}); also egress-N "
+                    "(N secrets), egress-N-wK (and workers: K); 'baseline' comes with --baseline")  # fmt: skip
     ap.add_argument(
         "--baseline",
         metavar="REV",
@@ -331,12 +339,18 @@ class Run:
                                  f"(statuses {out['status']})")  # fmt: skip
 
     def idle(self, res: dict[str, dict[str, Any]]) -> None:
+        """On a fresh instance of each proxy: RSS idle, with the idle connections, after."""
         from bench import load
 
         for name, arm in self.arms.items():
             if arm.kind == "direct":
                 continue
-            out = load.idle_connections(arm, self.a.idle_conns)
+            fresh = dataclasses.replace(arm, proc=None, port=0)
+            fresh.start(self.procs, tag="-idle")
+            try:
+                out = load.idle_connections(fresh, self.a.idle_conns)
+            finally:
+                fresh.stop(self.procs)
             if out["served"] < self.a.idle_conns:
                 self.problems.append(f"{name}: {out['served']} of {self.a.idle_conns} idle "
                                      "connections were served")  # fmt: skip

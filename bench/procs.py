@@ -161,11 +161,38 @@ def _status_kib(pid: int, field: str) -> int:
     return total
 
 
+def _private_kib(pid: int) -> int:
+    total = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    except OSError:
+        pass
+    return total
+
+
 def rss_mib(pid: int) -> float:
-    return _status_kib(pid, "VmRSS") / 1024
+    """The memory of a process tree: the leader's RSS plus each descendant's private pages.
+    (Summing RSS would count the pages forked workers share with the leader several times.)
+    For a single process: its RSS."""
+    procs = tree(pid)
+    kib = _status_kib_one(pid, "VmRSS") + sum(_private_kib(p) for p in procs[1:])
+    return kib / 1024
+
+
+def _status_kib_one(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def peak_rss_mib(pid: int) -> float:
+    """VmHWM summed over the tree: exact for one process, an upper bound with workers."""
     return _status_kib(pid, "VmHWM") / 1024
 
 

@@ -20,11 +20,13 @@ OTHER_FIGURES = (
     "stream.mib_s",
     "stream.peak_rss_mib",
     "sse.first_event_ms",
+    "sse.added_ms",
     "idle.rss_start_mib",
     "idle.conn_kib_each",
     "idle.served",
     "idle.rss_before_conns_mib",
     "idle.rss_after_close_mib",
+    "idle.after_close_ratio",
     "startup.ready_s",
     "vault.calls_per_req",
 )
@@ -39,14 +41,19 @@ LABELS = {
     "stream.mib_s": "stream MiB/s (h1)",
     "stream.peak_rss_mib": "stream peak RSS MiB",
     "sse.first_event_ms": "SSE first event ms",
+    "sse.added_ms": "SSE first event, added ms",
+    "idle.after_close_ratio": "RSS after close ÷ before",
     "idle.rss_start_mib": "RSS at start MiB",
     "idle.conn_kib_each": "KiB per idle conn",
     "idle.served": "idle conns served",
-    "idle.rss_before_conns_mib": "RSS before idle conns MiB",
+    "idle.rss_before_conns_mib": "RSS idle (fresh, 1 request) MiB",
     "idle.rss_after_close_mib": "RSS after close MiB",
     "startup.ready_s": "start to ready s",
     "vault.calls_per_req": "Vault calls/req",
 }
+
+
+NO_RATIO = ("idle.served", "vault.calls_per_req", "sse.added_ms", "idle.after_close_ratio")
 
 
 def load_key(proto: str, conc: int, metric: str) -> str:
@@ -114,7 +121,8 @@ def medians(rounds: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, 
 
 
 def add_derived(med: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """h2/h1 ratios per arm (req/s and CPU per request), and p50 added over direct."""
+    """h2/h1 ratios per arm (req/s and CPU per request), p50 and SSE first event added over
+    direct, RSS after the idle connections closed over RSS before them."""
     out = {arm: dict(figs) for arm, figs in med.items()}
     direct = med.get("direct", {})
     for arm, figs in out.items():
@@ -125,6 +133,11 @@ def add_derived(med: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]
             h2 = figs.get(f"h2.{parts[1]}.{parts[2]}")
             if parts[2] in ("rps", "cpu_ms_per_req") and h2 is not None and figs[key]:
                 figs[f"h2h1.{parts[1]}.{parts[2]}"] = h2 / figs[key]
+        before, after = figs.get("idle.rss_before_conns_mib"), figs.get("idle.rss_after_close_mib")
+        if before and after is not None:
+            figs["idle.after_close_ratio"] = after / before
+        if arm != "direct" and "sse.first_event_ms" in figs and "sse.first_event_ms" in direct:
+            figs["sse.added_ms"] = figs["sse.first_event_ms"] - direct["sse.first_event_ms"]
         if arm != "direct":
             for key in list(figs):
                 parts = key.split(".")
@@ -209,7 +222,7 @@ def tables(med: dict[str, dict[str, float]], arms: Sequence[str], markdown: bool
     refs = [r for r in REFERENCES if r in med]
     ratio_rows = []
     for k in keys:
-        if k.startswith(("h2h1.", "added.")) or k in ("idle.served", "vault.calls_per_req"):
+        if k.startswith(("h2h1.", "added.")) or k in NO_RATIO:
             continue
         cells = []
         for a in arms:

@@ -70,7 +70,8 @@ def test_parse_hey_refuses_other_output() -> None:
     "argv, check",
     [
         ([], lambda a: a.rounds == 3 and a.duration == 5 and a.stream_mb == 1024
-         and a.arms == ["direct", "mitmdump", "core", "egress-1", "egress-20", "egress-100"]
+         and a.arms == ["direct", "mitmdump", "core", "egress-1", "egress-1-w1", "egress-20",
+                        "egress-100"]
          and a.concurrency == [1, 8, 64] and a.protocols == ["h1", "h2"]),
         (["--quick"], lambda a: all(getattr(a, k) == v for k, v in QUICK.items())),
         (["--quick", "--rounds", "4", "--stream-mb", "8"], lambda a: a.rounds == 4
@@ -155,6 +156,13 @@ def test_medians_ratios_and_derived() -> None:
     assert med["core"]["h2h1.c1.cpu_ms_per_req"] == pytest.approx(2.0 / 1.25)
     assert med["egress-1"]["added.h1.c1"] == pytest.approx(1.4 - 0.2)
     assert "added.h1.c1" not in med["direct"]
+    more = report.add_derived({
+        "direct": {"sse.first_event_ms": 0.5},
+        "egress-1": {"sse.first_event_ms": 3.0, "idle.rss_before_conns_mib": 80.0,
+                     "idle.rss_after_close_mib": 100.0},
+    })  # fmt: skip
+    assert more["egress-1"]["sse.added_ms"] == 2.5 and "sse.added_ms" not in more["direct"]
+    assert more["egress-1"]["idle.after_close_ratio"] == 1.25
     rat = report.ratios(med)
     assert rat["egress-1"]["h1.c1.rps"] == {"direct": 0.13, "mitmdump": 650 / 600,
                                             "core": 650 / 800}  # fmt: skip
