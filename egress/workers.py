@@ -65,9 +65,9 @@ MAX_RESTARTS = 5  # this many unexpected worker deaths ...
 RESTART_WINDOW = 60.0  # ... within this many seconds stop the proxy (exit 1)
 # Listener layout: "shared" (one socket every worker accepts on) or "reuseport" (one
 # SO_REUSEPORT socket per worker, the kernel spreads connections by a hash of the
-# addresses). Measured on this kernel (docs/config.md#workers): reuseport spreads
-# keep-alive clients evenly, a shared socket does not. EGRESS_LISTENER is a knob for that
-# benchmark only.
+# addresses). Measured on this kernel (docs/config.md#workers): reuseport spreads a burst
+# of new connections evenly, a shared socket gives most of it to one worker (the first to
+# wake accepts everything queued). EGRESS_LISTENER is a knob for that measurement only.
 LISTENER = os.environ.get("EGRESS_LISTENER", "reuseport")
 BACKLOG = 1024
 
