@@ -117,6 +117,11 @@ class Allowlist:
         rules: Sequence[Rule] = self._host_rules(host)
         if not rules:
             return self._no_rule(host)
+        path_only = path.split("?", 1)[0] or "/"
+        # Only work out a path's readings when a rule for this host restricts paths.
+        readings, unjudgeable = (
+            path_readings(path_only) if any(r.paths is not None for r in rules) else ([], None)
+        )
         if (
             type(host) is str and type(port) is int and type(scheme) is str
             and len(host) <= CACHE_MAX_CHARS and len(scheme) <= 16
@@ -135,17 +140,12 @@ class Allowlist:
             return Decision(False, Reason.METHOD_NOT_ALLOWED, rules[0],
                             f"{method_text} is not allowed for host {host!r}")  # fmt: skip
         rules = passing
-        # A path's readings are worked out only when a rule still in play restricts paths
-        # (a rule without paths allows every path).
-        if any(r.paths is not None for r in rules):
-            path_only = path.split("?", 1)[0] or "/"
-            readings, unjudgeable = path_readings(path_only)
-            passing = [r for r in rules if path_allowed(r, readings, unjudgeable)]
-            if not passing:
-                path_text = f"path {path_only}" + (f" ({unjudgeable})" if unjudgeable else "")
-                return Decision(False, Reason.PATH_NOT_ALLOWED, rules[0],
-                                f"{path_text} is not allowed for host {host!r}")  # fmt: skip
-            rules = passing
+        passing = [r for r in rules if path_allowed(r, readings, unjudgeable)]
+        if not passing:
+            path_text = f"path {path_only}" + (f" ({unjudgeable})" if unjudgeable else "")
+            return Decision(False, Reason.PATH_NOT_ALLOWED, rules[0],
+                            f"{path_text} is not allowed for host {host!r}")  # fmt: skip
+        rules = passing
         passing = [r for r in rules if r.websocket or not websocket]
         if not passing:
             return Decision(False, Reason.WEBSOCKET_NOT_ALLOWED, rules[0],
