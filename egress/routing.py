@@ -17,6 +17,7 @@ methods must allow every method a request can become.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -47,9 +48,31 @@ def _decode(text: str) -> str | None:
         return None
 
 
+# Paths repeat (an agent calls the same endpoints again and again): the readings of recent
+# paths are kept. Paths are the agent's, so the cache is bounded in entries and takes only
+# short paths; longer ones are worked out every time.
+READINGS_CACHE_ENTRIES = 1024
+READINGS_CACHE_MAX_CHARS = 256
+
+
 def path_readings(path: str) -> tuple[list[str], str | None]:
     """Every reading of ``path`` (no query) an upstream stack may route on, and why the
     path cannot be judged (or None)."""
+    if type(path) is str and len(path) <= READINGS_CACHE_MAX_CHARS:
+        readings, why = _readings_cached(path)
+        return list(readings), why
+    return _path_readings(path)
+
+
+def _readings_tuple(path: str) -> tuple[tuple[str, ...], str | None]:
+    readings, why = _path_readings(path)
+    return tuple(readings), why
+
+
+_readings_cached = functools.lru_cache(maxsize=READINGS_CACHE_ENTRIES)(_readings_tuple)
+
+
+def _path_readings(path: str) -> tuple[list[str], str | None]:
     decoded = [path]
     for _ in range(DECODE_ROUNDS):
         nxt = _decode(decoded[-1])
@@ -97,8 +120,11 @@ def override_methods(
         if v.strip()
     ]
     query = path.partition("?")[2]
-    out += [v.strip().upper() for k, v in parse_qsl(query, keep_blank_values=True)
-            if _param_name(k) == OVERRIDE_PARAM]  # fmt: skip
+    # A key that reads as '_method' spells "method" in the query, or percent-encodes some
+    # of it (no other character lower-cases to those letters): skip parsing other queries.
+    if "%" in query or "method" in query.lower():
+        out += [v.strip().upper() for k, v in parse_qsl(query, keep_blank_values=True)
+                if _param_name(k) == OVERRIDE_PARAM]  # fmt: skip
     if body:
         out += body_override_methods(body, content_type)
     return list(dict.fromkeys(out))
