@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from egress import __version__
 from egress import config as config_mod
@@ -356,7 +357,9 @@ def _workers_arg(text: str) -> int:
 _RAW = argparse.RawDescriptionHelpFormatter  # keeps the examples' line breaks
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``only="run"`` builds that subcommand alone (egress run starts
+    faster without importing the modules of the other subcommands)."""
     p = argparse.ArgumentParser(
         prog="egress", description="Credential-injecting egress proxy for AI agents."
     )
@@ -383,6 +386,12 @@ def _parser() -> argparse.ArgumentParser:
         help="proxy processes serving the one port (overrides workers:; default: one per CPU "
         "this process may use, a container's CPU limit included)",
     )  # fmt: skip
+    if only is None:
+        _add_other_commands(sub, cfg_help)
+    return p
+
+
+def _add_other_commands(sub: Any, cfg_help: str) -> None:
     ex = sub.add_parser(
         "exec", help="run a command with its traffic going through the proxy", formatter_class=_RAW,
         description="Start a private proxy on a free loopback port and run CMD through it: "
@@ -474,11 +483,11 @@ def _parser() -> argparse.ArgumentParser:
         help="also allow the nameservers of FILE (in a pod: /etc/resolv.conf, the cluster DNS)",
     )  # fmt: skip
     rd.add_argument("--backend", choices=["iptables", "nftables"], default="iptables")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser("run" if argv[:1] == ["run"] else None).parse_args(argv)
     from egress.proxy import configure_logging
 
     configure_logging()
