@@ -273,6 +273,34 @@ def test_a_killed_worker_is_replaced(tmp_path: Path, upstream: Upstream,
         stop_and_check(p)
 
 
+def test_workers_that_keep_dying_stop_the_proxy(tmp_path: Path, upstream: Upstream,
+                                                test_ca_file: Path) -> None:  # fmt: skip
+    """Fail closed: more than MAX_RESTARTS deaths within RESTART_WINDOW: exit 1, nothing left."""
+    from egress.workers import MAX_RESTARTS
+
+    cfg = base_config(tmp_path, test_ca_file, upstream.port)
+    cfg["workers"] = 2
+    p = start_proxy(write_config(tmp_path, cfg), tmp_path)
+    killed: set[int] = set()
+    try:
+        while p.proc.poll() is None and len(killed) <= MAX_RESTARTS + 2:
+            for pid in worker_pids(p.proc.pid):
+                if pid not in killed:
+                    killed.add(pid)
+                    os.kill(pid, signal.SIGKILL)
+                    break
+            time.sleep(0.05)
+        assert p.proc.wait(timeout=30) == 1
+    finally:
+        if p.proc.poll() is None:
+            p.proc.kill()
+    err = p.stderr_path.read_text()
+    assert "died unexpectedly" in err and "stopping (fail closed)" in err
+    assert "Traceback" not in err
+    for pid in killed:
+        assert not _alive(pid)
+
+
 def test_audit_to_stdout_from_two_workers(tmp_path: Path, upstream: Upstream,
                                           test_ca_file: Path) -> None:  # fmt: skip
     cfg = base_config(tmp_path, test_ca_file, upstream.port)
