@@ -2,7 +2,8 @@
 
 A secret embedded in a larger base64 blob (a Basic token, a JSON document, a file's
 content from a code host's API) shows up as the base64 of the secret at one of three byte
-alignments, with its first and last character mixed with the neighbouring bytes. Code
+alignments, with its first and last character mixed with the neighbouring bytes, in the
+standard alphabet, the URL-safe one, or both mixed (lenient decoders take any mix). Code
 hosts and MIME wrap base64 at 60, 64 or 76 columns with ``\\n`` or ``\\r\\n``, and JSON
 carries those line breaks escaped (``\\\\n``).
 
@@ -26,7 +27,10 @@ STD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 ALPHABET = frozenset(STD + URL + b"=")
 ALPHABET_BYTES = frozenset(bytes([c]) for c in ALPHABET)
-_TO_URL = bytes.maketrans(b"+/", b"-_")
+# Decoders take either alphabet, and many (Python's urlsafe_b64decode, Go's and Node's
+# lenient ones) take both in one string: search and mask in a view where the URL-safe
+# characters read as standard ones.
+_TO_STD = bytes.maketrans(b"-_", b"+/")
 # Line breaks base64 is wrapped with: raw, or escaped inside a JSON string.
 BREAKS = (b"\r\n", b"\n", b"\\r\\n", b"\\n", b"\r", b"\\r")
 _SEP = rb"(?:\r\n|\n|\\r\\n|\\n)?"
@@ -47,7 +51,7 @@ class Embedded:
 
     raw: bytes
     mask: bytes  # same length as raw
-    cores: tuple[bytes, ...]  # pure characters at each alignment, both alphabets
+    cores: tuple[bytes, ...]  # pure characters at each alignment, standard alphabet
     patterns: tuple[re.Pattern[bytes], ...] = field(default=())
     # (core, whether a mixed character precedes it) for the stream scrubber's hold-back
     heads: tuple[tuple[bytes, bool], ...] = ()
@@ -65,15 +69,23 @@ def embedded(raw: bytes, mask: bytes) -> Embedded:
         start = -(-first_bit // 6)  # first character made only of secret bits
         stop = end_bit // 6  # one past the last such character
         core = enc[start:stop]
-        if len(core) < 6:
+        if len(core) < 6 or core in cores:
             continue
-        mixed_first = first_bit % 6 != 0
-        for c in (core, core.translate(_TO_URL)):
-            if c not in cores:
-                cores.append(c)
-                heads.append((c, mixed_first))
-    patterns = tuple(re.compile(_SEP.join(re.escape(bytes([ch])) for ch in c)) for c in cores)
+        cores.append(core)
+        heads.append((core, first_bit % 6 != 0))
+    patterns = tuple(re.compile(_SEP.join(_char_class(ch) for ch in c)) for c in cores)
     return Embedded(raw, mask, tuple(cores), patterns, tuple(heads))
+
+
+def _char_class(ch: int) -> bytes:
+    """A core character as a pattern that also matches its URL-safe spelling."""
+    return {ord("+"): rb"[+\-]", ord("/"): rb"[/_]"}.get(ch, re.escape(bytes([ch])))
+
+
+def standard(data: bytes) -> bytes:
+    """``data`` with the URL-safe alphabet's characters read as the standard ones: where
+    cores (always in the standard alphabet) are searched."""
+    return data.translate(_TO_STD)
 
 
 def _decode(text: bytes, urlsafe: bool) -> bytes | None:
@@ -146,6 +158,7 @@ def _mask_run(run: bytes, targets: list[Embedded]) -> tuple[bytes, int]:
 def hits(data: bytes, targets: list[Embedded]) -> list[tuple[int, int]]:
     """Spans of ``data`` that hold a target's core (line breaks allowed inside)."""
     compact = strip_breaks(data) if (b"\n" in data or b"\r" in data or b"\\" in data) else data
+    compact = standard(compact)
     found: list[tuple[int, int]] = []
     for t in targets:
         for core, pattern in zip(t.cores, t.patterns, strict=True):
@@ -186,12 +199,13 @@ def find(data: bytes, raws: list[tuple[str, bytes, tuple[bytes, ...]]]) -> str |
     """The name of the first secret whose value is in ``data`` inside base64 (any alignment,
     either alphabet, wrapped or not). ``raws``: (name, value, cores)."""
     compact = strip_breaks(data)
+    normal = standard(compact)
     for name, raw, cores in raws:
-        if not any(c in compact for c in cores):
+        if not any(c in normal for c in cores):
             continue
         for m in _RUN.finditer(compact):
             token = m.group(0)
-            if not any(c in token for c in cores):
+            if not any(c in standard(token) for c in cores):
                 continue
             body = token.rstrip(b"=")
             urlsafe = b"-" in body or b"_" in body

@@ -95,10 +95,12 @@ class _Automaton:
 
 
 def compact_view(data: bytes) -> bytes:
-    """``data`` without line breaks, where base64 cores are searched (``data`` itself when
-    it has none)."""
+    """``data`` without line breaks and in the standard base64 alphabet, where base64 cores
+    are searched (``data`` itself when that changes nothing)."""
     if b"\n" in data or b"\r" in data or b"\\" in data:
-        return b64scan.strip_breaks(data)
+        data = b64scan.strip_breaks(data)
+    if b"-" in data or b"_" in data:
+        data = b64scan.standard(data)
     return data
 
 
@@ -165,7 +167,7 @@ class SecretIndex:
         """Indexes of the values with a flat form in ``data`` or a base64 core in it (line
         breaks removed): every value the per-secret search could find, in index order."""
         compact = compact_view(data)
-        if compact is data:  # no line breaks: flat forms and cores in one pass
+        if compact is data:  # no line breaks, no URL-safe characters: one pass for both
             found = {i >> 1 for i in self._both.owners_in(data, pause)}
         else:
             found = self._flat.owners_in(data, pause)
@@ -321,8 +323,12 @@ class StreamPlan:
                 target = self.mixed_prefixes if mixed else self.prefixes
                 target.update(core[:i] for i in range(1, len(core) + 1))
         self.longest = longest
+        # A core may be spelled in either base64 alphabet, or both mixed.
+        url = {b"+": b"-", b"/": b"_"}
         self.firsts = {p[:1] for p in self.prefixes}
+        self.firsts |= {url[c] for c in self.firsts if c in url}
         self.mixed_firsts = {p[:1] for p in self.mixed_prefixes}
+        self.mixed_firsts |= {url[c] for c in self.mixed_firsts if c in url}
         flat_class = b"".join(re.escape(c) for c in sorted(self.firsts))
         mixed_class = b"".join(re.escape(c) for c in sorted(self.mixed_firsts))
         alternatives = [b"[" + flat_class + b"]"] if flat_class else []

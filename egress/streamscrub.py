@@ -102,7 +102,9 @@ class StreamScrubber:
                 continue
             candidate = compact[i:]
             head = candidate[:1]
-            if head in self.firsts and candidate in self.prefixes:
+            if head in self.firsts and (
+                candidate in self.prefixes or b64scan.standard(candidate) in self.prefixes
+            ):
                 return len(tail) - where[i]
             # A base64 core after one character that also carries the preceding byte's bits;
             # a lone last character may be that one.
@@ -112,7 +114,8 @@ class StreamScrubber:
                 and (
                     len(candidate) == 1
                     or (
-                        candidate[1:2] in self.mixed_firsts and candidate[1:] in self.mixed_prefixes
+                        candidate[1:2] in self.mixed_firsts
+                        and b64scan.standard(candidate[1:]) in self.mixed_prefixes
                     )
                 )
             ):

@@ -175,3 +175,47 @@ def test_only_a_possible_start_of_a_secret_is_held_back() -> None:
     start = S[:10].encode()
     assert b"".join(s(b"text then " + start)) == b"text then "  # could go on as the secret
     assert b"".join(s(S[10:].encode() + b" done.")) == MASK.encode() + b" done."
+
+
+# --- base64 in both alphabets at once ------------------------------------------------------
+# Lenient decoders (Python's urlsafe_b64decode, Go's and Node's) read '-' as '+' and '_' as
+# '/' in one string: a secret spelled with both must be found and masked like either.
+MIXED_SECRET = "tok???value>>>more???secret"  # its base64 is full of '+' and '/'
+MIXED_FORMS = [make_forms("m", SecretValue(MIXED_SECRET), P)]
+
+
+def _mixed_spellings() -> list[tuple[str, bytes]]:
+    out = []
+    for pad in range(3):
+        for before, after in (("", ""), ("git:", ""), ('{"k": "', '"}')):
+            std = base64.b64encode((before + "z" * pad + MIXED_SECRET + after).encode())
+            specials = [i for i, c in enumerate(std) if c in b"+/"]
+            for flip in ("even", "odd", "first"):
+                chosen = {"even": specials[::2], "odd": specials[1::2], "first": specials[:1]}[flip]
+                mixed = bytearray(std)
+                for i in chosen:
+                    mixed[i] = {ord("+"): ord("-"), ord("/"): ord("_")}[std[i]]
+                out.append((f"pad{pad}-{before or 'bare'}-{flip}", bytes(mixed)))
+    return out
+
+
+MIXED = _mixed_spellings()
+
+
+@pytest.mark.parametrize("blob", [m[1] for m in MIXED], ids=[m[0] for m in MIXED])
+def test_base64_in_mixed_alphabets_is_found_and_masked(blob: bytes) -> None:
+    assert MIXED_SECRET.encode() in base64.urlsafe_b64decode(
+        blob.translate(bytes.maketrans(b"+/", b"-_"))
+    )
+    data = b"before " + blob + b" after"
+    assert find(data, MIXED_FORMS) == ("m", "base64 (embedded)")
+    out, n = scrub(data, MIXED_FORMS)
+    assert n >= 1 and len(out) == len(data)
+    token = out[len(b"before ") : -len(b" after")]
+    decoded = base64.urlsafe_b64decode(token.translate(bytes.maketrans(b"+/", b"-_")))
+    assert MIXED_SECRET.encode() not in decoded
+    for chunk in (1, 3, 7, 64):
+        s = StreamScrubber(MIXED_FORMS)
+        pieces = [s(data[i : i + chunk]) for i in range(0, len(data), chunk)] + [s(b"")]
+        streamed = b"".join(p for ps in pieces for p in ps)
+        assert len(streamed) == len(data) and find(streamed, MIXED_FORMS) is None, chunk

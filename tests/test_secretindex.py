@@ -52,8 +52,14 @@ def encodings_of(text: str) -> list[bytes]:
     ]
 
 
-def wrapped_base64(blob: bytes, width: int, sep: bytes, urlsafe: bool) -> bytes:
-    enc = (base64.urlsafe_b64encode if urlsafe else base64.b64encode)(blob)
+def wrapped_base64(blob: bytes, width: int, sep: bytes, alphabet: str | bool) -> bytes:
+    """``alphabet``: "std", "url", or "mixed" (every other '+' or '/' in its URL-safe
+    spelling, which lenient decoders read alike); True means "url"."""
+    alphabet = {True: "url", False: "std"}.get(alphabet, alphabet)  # type: ignore[call-overload]
+    enc = (base64.urlsafe_b64encode if alphabet == "url" else base64.b64encode)(blob)
+    if alphabet == "mixed":
+        specials = [i for i, c in enumerate(enc) if c in b"+/"][::2]
+        enc = bytes({43: 45, 47: 95}[c] if i in specials else c for i, c in enumerate(enc))
     return sep.join(enc[i : i + width] for i in range(0, len(enc), width))
 
 
@@ -88,7 +94,8 @@ def corpus(draw: st.DrawFn) -> tuple[list, bytes]:
             blob = draw(st.binary(max_size=7)) + texts[i].encode() + draw(st.binary(max_size=7))
             width = draw(st.sampled_from([4, 60, 64, 76, 1000]))
             sep = draw(st.sampled_from([b"\n", b"\r\n", b"\\n"]))
-            pieces.append(wrapped_base64(blob, width, sep, draw(st.booleans())))
+            alphabet = draw(st.sampled_from(["std", "url", "mixed"]))
+            pieces.append(wrapped_base64(blob, width, sep, alphabet))
     return forms, b" ".join(pieces)
 
 
