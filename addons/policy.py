@@ -392,6 +392,8 @@ def _proxy_header(flow: http.HTTPFlow) -> Problem | None:
     """A client must not choose a proxy for the upstream (httpoxy). Credentials and options
     meant for a proxy never go upstream either."""
     headers = flow.request.headers
+    if not _names_proxy_or_te(headers.fields):
+        return None  # nothing below applies: skip decoding and folding every header name
     problem = proxy_header_problem(headers.items(multi=True))
     if problem is not None:
         return problem
@@ -405,6 +407,18 @@ def _proxy_header(flow: http.HTTPFlow) -> Problem | None:
         if any("trailers" in v.lower() for v in te):
             headers["te"] = "trailers"
     return None
+
+
+def _names_proxy_or_te(fields: tuple[tuple[bytes, bytes], ...]) -> bool:
+    """Does a header name start with 'proxy' or equal 'te' (ASCII case-insensitive)? Every
+    name _proxy_header acts on does: a folded name (fold_name) equal to 'proxy' or a
+    PROXY_ONLY_HEADERS entry is ASCII, and no non-ASCII character lower-cases to ASCII but
+    the Kelvin sign (to 'k'); mitmproxy matches 'te' on the bytes' ASCII lower case."""
+    for name, _ in fields:
+        low = name.lower()
+        if low[:5] == b"proxy" or low == b"te":
+            return True
+    return False
 
 
 def _identity_problem(flow: http.HTTPFlow, host: str, port: int, in_tunnel: bool) -> Problem | None:

@@ -1,0 +1,78 @@
+"""The policy addon's fast paths never change what a hook does: the proxy-header step skips
+requests with no header it could act on, and gives the same answer and leaves the same
+headers as the full step (copied here as it was) for every other request."""
+
+from __future__ import annotations
+
+import pytest
+from egress.addons import policy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mitmproxy.test import tflow
+
+from egress.grammar import fold_name, te_offers
+from egress.request_checks import PROXY_ONLY_HEADERS, Problem, proxy_header_problem
+
+
+def reference_proxy_header(headers) -> Problem | None:  # type: ignore[no-untyped-def]
+    """_proxy_header before the fast path."""
+    problem = proxy_header_problem(headers.items(multi=True))
+    if problem is not None:
+        return problem
+    for name in [n for n in headers if fold_name(n) in PROXY_ONLY_HEADERS]:
+        headers.pop(name, None)
+    te = headers.get_all("te")
+    if te_offers(te):
+        headers.pop("te")
+        if any("trailers" in v.lower() for v in te):
+            headers["te"] = "trailers"
+    return None
+
+
+NAMES = [b"Host", b"Accept", b"Proxy", b"proxy", b"PROXY", b"Proxy-Authorization",
+         b"proxy_authorization", b"Proxy-Connection", b"PROXY_CONNECTION", b"Proxy-Foo", b"Proxyx",
+         b"X-Proxy", b"TE", b"te", b"Te", b"Tex", b"xte", b"Transfer-Encoding", b"Connection",
+         b"\xe2\x84\xaae", b"Pro\xe2\x84\xaay", b"proxy-author\xc4\xb0zation", b"\xff\xfe",
+         b"pr\xc3\xb6xy", b"User-Agent"]  # fmt: skip
+VALUES = [b"x", b"trailers", b"gzip", b"gzip, trailers", b"chunked;q=1", b"", b"Trailers, deflate"]
+
+
+def run_both(fields: list[tuple[bytes, bytes]]) -> None:
+    fast, slow = tflow.tflow(), tflow.tflow()
+    fast.request.headers.fields = tuple(fields)
+    slow.request.headers.fields = tuple(fields)
+    assert policy._proxy_header(fast) == reference_proxy_header(slow.request.headers)
+    assert fast.request.headers.fields == slow.request.headers.fields
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("value", VALUES)
+def test_one_header_among_others(name: bytes, value: bytes) -> None:
+    run_both([(b"Host", b"api.test"), (name, value), (b"Accept", b"*/*")])
+    run_both([(name, value)])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    fields=st.lists(
+        st.tuples(st.sampled_from(NAMES) | st.binary(min_size=1, max_size=6),
+                  st.sampled_from(VALUES) | st.binary(max_size=6)),
+        max_size=6,
+    )
+)  # fmt: skip
+def test_generated_headers_get_the_same_answer_and_headers(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    run_both(fields)
+
+
+def test_the_prefilter_is_a_necessary_condition_over_every_character() -> None:
+    """No header name the full step acts on is missed: every non-ASCII character whose
+    lower case holds ASCII is the Kelvin sign or the dotted capital I."""
+    odd = {c for c in range(0x80, 0x110000) if not 0xD800 <= c <= 0xDFFF
+           and any(ord(ch) < 0x80 for ch in chr(c).lower())}  # fmt: skip
+    assert odd == {0x212A, 0x130}
+    for target in ("proxy", *PROXY_ONLY_HEADERS):
+        assert "k" not in target  # the Kelvin sign lowers to 'k'
+    # the dotted capital I lowers to 'i' and a combining dot, never an ASCII-only name
+    assert not chr(0x130).lower().isascii()
