@@ -304,8 +304,8 @@ class Run:
                 res[name]["stream.mib_s"] = out["mib_s"]
                 if "peak_rss_mib" in out:
                     res[name]["stream.peak_rss_mib"] = out["peak_rss_mib"]
-                log(f"{tag} stream {name}: {out['mib_s']:.0f} MiB/s, peak RSS "
-                    f"{out.get('peak_rss_mib', 0):.0f} MiB")  # fmt: skip
+                peak = f", peak RSS {out['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in out else ""
+                log(f"{tag} stream {name}: {out['mib_s']:.0f} MiB/s{peak}")
         if "vault" in a.figures and self.bao is not None:
             for name in order:
                 calls, reqs = self.vault_calls[name]
