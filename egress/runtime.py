@@ -206,7 +206,7 @@ class Runtime:
             raise
         if refresher is not None and refresh:
             refresher.start()
-        return cls(
+        rt = cls(
             config=cfg,
             allowlist=Allowlist(cfg.rules),
             secrets=store,
@@ -220,6 +220,10 @@ class Runtime:
             metrics=metrics or Metrics(),
             vault=refresher,
         )
+        # The secret index's automata are built now, before anything listens (and before
+        # workers fork, so that they share its pages), not by the first request.
+        rt.index()
+        return rt
 
     def forms(self) -> list[SecretForms]:
         """Every secret's encoded forms (current and previous values), recomputed only when a
