@@ -110,6 +110,14 @@ class Arm:
                    self.log, interval=0.02)  # fmt: skip
         return time.monotonic() - t0, rss_mib(proc.pid)
 
+    def fetch(self, path: str) -> str:
+        """The body of one GET through the arm (with the placeholder header)."""
+        cmd = ["curl", "-sk", "--max-time", "10", "-H",
+               f"Authorization: Bearer {PLACEHOLDER_FMT.format(0)}", self.url(path)]  # fmt: skip
+        if self.proxy:
+            cmd[1:1] = ["--proxy", self.proxy]
+        return subprocess.run(cmd, capture_output=True, text=True, env=proxy_env()).stdout
+
     def request_ok(self, path: str = "/") -> bool:
         cmd = ["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
                "-H", f"Authorization: Bearer {PLACEHOLDER_FMT.format(0)}", self.url(path)]  # fmt: skip

@@ -235,6 +235,27 @@ class Run:
             arm.start(self.procs)
         for name in self.arms:
             self.vault_calls[name] = [0, 0]
+        for name, arm in self.arms.items():
+            if arm.kind == "egress":
+                self.check_injection(name, arm)
+
+    def check_injection(self, name: str, arm: Arm) -> None:
+        """One request to /echo-auth, where nginx logs the Authorization header it got and
+        echoes it: upstream it must be the real secret (egress injected it), and the real
+        secret must not reach the client (egress scrubbed the reflection). So the arm does
+        the work it is measured for."""
+        from bench.fixtures import PLACEHOLDER_FMT, secret_value
+
+        body = arm.fetch("/echo-auth")
+        time.sleep(0.2)  # nginx writes its log line after the response
+        got = self.nginx.last_authorization()
+        if got != f"Bearer {secret_value(0)}":
+            what = "the placeholder" if PLACEHOLDER_FMT.format(0) in got else repr(got[:60])
+            self.problems.append(f"{name}: the upstream got {what}, not the injected secret")
+        elif secret_value(0) in body or not body.startswith("Bearer "):
+            self.problems.append(f"{name}: the reflected secret was not scrubbed: {body[:80]!r}")
+        else:
+            arm.info["injection_and_scrubbing_checked"] = True
 
     def worktree(self, rev: str) -> Path:
         path = self.tmp / "baseline"

@@ -77,6 +77,7 @@ class Nginx:
         self.dir.mkdir()
         self.port = free_port()
         self.log = self.dir / "nginx.out"
+        self.auth_log = self.dir / "auth.log"  # the Authorization header of /echo-auth
         user = "user root;" if os.geteuid() == 0 else ""
         temp = "".join(f"\n  {k}_temp_path {self.dir / k};" for k in
                        ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
@@ -89,6 +90,7 @@ error_log {self.dir / "error.log"} warn;
 events {{ worker_connections 8192; }}
 http {{
   access_log off;{temp}
+  log_format auth '$http_authorization';
   keepalive_requests 100000000;
   keepalive_timeout 600s;
   server {{
@@ -97,9 +99,18 @@ http {{
     ssl_certificate_key {server_pem};
     location = / {{ default_type text/plain; return 200 "{SMALL_BODY[:-1]}\\n"; }}
     location = /big {{ default_type application/octet-stream; alias {body}; }}
+    location = /echo-auth {{
+      access_log {self.auth_log} auth;
+      default_type text/plain;
+      return 200 "$http_authorization\n";
+    }}
   }}
 }}
 """)
+
+    def last_authorization(self) -> str:
+        lines = self.auth_log.read_text().splitlines() if self.auth_log.exists() else []
+        return lines[-1] if lines else ""
 
     def start(self, procs: Procs) -> None:
         binary = nginx_binary()

@@ -234,6 +234,7 @@ def test_smoke_run(tmp_path: Path) -> None:
     assert egress["vault.calls_per_req"] == 0
     assert egress["idle.served"] == 5
     assert doc["meta"]["problems"] == []
+    assert doc["arms"]["egress-1"]["injection_and_scrubbing_checked"] is True
     assert doc["medians"]["direct"]["h1.c1.rps"] > 0
     # nothing it started is left running, and its working folder is gone
     work = re.search(r"working in (\S+)", r.stderr).group(1)  # type: ignore[union-attr]
