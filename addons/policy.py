@@ -165,7 +165,11 @@ class Allowlist(EgressAddon):
             if leak is not None:
                 deny(flow, rt, leak.reason, leak.detail, secret=leak.secret)
                 return
-        upgrade = upgrade_tokens(req.headers.items(multi=True))
+        upgrade = (
+            upgrade_tokens(req.headers.items(multi=True))
+            if _has_header(req.headers.fields, b"upgrade")
+            else []
+        )
         problem = upgrade_problem(upgrade)
         if problem is not None:
             deny(flow, rt, *problem)
@@ -355,10 +359,12 @@ class Allowlist(EgressAddon):
         # Keep clients on TCP through the proxy: an Alt-Svc advertising HTTP/3 would invite
         # them to try QUIC around it.
         if flow.response is not None:
-            flow.response.headers.pop("alt-svc", None)
-            # egress never offers permessage-deflate; an upstream that claims it anyway gets
-            # no inflater (its compressed frames then fail as protocol errors).
-            flow.response.headers.pop("sec-websocket-extensions", None)
+            headers = flow.response.headers
+            if _has_header(headers.fields, b"alt-svc", b"sec-websocket-extensions"):
+                headers.pop("alt-svc", None)
+                # egress never offers permessage-deflate; an upstream that claims it anyway
+                # gets no inflater (its compressed frames then fail as protocol errors).
+                headers.pop("sec-websocket-extensions", None)
             switched = flow.response.status_code == 101
             if switched and upgrade_tokens(flow.request.headers.items(multi=True)) != ["websocket"]:
                 # Whatever the request said, never switch protocols to anything but WebSocket.
@@ -407,6 +413,17 @@ def _proxy_header(flow: http.HTTPFlow) -> Problem | None:
         if any("trailers" in v.lower() for v in te):
             headers["te"] = "trailers"
     return None
+
+
+def _has_header(fields: tuple[tuple[bytes, bytes], ...], *names: bytes) -> bool:
+    """Is one of ``names`` (ASCII, lower case) the name of a header in ``fields``? The test
+    mitmproxy's Headers apply (the name's bytes in lower case), without decoding every
+    name; for upgrade_tokens' str comparison the same, as no non-ASCII character
+    lower-cases to an ASCII-only string but the Kelvin sign (to 'k')."""
+    for name, _ in fields:
+        if name.lower() in names:
+            return True
+    return False
 
 
 def _names_proxy_or_te(fields: tuple[tuple[bytes, bytes], ...]) -> bool:

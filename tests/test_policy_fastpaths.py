@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from mitmproxy.test import tflow
 
 from egress.grammar import fold_name, te_offers
-from egress.request_checks import PROXY_ONLY_HEADERS, Problem, proxy_header_problem
+from egress.request_checks import PROXY_ONLY_HEADERS, Problem, proxy_header_problem, upgrade_tokens
 
 
 def reference_proxy_header(headers) -> Problem | None:  # type: ignore[no-untyped-def]
@@ -76,3 +76,51 @@ def test_the_prefilter_is_a_necessary_condition_over_every_character() -> None:
         assert "k" not in target  # the Kelvin sign lowers to 'k'
     # the dotted capital I lowers to 'i' and a combining dot, never an ASCII-only name
     assert not chr(0x130).lower().isascii()
+
+
+UPGRADE_NAMES = [b"Upgrade", b"upgrade", b"UPGRADE", b"Upgrade-Insecure-Requests", b"Alt-Svc",
+                 b"ALT-SVC", b"Sec-WebSocket-Extensions", b"sec-websocket-extensions", b"Alt-Svcx",
+                 b"Connection", b"Content-Type", b"Upgr\xc3\xa4de", b"\xff"]  # fmt: skip
+UPGRADE_VALUES = [b"websocket", b"h2c", b"WebSocket, h2c", b"", b'h3=":443"', b"permessage-deflate"]
+header_lists = st.lists(
+    st.tuples(st.sampled_from(UPGRADE_NAMES) | st.binary(min_size=1, max_size=6),
+              st.sampled_from(UPGRADE_VALUES) | st.binary(max_size=6)),
+    max_size=6,
+)  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(fields=header_lists)
+def test_upgrade_tokens_are_read_only_where_an_upgrade_header_is(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    f = tflow.tflow()
+    f.request.headers.fields = tuple(fields)
+    items = list(f.request.headers.items(multi=True))
+    fast = upgrade_tokens(items) if policy._has_header(f.request.headers.fields, b"upgrade") else []
+    assert fast == upgrade_tokens(items)
+
+
+def reference_responseheaders(flow) -> None:  # type: ignore[no-untyped-def]
+    """What Allowlist.responseheaders did to the response headers before the fast path."""
+    flow.response.headers.pop("alt-svc", None)
+    flow.response.headers.pop("sec-websocket-extensions", None)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(fields=header_lists, status=st.sampled_from([200, 101]), request_fields=header_lists)
+def test_response_headers_are_left_as_the_full_step_leaves_them(
+    fields: list[tuple[bytes, bytes]], status: int, request_fields: list[tuple[bytes, bytes]]
+) -> None:
+    fast, slow = tflow.tflow(resp=True), tflow.tflow(resp=True)
+    for f in (fast, slow):
+        f.response.headers.fields = tuple(fields)
+        f.response.status_code = status
+        f.request.headers.fields = tuple(request_fields)
+    policy.Allowlist().responseheaders(fast)
+    reference_responseheaders(slow)
+    assert fast.response.headers.fields == slow.response.headers.fields
+    killed = status == 101 and upgrade_tokens(slow.request.headers.items(multi=True)) != [
+        "websocket"
+    ]
+    assert (fast.error is not None) == killed
