@@ -257,6 +257,7 @@ class Worker:
     answers: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     requests: float = 0.0  # from its last metrics answer
+    last: list[list[Any]] = field(default_factory=list)  # its last metrics answer
 
 
 class Supervisor:
@@ -278,6 +279,10 @@ class Supervisor:
         self.failed = asyncio.Event()  # set when workers keep dying: the proxy must stop
         self.changed = asyncio.Event()  # a worker became ready or died
         self.restarts: list[float] = []
+        # Counts of workers that died, as last scraped: sums stay monotonic across a
+        # replacement (gauges such as open connections die with their worker).
+        self.retired: list[list[Any]] = []
+        self.retired_requests: dict[int, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pushed_version = rt.secrets.version
 
@@ -292,19 +297,21 @@ class Supervisor:
 
     # start
 
-    async def start(self) -> None:
+    async def start(self, timeout: float = 60) -> None:
         """Fork every worker and wait until all are ready. Raises WorkerError if one exits
-        first (it has logged why)."""
+        first (it has logged why) or is not ready within ``timeout`` seconds."""
         for slot in range(self.n):
             self._fork(slot)
         for w in list(self.workers.values()):
-            done, _ = await asyncio.wait(
-                {asyncio.ensure_future(w.ready.wait()), asyncio.ensure_future(w.exited.wait())},
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            waits = {asyncio.ensure_future(w.ready.wait()), asyncio.ensure_future(w.exited.wait())}
+            _, pending = await asyncio.wait(waits, timeout=timeout,
+                                            return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            for f in pending:
+                f.cancel()
             if not w.ready.is_set():
+                how = _how(w.status) if w.exited.is_set() else f"not ready after {timeout:.0f} s"
                 await self.stop(now=True)
-                raise WorkerError(f"worker {w.slot} exited during start-up ({_how(w.status)})")
+                raise WorkerError(f"worker {w.slot} did not start ({how})")
         self._spawn(self._watch_secrets())
 
     def _fork(self, slot: int) -> Worker:
@@ -363,6 +370,10 @@ class Supervisor:
         w.writer.close()
         self.changed.set()
         if not self.stopping:
+            from egress.metrics import merge
+
+            self.retired = merge([self.retired, [f for f in w.last if f[2] != "gauge"]])
+            self.retired_requests[w.slot] = self.retired_requests.get(w.slot, 0) + w.requests
             self._died(w)
 
     def _died(self, w: Worker) -> None:
@@ -410,9 +421,9 @@ class Supervisor:
         workers = list(self.workers.values())
         answers = await asyncio.gather(*(self._ask_metrics(w) for w in workers))
         self.rt.metrics.workers_ready.set(self.ready_count())
-        per_worker = {w.slot: w.requests for w in workers}
+        per_worker = {w.slot: w.requests + self.retired_requests.get(w.slot, 0) for w in workers}
         return self.rt.metrics.render_merged(
-            merge([a for a in answers if a is not None]), per_worker
+            merge([self.retired, *(a for a in answers if a is not None)]), per_worker
         )
 
     async def _ask_metrics(self, w: Worker) -> list[list[Any]] | None:
@@ -429,7 +440,8 @@ class Supervisor:
         if msg.get("op") != "metrics":
             return None
         w.requests = float(msg.get("requests", 0))
-        return list(msg["families"])
+        w.last = list(msg["families"])
+        return w.last
 
     # stop
 

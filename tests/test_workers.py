@@ -255,6 +255,9 @@ def test_a_killed_worker_is_replaced(tmp_path: Path, upstream: Upstream,
     p = start_proxy(write_config(tmp_path, cfg), tmp_path)
     try:
         url = admin_url(p)
+        assert curl_many(p, [f"https://{API}:{upstream.port}/before/{i}" for i in range(20)]) \
+            == ["200"] * 20  # fmt: skip
+        before = metric(get(url + "/metrics")[1], "egress_requests_total")
         old = worker_pids(p.proc.pid)
         os.kill(old[0], signal.SIGKILL)
         wait_for(lambda: "died unexpectedly" in p.stderr_path.read_text(), "the death logged")
@@ -268,6 +271,9 @@ def test_a_killed_worker_is_replaced(tmp_path: Path, upstream: Upstream,
         assert statuses == ["200"] * 40
         text = get(url + "/metrics")[1]
         assert metric(text, "egress_worker_restarts_total") == {"": 1.0}
+        # The dead worker's counts stay in the sums: counters never go down.
+        key = '{decision="allow",reason="allowed"}'
+        assert metric(text, "egress_requests_total")[key] == before[key] + 40
         assert metric(text, "egress_workers_ready") == {"": 2.0}
     finally:
         stop_and_check(p)
