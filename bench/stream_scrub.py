@@ -29,7 +29,7 @@ CHUNK = 1024 * 1024
 
 def serve(size_mb: int, tls: ssl.SSLContext) -> ThreadingHTTPServer:
     block = bytearray(b"x" * CHUNK)
-    block[CHUNK - 10 : CHUNK - 10 + len(SECRET)] = SECRET.encode()[:10]  # split across chunks
+    block[CHUNK - 10 :] = SECRET.encode()[:10]  # split across chunks (the length stays CHUNK)
     tail = SECRET.encode()[10:]
 
     class Handler(BaseHTTPRequestHandler):
