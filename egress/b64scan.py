@@ -52,12 +52,21 @@ class Embedded:
     raw: bytes
     mask: bytes  # same length as raw
     cores: tuple[bytes, ...]  # pure characters at each alignment, standard alphabet
-    patterns: tuple[re.Pattern[bytes], ...] = field(default=())
     # (core, whether a mixed character precedes it) for the stream scrubber's hold-back
     heads: tuple[tuple[bytes, bool], ...] = ()
+    _patterns: dict[bytes, re.Pattern[bytes]] = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
         return "Embedded(<redacted>)"
+
+    def pattern(self, core: bytes) -> re.Pattern[bytes]:
+        """The core with line breaks allowed between any two characters, each character in
+        either alphabet: compiled when the core is first found (rarely), not at load."""
+        compiled = self._patterns.get(core)
+        if compiled is None:
+            compiled = re.compile(_SEP.join(_char_class(ch) for ch in core))
+            self._patterns[core] = compiled
+        return compiled
 
 
 def embedded(raw: bytes, mask: bytes) -> Embedded:
@@ -73,8 +82,7 @@ def embedded(raw: bytes, mask: bytes) -> Embedded:
             continue
         cores.append(core)
         heads.append((core, first_bit % 6 != 0))
-    patterns = tuple(re.compile(_SEP.join(_char_class(ch) for ch in c)) for c in cores)
-    return Embedded(raw, mask, tuple(cores), patterns, tuple(heads))
+    return Embedded(raw, mask, tuple(cores), tuple(heads))
 
 
 def _char_class(ch: int) -> bytes:
@@ -161,8 +169,9 @@ def hits(data: bytes, targets: list[Embedded]) -> list[tuple[int, int]]:
     compact = standard(compact)
     found: list[tuple[int, int]] = []
     for t in targets:
-        for core, pattern in zip(t.cores, t.patterns, strict=True):
+        for core in t.cores:
             if core in compact:
+                pattern = t.pattern(core)
                 found += [m.span() for m in pattern.finditer(data)]
     return sorted(found)
 

@@ -45,9 +45,9 @@ def mask_text(placeholder: str, length: int) -> str:
     return (placeholder + "x" * length)[:length]
 
 
-def make_forms(name: str, value: SecretValue, placeholder: str) -> SecretForms:
-    raw, ph = value.reveal().encode("utf-8"), placeholder.encode("utf-8")
-    text, ph_text = value.reveal(), placeholder
+def _pairs(text: str, ph_text: str) -> tuple[tuple[bytes, bytes, str], ...]:
+    """Each encoding of ``text`` with the same encoding of ``ph_text``, longest first."""
+    raw, ph = text.encode("utf-8"), ph_text.encode("utf-8")
 
     def both(f):  # type: ignore[no-untyped-def]
         return f(raw), f(ph)
@@ -85,7 +85,12 @@ def make_forms(name: str, value: SecretValue, placeholder: str) -> SecretForms:
     for s, p, enc_name in candidates:
         seen.setdefault(s, (s, p, enc_name))
     # Longest first, so that a longer form is replaced before a shorter one inside it.
-    pairs = tuple(sorted(seen.values(), key=lambda t: -len(t[0])))
+    return tuple(sorted(seen.values(), key=lambda t: -len(t[0])))
+
+
+def make_forms(name: str, value: SecretValue, placeholder: str) -> SecretForms:
+    raw, ph = value.reveal().encode("utf-8"), placeholder.encode("utf-8")
+    pairs = _pairs(value.reveal(), placeholder)
     mask = mask_text(placeholder, len(value.reveal())).encode("utf-8")[: len(raw)]
     mask += b"x" * (len(raw) - len(mask))
     return SecretForms(name=name, pairs=pairs, raw=raw, placeholder=ph,
@@ -137,9 +142,9 @@ def stream_forms(forms: list[SecretForms]) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
     for f in forms:
         text = f.embedded.mask.decode("utf-8", "replace")
-        mask = make_forms(f.name, SecretValue(text), text)
+        mask_pairs = _pairs(text, text)
         for secret, _, enc in f.pairs:
-            same = [p for _, p, e in mask.pairs if e == enc and len(p) == len(secret)]
+            same = [p for _, p, e in mask_pairs if e == enc and len(p) == len(secret)]
             out.append((secret, same[0] if same else _filler(secret, enc)))
     return sorted(out, key=lambda t: -len(t[0]))
 

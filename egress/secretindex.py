@@ -23,6 +23,7 @@ bounded cache.
 
 from __future__ import annotations
 
+import bisect
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -60,7 +61,7 @@ class _Automaton:
         self._overlap = max((len(p) for p in owners), default=1) - 1
         self._dfa = (
             ahocorasick_rs.BytesAhoCorasick(
-                list(owners), implementation=ahocorasick_rs.Implementation.DFA
+                list(owners), implementation=ahocorasick_rs.Implementation.ContiguousNFA
             )
             if owners
             else None
@@ -298,7 +299,9 @@ class SecretIndex:
 
 class StreamPlan:
     """What every stream scrubber of one index shares: the same-length replacement of each
-    form and the prefixes that may begin one, computed once instead of per response."""
+    form, and what may begin one, computed once instead of per response. Prefixes are
+    looked up in sorted lists (bisect), not kept as sets of every prefix of every form:
+    those cost megabytes and seconds to build for a hundred secrets."""
 
     def __init__(self, index: SecretIndex):
         self.index = index
@@ -309,25 +312,25 @@ class StreamPlan:
         # Longest first across all values, as stream_forms orders them.
         self.steps = sorted(((i, s, m) for s, (m, i) in owner.items()), key=lambda t: -len(t[1]))
         self.embedded = [f.embedded for f in index.forms]
-        self.prefixes: set[bytes] = set()
-        self.mixed_prefixes: set[bytes] = set()
+        flat = {secret for _, secret, _ in self.steps if len(secret) > 1}
+        cores = {core for e in self.embedded for core, mixed in e.heads if not mixed}
+        mixed = {core for e in self.embedded for core, m in e.heads if m}
+        self._flat = sorted(flat)
+        self._cores = sorted(cores)
+        self._mixed = sorted(mixed)
         self.intoken: set[int] = set(b64scan.ALPHABET) | set(b"\r\n\\")
-        longest = 1
         for _, secret, _ in self.steps:
             self.intoken.update(secret)
-            longest = max(longest, len(secret))
-            self.prefixes.update(secret[:i] for i in range(1, len(secret)))
-        for e in self.embedded:
-            for core, mixed in e.heads:
-                longest = max(longest, len(core) + 2)
-                target = self.mixed_prefixes if mixed else self.prefixes
-                target.update(core[:i] for i in range(1, len(core) + 1))
-        self.longest = longest
+        self.longest = max(
+            [1]
+            + [len(s) for _, s, _ in self.steps]
+            + [len(c) + 2 for e in self.embedded for c, _ in e.heads]
+        )
         # A core may be spelled in either base64 alphabet, or both mixed.
         url = {b"+": b"-", b"/": b"_"}
-        self.firsts = {p[:1] for p in self.prefixes}
+        self.firsts = {p[:1] for p in flat | cores}
         self.firsts |= {url[c] for c in self.firsts if c in url}
-        self.mixed_firsts = {p[:1] for p in self.mixed_prefixes}
+        self.mixed_firsts = {p[:1] for p in mixed}
         self.mixed_firsts |= {url[c] for c in self.mixed_firsts if c in url}
         flat_class = b"".join(re.escape(c) for c in sorted(self.firsts))
         mixed_class = b"".join(re.escape(c) for c in sorted(self.mixed_firsts))
@@ -336,6 +339,28 @@ class StreamPlan:
             alternatives.append(b"[A-Za-z0-9+/_=-](?=[" + mixed_class + b"])")
         self.begins = re.compile(b"|".join(alternatives) or b"(?!)")
         self.intoken_bytes = bytes(sorted(self.intoken))
+
+    def is_prefix(self, text: bytes) -> bool:
+        """Is ``text`` a proper prefix of a flat form, or a prefix of a base64 core that no
+        mixed character precedes?"""
+        return _starts_one(self._flat, text, proper=True) or _starts_one(self._cores, text)
+
+    def is_mixed_prefix(self, text: bytes) -> bool:
+        """Is ``text`` a prefix of a base64 core that follows a mixed character?"""
+        return _starts_one(self._mixed, text)
+
+
+def _starts_one(ordered: list[bytes], text: bytes, proper: bool = False) -> bool:
+    """Does an item of ``ordered`` (sorted, no duplicates) start with ``text`` (and, if
+    ``proper``, go on after it)? The items that do follow ``text`` in order, together."""
+    if not text:
+        return False
+    i = bisect.bisect_left(ordered, text)
+    while i < len(ordered) and ordered[i].startswith(text):
+        if not proper or len(ordered[i]) > len(text):
+            return True
+        i += 1
+    return False
 
 
 def build(

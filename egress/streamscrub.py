@@ -52,8 +52,7 @@ class StreamScrubber:
         self.sent_tail = b""  # the last bytes sent: base64 context for masking
         # What may still begin a secret: prefixes of every flat form; prefixes of each
         # base64 core, alone or after one character mixed with the preceding byte.
-        self.prefixes = plan.prefixes
-        self.mixed_prefixes = plan.mixed_prefixes
+        self.plan = plan
         self.firsts = plan.firsts
         self.mixed_firsts = plan.mixed_firsts
         self.longest = plan.longest
@@ -103,19 +102,19 @@ class StreamScrubber:
             candidate = compact[i:]
             head = candidate[:1]
             if head in self.firsts and (
-                candidate in self.prefixes or b64scan.standard(candidate) in self.prefixes
+                self.plan.is_prefix(candidate) or self.plan.is_prefix(b64scan.standard(candidate))
             ):
                 return len(tail) - where[i]
             # A base64 core after one character that also carries the preceding byte's bits;
             # a lone last character may be that one.
             if (
-                self.mixed_prefixes
+                self.mixed_firsts
                 and head in b64scan.ALPHABET_BYTES
                 and (
                     len(candidate) == 1
                     or (
                         candidate[1:2] in self.mixed_firsts
-                        and b64scan.standard(candidate[1:]) in self.mixed_prefixes
+                        and self.plan.is_mixed_prefix(b64scan.standard(candidate[1:]))
                     )
                 )
             ):

@@ -355,3 +355,26 @@ def test_json_tokenizer_does_not_backtrack_on_an_unclosed_string() -> None:
     start = time.process_time()
     json_values(data)
     assert time.process_time() - start < 5  # linear: well under a second here
+
+
+@SETTINGS
+@given(corpus(), st.lists(st.binary(max_size=12), max_size=20))
+def test_stream_prefix_lookups_are_the_prefix_sets(case, noise) -> None:  # noqa: ANN001
+    """The hold-back asks "could these bytes begin a form?": the sorted-list lookups answer
+    as the sets of every prefix of every form did."""
+    forms, _ = case
+    plan = SecretIndex(forms).stream_plan()
+    prefixes: set[bytes] = set()
+    mixed_prefixes: set[bytes] = set()
+    for _, secret, _ in plan.steps:
+        prefixes.update(secret[:i] for i in range(1, len(secret)))
+    for e in plan.embedded:
+        for core, mixed in e.heads:
+            (mixed_prefixes if mixed else prefixes).update(
+                core[:i] for i in range(1, len(core) + 1)
+            )
+    probes = set(noise) | {p[:k] for p in prefixes | mixed_prefixes for k in (1, 2, 5)}
+    probes |= {p + b"x" for p in list(prefixes)[:50]} | prefixes | mixed_prefixes
+    for probe in probes:
+        assert plan.is_prefix(probe) == (probe in prefixes), probe
+        assert plan.is_mixed_prefix(probe) == (probe in mixed_prefixes), probe
