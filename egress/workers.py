@@ -70,6 +70,9 @@ RESTART_WINDOW = 60.0  # ... within this many seconds stop the proxy (exit 1)
 # wake accepts everything queued). EGRESS_LISTENER is a knob for that measurement only.
 LISTENER = os.environ.get("EGRESS_LISTENER", "reuseport")
 BACKLOG = 1024
+# Parent to worker: SIGTERM stops accepting and lets the requests in flight finish; this
+# one stops at once (a distinct signal: two SIGTERMs sent together may arrive as one).
+STOP_NOW = signal.SIGUSR1
 
 
 class WorkerError(EgressError):
@@ -449,17 +452,15 @@ class Supervisor:
     # stop
 
     async def stop(self, now: bool = False, signal_now: asyncio.Event | None = None) -> None:
-        """SIGTERM every worker (each finishes its requests in flight), a second SIGTERM
-        when ``signal_now`` is set (a second signal to the parent), SIGKILL for any that
-        outlives the grace; returns once every worker is reaped."""
+        """SIGTERM every worker (each finishes its requests in flight), STOP_NOW at once
+        with ``now`` or once ``signal_now`` is set (a second signal to the parent), SIGKILL
+        for any that outlives the grace; returns once every worker is reaped."""
         from egress.proxy import IN_FLIGHT_GRACE
 
         self.stopping = True
         live = [w for w in self.workers.values() if not w.exited.is_set()]
         for w in live:
-            _kill(w.pid, signal.SIGTERM)
-            if now:
-                _kill(w.pid, signal.SIGTERM)  # the second one: at once
+            _kill(w.pid, STOP_NOW if now else signal.SIGTERM)
         all_exited = asyncio.ensure_future(asyncio.gather(*(w.exited.wait() for w in live)))
         waits: set[asyncio.Future[Any]] = {all_exited}
         if signal_now is not None and not now:
@@ -469,7 +470,7 @@ class Supervisor:
         if all_exited not in done:
             for w in live:
                 if not w.exited.is_set():
-                    _kill(w.pid, signal.SIGTERM)
+                    _kill(w.pid, STOP_NOW)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(all_exited), 5)
         for w in live:
@@ -582,7 +583,12 @@ async def _worker_serve(sup: Supervisor, slot: int, ctrl: socket.socket) -> int:
     def on_term() -> None:
         (now if stop.is_set() else stop).set()
 
+    def on_stop_now() -> None:
+        stop.set()
+        now.set()
+
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_term)
+    asyncio.get_running_loop().add_signal_handler(STOP_NOW, on_stop_now)
 
     async def control() -> None:
         while line := await reader.readline():
