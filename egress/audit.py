@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import select
 import sys
 import threading
@@ -20,13 +21,21 @@ from urllib.parse import parse_qsl, quote
 REDACTED = "REDACTED"
 
 
+# A query of only these characters has nothing to decode ('%', '+') or encode (quote
+# leaves them as they are): its keys are the text before each '=', as parse_qsl reads them.
+_PLAIN_QUERY = re.compile(r"[A-Za-z0-9_.~=&-]*")
+
+
 def redact_path(path: str) -> str:
     """Keep the path and the query keys; replace every query value."""
     base, sep, query = path.partition("?")
     if not sep:
         return base
-    pairs = parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
-    keys = [quote(k, safe="", errors="surrogateescape") for k, _ in pairs]
+    if _PLAIN_QUERY.fullmatch(query):
+        keys = [field.partition("=")[0] for field in query.split("&") if field]
+    else:
+        pairs = parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
+        keys = [quote(k, safe="", errors="surrogateescape") for k, _ in pairs]
     return base + "?" + "&".join(f"{k}={REDACTED}" for k in keys)
 
 
