@@ -70,6 +70,9 @@ RESTART_WINDOW = 60.0  # ... within this many seconds stop the proxy (exit 1)
 # wake accepts everything queued). EGRESS_LISTENER is a knob for that measurement only.
 LISTENER = os.environ.get("EGRESS_LISTENER", "reuseport")
 BACKLOG = 1024
+# The longest message on a worker's socketpair: a metrics answer or a secrets snapshot
+# grows with the number of secrets (asyncio's default line limit is 64 KiB).
+CONTROL_LIMIT = 64 * 1024 * 1024
 # Parent to worker: SIGTERM stops accepting and lets the requests in flight finish; this
 # one stops at once (a distinct signal: two SIGTERMs sent together may arrive as one).
 STOP_NOW = signal.SIGUSR1
@@ -192,7 +195,7 @@ def bind_listeners(
                 # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets
                 # whose proto says TCP, and accepted sockets inherit it; with 0 every small
                 # response waited for the client's delayed ACK (~45 ms per request).
-                s = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+                s = socket.socket(family, socket.SOCK_STREAM)
                 socks.append(s)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if layout != "shared":
@@ -356,7 +359,7 @@ class Supervisor:
 
     async def _follow(self, w: Worker) -> None:
         """Read a worker's messages until its socketpair closes, then reap it."""
-        w.reader, w.writer = await asyncio.open_connection(sock=w.ctrl)
+        w.reader, w.writer = await asyncio.open_connection(sock=w.ctrl, limit=CONTROL_LIMIT)
         try:
             while line := await w.reader.readline():
                 msg = json.loads(line)
@@ -574,7 +577,7 @@ async def _worker_serve(sup: Supervisor, slot: int, ctrl: socket.socket) -> int:
     proxy = EmbeddedProxy(rt, sup.listen_host, sup.port, sup.transparent,
                           sockets=sup.listeners[slot])  # fmt: skip
     await proxy.start()
-    reader, writer = await asyncio.open_connection(sock=ctrl)
+    reader, writer = await asyncio.open_connection(sock=ctrl, limit=CONTROL_LIMIT)
     writer.write(json.dumps({"op": "ready", "pid": os.getpid()}).encode() + b"\n")
     await writer.drain()
     stop = asyncio.Event()
