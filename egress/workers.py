@@ -195,7 +195,7 @@ def bind_listeners(
                 # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets
                 # whose proto says TCP, and accepted sockets inherit it; with 0 every small
                 # response waited for the client's delayed ACK (~45 ms per request).
-                s = socket.socket(family, socket.SOCK_STREAM)
+                s = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
                 socks.append(s)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if layout != "shared":
@@ -230,7 +230,7 @@ def _probe(hosts: list[str], port: int) -> int:
     try:
         for host in hosts:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            s = socket.socket(family, socket.SOCK_STREAM)
+            s = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             probes.append(s)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
