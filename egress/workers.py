@@ -371,7 +371,12 @@ class Supervisor:
                     w.answers.put_nowait(msg)
         except (ConnectionError, ValueError):
             pass
+        # The channel closes when the worker exits; a worker that lives on without it can
+        # no longer be asked or told anything: it is stopped (and replaced).
+        give_up = time.monotonic() + 10
         while (status := _reap(w.pid)) is None:
+            if time.monotonic() > give_up:
+                _kill(w.pid, signal.SIGKILL)
             await asyncio.sleep(0.05)
         w.status = status
         w.exited.set()
