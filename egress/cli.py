@@ -375,6 +375,7 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
         "  egress run -c egress.yaml --port 0  # a free port\n"
         "  eval \"$(egress env -c egress.yaml)\" # then, in the agent's shell\n\n"
         "exit codes:\n  0  stopped by Ctrl-C or SIGTERM\n"
+        "  1  workers kept dying (more than 5 within 60 s)\n"
         "  2  the config is invalid, a required secret cannot be loaded, or the port is busy",
     )  # fmt: skip
     run.add_argument("--config", "-c", help=cfg_help)
