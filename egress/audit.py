@@ -13,6 +13,7 @@ import re
 import select
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -114,6 +115,9 @@ class AuditWriter:
         # Called with each record after it is written (egress exec's one-line denials).
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._lock = threading.Lock()
+        # A worker forked while another thread held the lock would otherwise never write.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _new_lock(ref))
         self._own = False
         # stdout/stderr: anything already buffered in the stream goes out before a line;
         # a stream with no file descriptor (replaced by a test, say) is written through.
@@ -149,6 +153,12 @@ class AuditWriter:
         if self._own and self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _new_lock(ref: weakref.ReferenceType[AuditWriter]) -> None:
+    writer = ref()
+    if writer is not None:
+        writer._lock = threading.Lock()
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -9,10 +9,12 @@ import dataclasses
 import io
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -301,3 +303,31 @@ def test_redacted_paths_equal_the_old_redaction(query: str) -> None:
 @given(query=st.text(alphabet="aZ09_.~-=&+% ;?\u00e9\udc80/", max_size=24) | st.text(max_size=16))
 def test_generated_queries_are_redacted_as_before(query: str) -> None:
     assert redact_path("/p?" + query) == old_redact_path("/p?" + query)
+
+
+def test_a_process_forked_while_a_thread_writes_can_write(tmp_path: Path) -> None:
+    """Workers are forked from a parent that may have threads: the child's writer must not
+    inherit a held lock."""
+    path = tmp_path / "audit.jsonl"
+    w = AuditWriter(str(path))
+    w._lock.acquire()  # as if another thread were in write() at the fork
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: write one line and leave at once
+            try:
+                w.write(rec(flow_id="child"))
+            finally:
+                os._exit(0)
+    finally:
+        w._lock.release()
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's write never returned (a held lock?)")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    w.write(rec(flow_id="parent"))
+    w.close()
+    assert [r["flow_id"] for r in _check_lines(path.read_bytes(), 2)] == ["child", "parent"]
