@@ -140,6 +140,10 @@ def _mask_compact(compact: bytes, targets: list[Embedded]) -> tuple[bytes, int]:
         if not count:
             continue
         changed = [i for i, (x, y) in enumerate(zip(plain, masked, strict=True)) if x != y]
+        if not changed:
+            # A value whose mask is itself (a short value that begins its placeholder):
+            # found, and nothing to change.
+            return compact, count
         first, last = changed[0], changed[-1]
         lo, hi = first * 4 // 3, min(len(region), -(-(last + 1) * 4 // 3))
         new = _encode(masked, urlsafe)[lo:hi]

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from egress import b64scan
 from egress.encodings import find, make_forms, mask_text, scrub
 from egress.secrets import SecretValue
 from egress.streamscrub import StreamScrubber
@@ -219,3 +220,15 @@ def test_base64_in_mixed_alphabets_is_found_and_masked(blob: bytes) -> None:
         pieces = [s(data[i : i + chunk]) for i in range(0, len(data), chunk)] + [s(b"")]
         streamed = b"".join(p for ps in pieces for p in ps)
         assert len(streamed) == len(data) and find(streamed, MIXED_FORMS) is None, chunk
+
+
+def test_a_value_whose_mask_is_itself_does_not_break_masking() -> None:
+    """A one-byte value that begins its own placeholder is masked by itself: inside a base64
+    run that another value's core opened, it is found, nothing changes, and nothing fails
+    (it raised IndexError, which fails the response closed). Found by the generated
+    corpus of tests/test_secretindex.py; this input by a random search for it."""
+    forms = [make_forms("s0", SecretValue("e"), "egress-ph-0000-x"),
+             make_forms("s1", SecretValue("e\U00051000"), "egress-ph-0001-x")]  # fmt: skip
+    data = b"AAAAl8ZGAgGVl"
+    out, _ = b64scan.mask(data, [f.embedded for f in forms])
+    assert len(out) == len(data) and find(out, forms[1:]) is None
