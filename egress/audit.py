@@ -11,6 +11,7 @@ import json
 import os
 import re
 import select
+import stat
 import sys
 import threading
 import weakref
@@ -101,6 +102,10 @@ def now_iso(ts: float | None = None) -> str:
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# How long a process waits for another to finish its line on a shared pipe.
+SHARED_LOCK_SECONDS = 5.0
+
+
 class AuditWriter:
     """Writes records to stdout, stderr or an append-only file (mode 0600).
 
@@ -108,7 +113,10 @@ class AuditWriter:
     O_APPEND, Linux appends a single write as one unit, so processes and threads appending
     to one file never interleave parts of their lines (on a pipe, the same holds for lines
     up to PIPE_BUF, 4096 bytes). A short write (a full disk, a non-blocking pipe) is
-    continued until the line is complete; threads of one writer take turns."""
+    continued until the line is complete; threads of one writer take turns. A pipe takes a
+    longer write in pieces that another process's write can come between, so on anything
+    but a regular file the processes of one egress (workers forked from one parent) also
+    take turns, through a lock made before they fork."""
 
     def __init__(self, target: str):
         self.target = target
@@ -133,6 +141,11 @@ class AuditWriter:
             os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
             self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._own = True
+        self._between_processes = None
+        if self._fd is not None and not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            import multiprocessing  # a semaphore that forked workers share
+
+            self._between_processes = multiprocessing.Lock()
 
     def write(self, record: AuditRecord | dict[str, Any]) -> None:
         data = record.to_dict() if isinstance(record, AuditRecord) else record
@@ -145,7 +158,14 @@ class AuditWriter:
             else:
                 if self._stream is not None:
                     self._stream.flush()
-                write_all(self._fd, line.encode("ascii"))  # to_line escapes all but ASCII
+                shared = self._between_processes
+                # Bounded wait: a worker killed while writing must not stop the others.
+                held = shared.acquire(timeout=SHARED_LOCK_SECONDS) if shared else False
+                try:
+                    write_all(self._fd, line.encode("ascii"))  # to_line escapes all but ASCII
+                finally:
+                    if held:
+                        shared.release()
         for listener in self.listeners:
             listener(data)
 

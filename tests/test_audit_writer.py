@@ -331,3 +331,38 @@ def test_a_process_forked_while_a_thread_writes_can_write(tmp_path: Path) -> Non
     w.write(rec(flow_id="parent"))
     w.close()
     assert [r["flow_id"] for r in _check_lines(path.read_bytes(), 2)] == ["child", "parent"]
+
+
+def test_forked_workers_writing_long_lines_to_one_pipe_never_tear_a_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Audit to stdout with several workers: stdout is a pipe (a container's log), which
+    takes a write over PIPE_BUF (4096 bytes) in pieces that another process's write can
+    come between. The writer is made before the fork, as egress run makes it before its
+    workers, and its processes take turns."""
+    read_fd, write_fd = os.pipe()
+    monkeypatch.setattr(sys, "stdout", os.fdopen(write_fd, "w", closefd=False))
+    writer = AuditWriter("stdout")
+    assert writer._fd == write_fd
+    children = []
+    for n in range(3):
+        pid = os.fork()
+        if pid == 0:  # a worker
+            try:
+                for i in range(40):
+                    writer.write({"worker": n, "i": i, "path": "/" + "p" * (20_000 + 997 * i)})
+            finally:
+                os._exit(0)
+        children.append(pid)
+    os.close(write_fd)
+    data = b""
+    while chunk := os.read(read_fd, 1 << 16):
+        data += chunk
+    os.close(read_fd)
+    for pid in children:
+        assert os.waitpid(pid, 0)[1] == 0
+    lines = data.decode().splitlines()
+    assert len(lines) == 3 * 40
+    assert sorted((r["worker"], r["i"]) for r in map(json.loads, lines)) == sorted(
+        (n, i) for n in range(3) for i in range(40)
+    )
