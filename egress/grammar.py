@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 Field = tuple[bytes, bytes]
 
 _TCHAR = frozenset((string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~").encode())
+# The same set as one compiled class: a match per name instead of a generator per byte.
+_TOKEN = re.compile(b"[" + b"".join(re.escape(bytes([c])) for c in sorted(_TCHAR)) + b"]+")
 # Bytes never allowed in a request target. Controls, space and DEL break request lines;
 # '#' starts a fragment, which a client never sends; '\\' is a path separator to some
 # stacks; bytes over 0x7F must be percent-encoded; '"', '<', '>' and '`' are not URI
@@ -50,7 +52,7 @@ def _show(data: bytes, limit: int = 60) -> str:
 def method_problem(method: bytes) -> str | None:
     if not method:
         return "the method is empty"
-    if not all(c in _TCHAR for c in method):
+    if not _TOKEN.fullmatch(method):
         return (
             f"the method {_show(method)!r} holds bytes a method cannot have (only token characters)"
         )
@@ -110,7 +112,7 @@ def authority_problem(authority: bytes) -> str | None:
 def header_problem(fields: Iterable[Field], http2: bool) -> str | None:
     te: list[bytes] = []
     for name, value in fields:
-        if not name or not all(c in _TCHAR for c in name):
+        if not _TOKEN.fullmatch(name):
             return f"the header name {_show(name)!r} holds bytes a header name cannot have"
         if _VALUE_FORBIDDEN.search(value):
             return f"the header {_show(name)!r} holds CR, LF, NUL or another control byte (or is folded)"
