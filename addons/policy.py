@@ -80,7 +80,8 @@ class Allowlist(EgressAddon):
 
     def _host_leak(self, raw: str, host: str) -> Denial | None:
         rt = self.runtime
-        return host_leak([raw, host], host, list(rt.config.secrets), rt.forms_by_name())
+        # The runtime's index: built once per set of secret values, never per connection.
+        return host_leak([raw, host], host, list(rt.config.secrets), rt.index())
 
     def _enforce(self, flow: http.HTTPFlow, d: Decision) -> bool:
         """In report mode an allowlist denial is recorded as would_deny and not enforced.

@@ -34,7 +34,6 @@ from egress.decide import (
     Verdict,
     decide_request,
 )
-from egress.encodings import SecretForms
 from egress.errors import EgressError
 from egress.hostnames import is_ip
 from egress.messages import how_to_allow
@@ -42,6 +41,7 @@ from egress.policy import Allowlist
 from egress.reasons import http_status
 from egress.resolver import Picked, Refused, Resolver
 from egress.runtime import Runtime, address_policy
+from egress.secretindex import SecretIndex
 from egress.secrets import SecretValue
 
 # What a client adds to ask for a WebSocket upgrade (the key is any 16 bytes, base64).
@@ -213,12 +213,13 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     try:
         if rt is not None:
             secrets = [(s, rt.secrets.get(s.name)) for s in cfg.secrets]
-            forms: dict[str, list[SecretForms]] = rt.forms_by_name()
+            forms = rt.index()  # built once, as the proxy builds it
             redact: Callable[[str], str] = rt.redact
         else:
             # Placeholders only: a stand-in value lets the placeholder checks run through.
             secrets = [(s, SecretValue(s.placeholder)) for s in cfg.secrets]
-            forms, redact = {}, _same
+            forms = SecretIndex([], cfg.secrets, {s.name: v for s, v in secrets})
+            redact = _same
         resolve = static_resolve(cfg)
         allowlist = Allowlist(cfg.rules)
         verdicts = [

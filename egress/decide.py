@@ -48,6 +48,7 @@ from egress.request_checks import (
 )
 from egress.resolver import Refused
 from egress.routing import body_override_methods, is_form, override_methods, path_readings
+from egress.secretindex import SecretIndex
 from egress.secrets import SecretValue
 
 if TYPE_CHECKING:
@@ -271,7 +272,7 @@ def decide_request(
     req: Request,
     allowlist: Allowlist,
     secrets: Sequence[tuple[SecretSpec, SecretValue | None]],
-    forms: dict[str, list[SecretForms]],
+    forms: dict[str, list[SecretForms]] | SecretIndex,
     *,
     max_body_bytes: int,
     resolve: Resolve,
