@@ -121,35 +121,49 @@ def _decode_groups(region: bytes, urlsafe: bool) -> bytes | None:
 
 
 def _mask_compact(compact: bytes, targets: list[Embedded]) -> tuple[bytes, int]:
-    """Mask every target inside one run of base64 characters (no line breaks), trying each
-    of the four positions a group can start at: the run may begin mid-blob. Only the
-    characters that carry a masked byte's bits change."""
+    """Mask every target inside one run of base64 characters (no line breaks), at each of
+    the four positions a group can start at (the run may begin mid-blob, and values may
+    sit at different alignments of one run): the alignment holding the longest value
+    first, so that a short value found in another alignment's garbage never claims the
+    run before a real one is masked. Only the characters that carry a masked byte's bits
+    change."""
     urlsafe = b"-" in compact or b"_" in compact
-    body = compact.rstrip(b"=")
-    for skip in range(4):
-        region = _groups(body, skip)
+
+    def decoded(skip: int) -> tuple[bytes, bytes] | None:
+        region = _groups(compact.rstrip(b"="), skip)
         plain = _decode_groups(region, urlsafe) if region else None
-        if plain is None or region is None:
+        return (region, plain) if region is not None and plain is not None else None
+
+    order = []
+    for skip in range(4):
+        got = decoded(skip)
+        if got is not None:
+            found = [len(t.raw) for t in targets if t.raw in got[1]]
+            if found:
+                order.append((max(found), -skip))
+    total = 0
+    for _, neg_skip in sorted(order, reverse=True):
+        skip = -neg_skip
+        got = decoded(skip)  # again: an earlier alignment's mask may have changed the run
+        if got is None:
             continue
+        region, plain = got
         masked, count = plain, 0
         for t in targets:
             n = masked.count(t.raw)
             if n:
                 masked = masked.replace(t.raw, t.mask)
                 count += n
-        if not count:
-            continue
+        total += count
         changed = [i for i, (x, y) in enumerate(zip(plain, masked, strict=True)) if x != y]
         if not changed:
-            # A value whose mask is itself (a short value that begins its placeholder):
-            # found, and nothing to change.
-            return compact, count
+            continue  # a value whose mask is itself (one that begins its placeholder)
         first, last = changed[0], changed[-1]
         lo, hi = first * 4 // 3, min(len(region), -(-(last + 1) * 4 // 3))
         new = _encode(masked, urlsafe)[lo:hi]
         at = skip + lo
-        return compact[:at] + new + compact[at + len(new) :], count
-    return compact, 0
+        compact = compact[:at] + new + compact[at + len(new) :]
+    return compact, total
 
 
 def _mask_run(run: bytes, targets: list[Embedded]) -> tuple[bytes, int]:
@@ -188,9 +202,12 @@ def mask(data: bytes, targets: list[Embedded], frozen: int = 0) -> tuple[bytes, 
         return data, 0
     total = 0
     sent = data[:frozen]
+    # Masks keep every length: edit one buffer in place (a copy of the whole body per hit
+    # made a body of many hits cost quadratic time).
+    buf = bytearray(data)
     for a, b in spans:
-        lo, hi = max(0, a - _CONTEXT), min(len(data), b + _CONTEXT)
-        window = data[lo:hi]
+        lo, hi = max(0, a - _CONTEXT), min(len(buf), b + _CONTEXT)
+        window = bytes(buf[lo:hi])
         new_window = bytearray(window)
         changed = 0
         for m in _RUN.finditer(window):
@@ -201,11 +218,11 @@ def mask(data: bytes, targets: list[Embedded], frozen: int = 0) -> tuple[bytes, 
                 new_window[m.start() : m.end()] = new_run
                 changed += n
         if changed:
-            data = data[:lo] + bytes(new_window) + data[hi:]
+            buf[lo:hi] = new_window
             total += changed
     # Sent bytes cannot change (the hold-back keeps every character a secret's bits reach
     # unsent); only their neighbours' bits were read from them.
-    return sent + data[frozen:], total
+    return sent + bytes(buf[frozen:]), total
 
 
 def find(data: bytes, raws: list[tuple[str, bytes, tuple[bytes, ...]]]) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from urllib.parse import quote
 
 import pytest
@@ -232,3 +233,38 @@ def test_a_value_whose_mask_is_itself_does_not_break_masking() -> None:
     data = b"AAAAl8ZGAgGVl"
     out, _ = b64scan.mask(data, [f.embedded for f in forms])
     assert len(out) == len(data) and find(out, forms[1:]) is None
+
+
+# --- a run of base64 that holds values at several alignments --------------------------------
+TOKEN = "ghp_R3alT0kenValue0123456789abcdefXYZ"
+
+
+@pytest.mark.parametrize("short", ["e", "k", "k9", "~"])
+@pytest.mark.parametrize("user_len", range(20, 60, 3))
+def test_a_short_value_in_another_alignment_never_shields_a_real_one(
+    short: str, user_len: int
+) -> None:
+    """Masking decodes a run at each of its four alignments. A short value found in one
+    alignment's garbage (or one whose mask is itself, as "e" is for "egress-ph-...") once
+    ended the masking of that run, and a real value at another alignment was left in clear:
+    the agent picks the alignment with the length of a Basic user name an upstream echoes."""
+    forms = [make_forms("short", SecretValue(short), "egress-ph-0000-x"),
+             make_forms("tok", SecretValue(TOKEN), "egress-ph-0001-x")]  # fmt: skip
+    for user in ("u" * user_len, "ü" * (user_len // 2) + "v" * (user_len % 7)):
+        blob = base64.b64encode(f"{user}:{TOKEN}".encode())
+        body = b'{"headers": {"Authorization": "Basic ' + blob + b'"}}'
+        out, _ = scrub(body, forms)
+        got = out.split(b"Basic ")[1].split(b'"')[0]
+        assert TOKEN.encode() not in base64.b64decode(got + b"=" * (-len(got) % 4))
+
+
+def test_masking_many_values_in_one_body_takes_linear_time() -> None:
+    """An echo of a body holding the value thousands of times in base64 (each placeholder
+    the agent sent became the value): every hit copied the whole body, quadratic time."""
+    forms = [make_forms("tok", SecretValue(TOKEN), "egress-ph-0001-x")]
+    n = 2 * 1024 * 1024 // (len(TOKEN) + 1)
+    body = b'{"data": "' + base64.b64encode(b"\xff" + (TOKEN.encode() + b" ") * n) + b'"}'
+    start = time.process_time()
+    out, count = scrub(body, forms)
+    assert count == n and len(out) == len(body)
+    assert time.process_time() - start < 8  # 1.3 s here; quadratic took ~40 s
