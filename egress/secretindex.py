@@ -341,11 +341,22 @@ class StreamPlan:
             alternatives.append(b"[A-Za-z0-9+/_=-](?=[" + mixed_class + b"])")
         self.begins = re.compile(b"|".join(alternatives) or b"(?!)")
         self.intoken_bytes = bytes(sorted(self.intoken))
+        # Flat forms are judged on the bytes as sent (a JSON form may hold an escaped
+        # line break that the base64 view removes): where one can begin, and how far back.
+        flat_firsts = sorted({p[:1] for p in flat})
+        self.flat_begins = re.compile(
+            b"[" + b"".join(re.escape(c) for c in flat_firsts) + b"]" if flat_firsts else b"(?!)"
+        )
+        self.longest_flat = max((len(p) for p in flat), default=1)
 
     def is_prefix(self, text: bytes) -> bool:
         """Is ``text`` a proper prefix of a flat form, or a prefix of a base64 core that no
         mixed character precedes?"""
         return _starts_one(self._flat, text, proper=True) or _starts_one(self._cores, text)
+
+    def is_flat_prefix(self, text: bytes) -> bool:
+        """Is ``text`` a proper prefix of a flat form (raw, base64, hex, percent, JSON)?"""
+        return _starts_one(self._flat, text, proper=True)
 
     def is_mixed_prefix(self, text: bytes) -> bool:
         """Is ``text`` a prefix of a base64 core that follows a mixed character?"""

@@ -72,6 +72,21 @@ class StreamScrubber:
 
     def holdback(self, data: bytes) -> int:
         """How many trailing bytes of ``data`` could be the start of a secret form."""
+        return max(self._flat_holdback(data), self._wrapped_holdback(data))
+
+    def _flat_holdback(self, data: bytes) -> int:
+        """The longest suffix of ``data`` that begins a flat form, judged on the bytes as
+        they are: a JSON form can hold an escaped line break (a value with a backslash and
+        an 'n' in it), which the view without line breaks would remove."""
+        tail = data[-(self.plan.longest_flat - 1) :] if self.plan.longest_flat > 1 else b""
+        for m in self.plan.flat_begins.finditer(tail):
+            if self.plan.is_flat_prefix(tail[m.start() :]):
+                return len(tail) - m.start()
+        return 0
+
+    def _wrapped_holdback(self, data: bytes) -> int:
+        """The longest suffix of ``data`` that could begin a form or a base64 core with line
+        breaks inside."""
         tail = data[-self.window :]
         for blank in _BLANK_LINES:
             at = tail.rfind(blank)
