@@ -66,8 +66,8 @@ def _decode_basic(value: str) -> str | None:
         return None
     try:
         return base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None  # ValueError: a token with characters outside ASCII
 
 
 def surfaces_with(req: RequestParts, needle: str) -> list[str]:

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -116,8 +117,10 @@ class Runtime:
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
     # checked addresses for plain-HTTP requests: (client id, host, port) -> address
     dial: dict[tuple[str, str, int], IPAddress] = field(default_factory=dict)
-    _index: SecretIndex = field(default_factory=lambda: secretindex.build([]), repr=False)
-    _index_version: int = -1
+    _indexed: tuple[int, SecretIndex] = field(
+        default_factory=lambda: (-1, secretindex.build([])), repr=False
+    )
+    _index_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def start(
@@ -232,16 +235,21 @@ class Runtime:
 
     def index(self) -> SecretIndex:
         """Every form of every loaded secret, for one-pass searches (egress.secretindex);
-        rebuilt only when a value changes."""
-        version = self.secrets.version  # read first: a rotation meanwhile rebuilds next time
-        if self._index_version != version:
-            self._index = secretindex.build(
-                [make_forms(s.name, v, s.placeholder) for s, v in self.secrets.known()],
-                self.config.secrets,
-                {s.name: self.secrets.get(s.name) for s in self.config.secrets},
-            )
-            self._index_version = version
-        return self._index
+        rebuilt only when a value changes. The event loop and worker threads both call it:
+        the version and the index it was built from are stored as one pair, and one thread
+        builds at a time, so no caller keeps an index older than the store's values."""
+        version, index = self._indexed
+        if version == self.secrets.version:
+            return index
+        with self._index_lock:
+            version = self.secrets.version  # read first: a change meanwhile rebuilds again
+            if self._indexed[0] != version:
+                self._indexed = (version, secretindex.build(
+                    [make_forms(s.name, v, s.placeholder) for s, v in self.secrets.known()],
+                    self.config.secrets,
+                    {s.name: self.secrets.get(s.name) for s in self.config.secrets},
+                ))  # fmt: skip
+            return self._indexed[1]
 
     def forms_by_name(self) -> dict[str, list[SecretForms]]:
         return self.index().by_name

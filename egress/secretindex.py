@@ -156,6 +156,7 @@ class SecretIndex:
             for s, _, _ in f.pairs
         ]
         self._hosts: dict[str, HostView] = {}
+        self._views: dict[tuple[int, ...], HostView] = {}
         self._lock = threading.Lock()
         self._stream: StreamPlan | None = None
 
@@ -272,6 +273,19 @@ class SecretIndex:
 
     def _view(self, host: str) -> HostView:
         bound = tuple(k for k, s in enumerate(self.specs) if s.bound_to(host))
+        # Hosts with the same bound secrets share one view: a flood of names under a
+        # wildcard adds a dict entry each, not a guard set each.
+        shared = self._views.get(bound)
+        if shared is not None:
+            return shared
+        view = self._make_view(bound)
+        with self._lock:
+            if len(self._views) >= HOST_CACHE_SIZE:
+                self._views.clear()
+            self._views[bound] = view
+        return view
+
+    def _make_view(self, bound: tuple[int, ...]) -> HostView:
         unbound = tuple(k for k in range(len(self.specs)) if k not in bound)
         names = {self.specs[k].name for k in unbound}
         guard = frozenset(

@@ -264,3 +264,11 @@ def test_a_secret_in_a_host_name_is_found_before_any_lookup(
     }
     found = host_leak([name, name.lower()], "other.test", list(CFG.secrets), forms)
     assert (found.reason if found else None) is reason
+
+
+@pytest.mark.parametrize("token", ["ü", "Zm9v€", "\u2028abc"])
+def test_a_basic_token_outside_ascii_is_refused_not_a_crash(token: str) -> None:
+    """base64 decoding raises ValueError (not binascii.Error) for such a token: the request
+    failed with an internal error instead of its reason."""
+    out = run(req(headers=(("authorization", f"Basic {token}"),)))
+    assert isinstance(out, Denial) and out.reason is Reason.FOREIGN_CREDENTIAL
