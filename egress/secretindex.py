@@ -2,8 +2,8 @@
 
 The per-secret searches in egress.encodings (one ``bytes`` search per form per secret) cost
 CPU in proportion to the number of secrets on every request and every streamed chunk. The
-index runs one Aho-Corasick automaton (ahocorasick_rs, a DFA: one pass over the bytes at the
-same speed for 1 or 1,000 patterns) over:
+index runs Aho-Corasick automata (ahocorasick_rs, its contiguous NFA: one pass over the bytes
+at about the same speed for 10 or 1,000 patterns, a few MiB for hundreds of secrets) over:
 
 - the flat forms of every secret value (raw, base64, hex, percent, JSON), on the data;
 - the base64 *cores* of every value (egress.b64scan), on the data without line breaks;
@@ -50,7 +50,7 @@ LOOP_FROM_BYTES = 4096
 
 
 class _Automaton:
-    """One DFA over byte patterns, each owned by one or more owners (ints)."""
+    """One automaton over byte patterns, each owned by one or more owners (ints)."""
 
     def __init__(self, patterns: Iterable[tuple[bytes, int]]):
         owners: dict[bytes, set[int]] = {}
@@ -60,7 +60,7 @@ class _Automaton:
         self._owners = [tuple(sorted(v)) for v in owners.values()]
         self._patterns = list(owners)
         self._overlap = max((len(p) for p in owners), default=1) - 1
-        self._dfa = (
+        self._automaton = (
             ahocorasick_rs.BytesAhoCorasick(
                 list(owners), implementation=ahocorasick_rs.Implementation.ContiguousNFA
             )
@@ -69,16 +69,16 @@ class _Automaton:
         )
 
     def owners_in(self, data: bytes, pause: Pause = no_pause) -> set[int]:
-        if self._dfa is None or not data:
+        if self._automaton is None or not data:
             return set()
         if len(data) >= LOOP_FROM_BYTES and len(self._patterns) <= LOOP_MAX_PATTERNS:
             # A few patterns over a long input: CPython's substring search per pattern runs
-            # at GB/s and beats the DFA's few hundred MB/s (measured: docs/performance.md).
+            # at GB/s and beats the automaton's few hundred MB/s (docs/performance.md).
             return {
                 o for p, k in zip(self._patterns, self._owners, strict=True) if p in data for o in k
             }
         if len(data) <= WINDOW:  # nearly always: one call, usually no match
-            hits = self._dfa.find_matches_as_indexes(data, overlapping=True)
+            hits = self._automaton.find_matches_as_indexes(data, overlapping=True)
             if not hits:
                 return set()
             return {o for p in {m[0] for m in hits} for o in self._owners[p]}
@@ -87,7 +87,9 @@ class _Automaton:
         while True:
             # Each window starts early enough that a match across the seam is seen whole.
             window = data[max(0, start - self._overlap) : start + WINDOW]
-            patterns = {m[0] for m in self._dfa.find_matches_as_indexes(window, overlapping=True)}
+            patterns = {
+                m[0] for m in self._automaton.find_matches_as_indexes(window, overlapping=True)
+            }
             for p in patterns:
                 found.update(self._owners[p])
             start += WINDOW
@@ -181,20 +183,6 @@ class SecretIndex:
         if allowed is not None:
             found &= allowed
         return sorted(found)
-
-    def flat_owners(self, data: bytes, pause: Pause = no_pause) -> set[int]:
-        """Indexes of the values with a flat form (raw, base64, hex, ...) in ``data``."""
-        return self._flat.owners_in(data, pause)
-
-    def core_owners(self, compact: bytes, pause: Pause = no_pause) -> set[int]:
-        """Indexes of the values with a base64 core in ``compact`` (see compact_view)."""
-        return self._cores.owners_in(compact, pause)
-
-    @property
-    def coreless(self) -> frozenset[int]:
-        """Values too short for a base64 core: masked wherever another value's core opens a
-        base64 run."""
-        return self._coreless
 
     def find(
         self, data: bytes, allowed: frozenset[int] | None = None, pause: Pause = no_pause
