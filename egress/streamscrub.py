@@ -62,6 +62,11 @@ class StreamScrubber:
         self.window = self.longest + (self.longest // 8 + 2) * 4
 
     def _scrub(self, data: bytes) -> bytes:
+        context = self.sent_tail
+        if not self.index.candidates(context + data):
+            # Nearly every chunk: no form and no base64 core of any value, found in one
+            # pass where the chunk has no line breaks (flat forms and cores together).
+            return data
         # One pass for all values; the values found are replaced in the per-value order.
         data, n = self.index.replace_in_order(data, self.steps)
         self.count += n
