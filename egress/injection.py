@@ -25,7 +25,7 @@ from egress.encodings import Pause, SecretForms, make_forms, no_pause
 from egress.grammar import fold_name
 from egress.reasons import Reason
 from egress.secretindex import SecretIndex
-from egress.secrets import MIN_SCAN_LENGTH, SecretValue
+from egress.secrets import SecretValue
 
 Header = tuple[str, str]
 
@@ -172,14 +172,6 @@ def _foreign_credential(req: RequestParts, index: SecretIndex) -> Denial | None:
                 owners[0].name,
             )
     return None
-
-
-def unbound_forms(
-    unbound: list[SecretSpec], forms: dict[str, list[SecretForms]]
-) -> list[SecretForms]:
-    """The forms the leak guard looks for: every value (current and previous) of every
-    secret not bound to the host, long enough to search for without false alarms."""
-    return [f for s in unbound for f in forms.get(s.name, ()) if len(f.raw) >= MIN_SCAN_LENGTH]
 
 
 def host_leak(
