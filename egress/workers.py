@@ -176,8 +176,6 @@ def bind_listeners(
     """Listening sockets for each worker slot (one per host). "shared": every slot gets the
     same sockets; "reuseport": each slot its own SO_REUSEPORT sockets on the same port.
     Raises ProxyStartError naming listen.port when the port is busy."""
-    from egress.proxy import ProxyStartError
-
     per_slot = 1 if layout == "shared" else slots
     made: list[list[socket.socket]] = []
     if layout != "shared":
@@ -191,25 +189,7 @@ def bind_listeners(
             socks: list[socket.socket] = []
             made.append(socks)
             for host in hosts:
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets
-                # whose proto says TCP, and accepted sockets inherit it; with 0 every small
-                # response waited for the client's delayed ACK (~45 ms per request).
-                s = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-                socks.append(s)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if layout != "shared":
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                try:
-                    s.bind((host, port))
-                except OSError as e:
-                    why = "is the port in use?" if e.errno == errno.EADDRINUSE else e.strerror
-                    raise ProxyStartError(
-                        f"could not listen on {host}:{port} ({why} set listen.port, or 0 for "
-                        "a free port)"
-                    ) from None
+                s = _bound_socket(host, port, socks, reuseport=layout != "shared")
                 s.listen(BACKLOG)
                 s.set_inheritable(False)
                 port = s.getsockname()[1]  # port 0: every later socket takes the same port
@@ -221,29 +201,42 @@ def bind_listeners(
     return made * slots if layout == "shared" else made
 
 
+def _bound_socket(
+    host: str, port: int, made: list[socket.socket], reuseport: bool
+) -> socket.socket:
+    """A TCP socket bound to host:port (appended to ``made`` before binding, so that the
+    caller closes it on failure), or ProxyStartError saying what to change."""
+    from egress.proxy import ProxyStartError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto
+    # says TCP, and accepted sockets inherit it; with 0 every small response waited for the
+    # client's delayed ACK (~45 ms per request).
+    s = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    made.append(s)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        s.bind((host, port))
+    except OSError as e:
+        why = "is the port in use?" if e.errno == errno.EADDRINUSE else e.strerror
+        raise ProxyStartError(
+            f"could not listen on {host}:{port} ({why} set listen.port, or 0 for a free port)"
+        ) from None
+    return s
+
+
 def _probe(hosts: list[str], port: int) -> int:
     """Bind each host:port without SO_REUSEPORT (raising ProxyStartError where busy) and
     release it; return the port (the one picked for port 0)."""
-    from egress.proxy import ProxyStartError
 
     probes: list[socket.socket] = []
     try:
         for host in hosts:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            s = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            probes.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                s.bind((host, port))
-            except OSError as e:
-                why = "is the port in use?" if e.errno == errno.EADDRINUSE else e.strerror
-                raise ProxyStartError(
-                    f"could not listen on {host}:{port} ({why} set listen.port, or 0 for a "
-                    "free port)"
-                ) from None
-            port = s.getsockname()[1]
+            port = _bound_socket(host, port, probes, reuseport=False).getsockname()[1]
     finally:
         for s in probes:
             s.close()
