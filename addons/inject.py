@@ -15,6 +15,8 @@ from egress.addons.audit import record_websocket
 from egress.addons.base import EgressAddon, decoded_body, deny, fail_closed, meta
 from mitmproxy import http
 
+from egress import decoding, sigv4
+from egress.config import SecretSpec
 from egress.deepfind import find_deep
 from egress.encodings import Pause, no_pause
 from egress.injection import (
@@ -26,6 +28,7 @@ from egress.injection import (
     refuse_signed_body,
     undecodable_body,
     unscannable_body,
+    utc_now,
 )
 from egress.reasons import Reason
 
@@ -80,11 +83,17 @@ class SecretInjector(EgressAddon):
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
+        await self._check_body(flow)
+        self._resign_pending(flow)
+
+    async def _check_body(self, flow: http.HTTPFlow) -> None:
         m, req = meta(flow), flow.request
         if flow.response is not None or m.get("decision") != "allow" or req.raw_content is None:
             return  # a streamed body (over limits.max_body_bytes) is not scanned
         m["bytes_in"] = len(req.raw_content)  # as the client sent it
-        if req.trailers and self._refuse_trailers(flow, req.trailers):
+        if req.trailers and self._refuse_trailers(flow, req.trailers.fields):
+            return
+        if self._refuse_aws_trailers(flow):
             return
         body = decoded_body(req, self.runtime.config.max_body_bytes)
         if body is None:
@@ -106,13 +115,30 @@ class SecretInjector(EgressAddon):
             result = self._plan(flow, parts)
         self._apply(flow, refuse_signed_body(result, bool(m.get("signed"))))
 
-    def _refuse_trailers(self, flow: http.HTTPFlow, trailers: http.Headers) -> bool:
+    def _refuse_aws_trailers(self, flow: http.HTTPFlow) -> bool:
+        """An aws-chunked body ends with trailer lines of its own (x-amz-checksum-crc32...),
+        inside the body: checked like HTTP trailers. A framing egress cannot read is
+        refused by the body check that follows (decoding.decode)."""
+        req = flow.request
+        if not decoding.is_aws_chunked(req.headers.get("content-encoding", "")):
+            return False
+        try:
+            _, trailers = decoding.split_aws_chunked(
+                req.raw_content or b"", self.runtime.config.max_body_bytes
+            )
+        except decoding.DecodeError:
+            return False
+        return bool(trailers) and self._refuse_trailers(flow, tuple(trailers))
+
+    def _refuse_trailers(
+        self, flow: http.HTTPFlow, fields: tuple[tuple[bytes, bytes], ...]
+    ) -> bool:
         """Trailers are another channel the agent writes to: the same guards as headers, and
         never a substitution (a placeholder there is refused)."""
         parts = dataclasses.replace(
             self._parts(flow, headers=False, body=None),
             headers=tuple((k.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
-                          for k, v in trailers.fields),
+                          for k, v in fields),
         )  # fmt: skip
         result = self._plan(flow, parts)
         if isinstance(result, Denial):
@@ -132,11 +158,22 @@ class SecretInjector(EgressAddon):
         if isinstance(result, Denial):
             deny(flow, rt, result.reason, result.detail, rule=m.get("rule"), secret=result.secret)
             return
-        if not result.injected:
-            return
         if m.get("would_deny"):
             return  # report mode: never inject into a request enforce mode would deny
+        if result.resign is not None:
+            self._resign_or_wait(flow, *result.resign)
+            return
+        if not result.injected:
+            return
         if result.body_changed and result.body is not None:
+            if decoding.is_aws_chunked(req.headers.get("content-encoding", "")):
+                # Setting the content would drop the framing but keep the headers that
+                # announce it (x-amz-decoded-content-length...): the upstream would misread it.
+                deny(flow, rt, Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED,
+                     f"the placeholder of secret {result.injected[0]!r} is in an aws-chunked "
+                     "body, which egress does not rewrite; send it in a header",
+                     rule=m.get("rule"), secret=result.injected[0])  # fmt: skip
+                return
             req.content = result.body
         else:
             req.headers = http.Headers(
@@ -145,6 +182,69 @@ class SecretInjector(EgressAddon):
             )  # fmt: skip
             req.path = result.path
         m["secrets"] = [*m.get("secrets", []), *result.injected]
+
+    def _resign_or_wait(self, flow: http.HTTPFlow, spec: SecretSpec, signed: sigv4.Signed) -> None:
+        """Sign an AWS request again now, when its signature does not cover the body (the
+        agent declared the payload hash: S3, whose upstream checks the hash itself; or a
+        presigned S3 URL), else once the body is in. Until then the agent's Authorization is
+        removed, so that nothing signed with the placeholder goes out even if mitmproxy
+        starts streaming a chunked body that turns out to be large."""
+        m, req, rt = meta(flow), flow.request, self.runtime
+        if signed.payload_hash is not None or (signed.form == "query" and signed.service == "s3"):
+            self._resign(flow, spec, signed, None)
+            return
+        length = req.headers.get("content-length", "")
+        if length.isdigit() and int(length) > rt.config.max_body_bytes:
+            deny(flow, rt, Reason.BODY_TOO_LARGE,
+                 f"the request body ({length} bytes) is over limits.max_body_bytes "
+                 f"({rt.config.max_body_bytes}): the AWS signature egress makes for "
+                 f"{spec.name!r} covers the body's hash, and a streamed body cannot be hashed "
+                 "first (S3 declares x-amz-content-sha256 and streams)",
+                 rule=m.get("rule"), secret=spec.name)  # fmt: skip
+            return
+        m["aws_resign"] = (spec, signed)
+        if signed.form == "header":
+            del req.headers["authorization"]
+
+    def _resign(
+        self, flow: http.HTTPFlow, spec: SecretSpec, signed: sigv4.Signed, body: bytes | None
+    ) -> None:
+        m, req, rt = meta(flow), flow.request, self.runtime
+        value = rt.index().values.get(spec.name)
+        if value is None:  # dropped since the headers were checked (Vault outage)
+            deny(flow, rt, Reason.SECRET_UNAVAILABLE,
+                 f"secret {spec.name!r} is not loaded, so the request was not sent",
+                 rule=m.get("rule"), secret=spec.name)  # fmt: skip
+            return
+        authority = req.host_header or m["host"]
+        headers = list(req.headers.items(multi=True))
+        if signed.form == "header":
+            new = sigv4.resign_header(signed, value, req.method, authority, req.path, headers,
+                                      body, utc_now())  # fmt: skip
+            req.headers = http.Headers(
+                [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+                 for k, v in new]
+            )  # fmt: skip
+        else:
+            req.path = sigv4.resign_query(signed, value, req.method, authority, req.path,
+                                          headers, body, utc_now())  # fmt: skip
+        m["secrets"] = [*m.get("secrets", []), spec.name]
+
+    def _resign_pending(self, flow: http.HTTPFlow) -> None:
+        """The body is in (or was streamed): sign the request whose signature covers it."""
+        m, rt = meta(flow), self.runtime
+        pending = m.pop("aws_resign", None)
+        if pending is None or flow.response is not None:
+            return
+        spec, signed = pending
+        if flow.request.raw_content is None:
+            deny(flow, rt, Reason.BODY_TOO_LARGE,
+                 f"the request body streamed past limits.max_body_bytes "
+                 f"({rt.config.max_body_bytes}) before egress could hash it for the AWS "
+                 f"signature of {spec.name!r}; it went out unsigned and was cut off",
+                 rule=m.get("rule"), secret=spec.name)  # fmt: skip
+            return
+        self._resign(flow, spec, signed, flow.request.raw_content)
 
     @fail_closed
     async def websocket_message(self, flow: http.HTTPFlow) -> None:

@@ -44,4 +44,5 @@ def write_agent_files(cfg: Config, ca_pem: bytes, system_bundle: Path) -> None:
     for spec in cfg.secrets:
         if spec.env:
             lines.append(f"{spec.env}={spec.placeholder}")  # placeholders only, never a value
+        lines += [f"{k}={v}" for k, v in spec.agent_env]
     _write(d / "egress.env", ("\n".join(lines) + "\n").encode())

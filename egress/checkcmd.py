@@ -269,7 +269,8 @@ def _label(v: Verdict) -> str | None:
 
 def _secrets_line(v: Verdict) -> str:
     if v.injected:
-        return f"{', '.join(v.injected)} (injected)"
+        return ", ".join(f"{s.name} (re-signed)" if s.scheme == "aws_sigv4" else f"{s.name} (injected)"
+                         for m in v.secrets if (s := m.spec).name in v.injected)  # fmt: skip
     bound = [m.spec for m in v.secrets if m.bound]
     if not bound:
         return "none bound to this host"
@@ -366,12 +367,15 @@ def _secret_text(v: Verdict, sm: SecretMatch) -> str:
     if not sm.bound:
         hosts = ", ".join(h.text for h in spec.hosts)
         text = f"bound to {hosts}, not to this host; its placeholder is {where}"
+    elif spec.scheme == "aws_sigv4":
+        text = (f"bound to this host; requests signed (AWS SigV4) with its placeholder key id "
+                f"are signed again with the real key (over https only); its placeholder is {where}")  # fmt: skip
     else:
         https = "" if v.scheme == "https" or spec.allow_http else " (over https only)"
         text = (f"bound to this host, injected into {', '.join(sorted(spec.surfaces))}{https}; "
                 f"its placeholder is {where}")  # fmt: skip
     if spec.name in v.injected:
-        return text + ": injected"
+        return text + (": re-signed" if spec.scheme == "aws_sigv4" else ": injected")
     if v.secret == spec.name:
         return text + f": refused ({v.reason.value})"
     return text
@@ -414,7 +418,9 @@ def _as_json(
         ]  # fmt: skip
         out["secret_checks"] = [
             {"secret": sm.spec.name, "bound": sm.bound, "placeholder_in": list(sm.placeholder_in),
-             "inject": sorted(sm.spec.surfaces), "injected": sm.spec.name in v.injected}
+             "scheme": sm.spec.scheme,
+             "inject": sorted(sm.spec.surfaces) if sm.spec.scheme == "static" else [],
+             "injected": sm.spec.name in v.injected}
             for sm in v.secrets
         ]  # fmt: skip
     return out

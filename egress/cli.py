@@ -58,6 +58,7 @@ def agent_env(
     for spec in cfg.secrets:
         if spec.env:
             env[spec.env] = spec.placeholder
+        env.update(spec.agent_env)  # e.g. the dummy AWS secret key; never a secret
     env["EGRESS_PROXY_URL"] = proxy_url
     return env
 
@@ -120,7 +121,8 @@ def _banner(cfg: Config, host: str, port: int, workers: int = 1) -> str:
         ]
     for spec in cfg.secrets:
         if spec.env:
-            lines.append(f"secret {spec.name}: give the agent {spec.env}={spec.placeholder}")
+            more = "".join(f" {k}={v}" for k, v in spec.agent_env)
+            lines.append(f"secret {spec.name}: give the agent {spec.env}={spec.placeholder}{more}")
     lines.append("ready; Ctrl-C stops")
     return "\n".join(lines)
 

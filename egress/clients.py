@@ -100,6 +100,8 @@ def _git(t: Target, base: Mapping[str, str], out: Setup) -> None:
     of the user's (a keychain, ``store``) cannot answer with a real token for that URL."""
     entries: list[tuple[str, str]] = []
     for spec in t.secrets:
+        if spec.scheme != "static":
+            continue  # a signing key id is no git password
         for url in git_urls(spec, t.rules):
             helper = (
                 '!f() { test "$1" = get && printf "username=x-access-token\\npassword=%s\\n" '

@@ -403,6 +403,12 @@ def decide_request(
         result = plan(first, list(secrets), forms)
         if isinstance(result, Denial):
             refuse(result.reason, result.detail, result.secret)
+        if result.resign is not None:
+            spec, signed = result.resign
+            v.injected.append(spec.name)
+            return (f"{spec.name} (aws_sigv4): signed with its placeholder key id for "
+                    f"{signed.service} in {signed.region} ({signed.form} form); egress signs it "
+                    "again with the real key")  # fmt: skip
         v.injected += result.injected
         return _injected("headers, path and query", result.injected)
 

@@ -97,6 +97,12 @@ def make_forms(name: str, value: SecretValue, placeholder: str) -> SecretForms:
                        embedded=b64scan.embedded(raw, mask))  # fmt: skip
 
 
+def value_forms(name: str, value: SecretValue, placeholder: str) -> list[SecretForms]:
+    """The forms of every text a secret holds (one for a plain secret; each part of a
+    multi-part one, such as an AWS key id, secret key and session token)."""
+    return [make_forms(name, SecretValue(text), placeholder) for text in value.texts()]
+
+
 Pause = Callable[[], None]
 
 

@@ -140,6 +140,7 @@ def build(cfg: Config, again: Config, proxy_url: str, base: Mapping[str, str]) -
     for spec in secrets:
         if spec.env:
             setup.env[spec.env] = spec.placeholder
+        setup.env.update(spec.agent_env)
     setup.env["EGRESS_PROXY_URL"] = proxy_url
     setup.notes[:0] = notes
     return setup

@@ -17,11 +17,13 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from urllib.parse import quote, quote_plus
 
+from egress import sigv4
 from egress.config import SecretSpec
 from egress.deepfind import find_deep
-from egress.encodings import Pause, SecretForms, make_forms, no_pause
+from egress.encodings import Pause, SecretForms, no_pause, value_forms
 from egress.grammar import fold_name
 from egress.reasons import Reason
 from egress.secretindex import SecretIndex
@@ -58,6 +60,13 @@ class Injection:
     body: bytes | None
     injected: list[str] = field(default_factory=list)
     body_changed: bool = False
+    # An AWS secret whose placeholder key id signed the request: the addon signs it again
+    # with the real credentials (egress.sigv4), now or once the body is in.
+    resign: tuple[SecretSpec, sigv4.Signed] | None = None
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _decode_basic(value: str) -> str | None:
@@ -264,6 +273,109 @@ def refuse_signed_body(result: Denial | Injection, signed: bool) -> Denial | Inj
     return result
 
 
+def _signed_refusal(name: str) -> Denial:
+    return Denial(
+        Reason.SIGNATURE_SCHEME_UNSUPPORTED,
+        f"the request is signed (AWS SigV4) and carries the placeholder of {name!r}: its "
+        "signature was computed over the placeholder and cannot survive the swap; egress "
+        "substitutes nothing into a signed request (it re-signs requests signed with the "
+        "placeholder key id of a secret with scheme: aws_sigv4)",
+        name,
+    )
+
+
+def _foreign_aws_key(
+    req: RequestParts, index: SecretIndex, bound: tuple[int, ...]
+) -> Denial | None:
+    """A presigned URL on a host with a bound AWS secret must be signed with its placeholder
+    key id (the Authorization header form is checked with the other auth headers)."""
+    aws = [index.specs[k] for k in bound if index.specs[k].scheme == "aws_sigv4"]
+    if not aws or "?" not in req.path:
+        return None
+    signed = sigv4.parse(req.headers, req.path)
+    if not isinstance(signed, sigv4.Signed) or signed.form != "query":
+        return None
+    if any(s.placeholder == signed.access_key_id for s in aws) or not all(
+        s.require_placeholder for s in aws
+    ):
+        return None
+    names = ", ".join(s.name for s in aws)
+    return Denial(
+        Reason.FOREIGN_CREDENTIAL,
+        f"the presigned URL of a request to {req.host!r} is signed with an access key id that is "
+        f"not the placeholder of {names}: sign with the placeholder (egress signs again with "
+        "the real key)",
+        aws[0].name,
+    )
+
+
+def _aws_resign(
+    req: RequestParts, spec: SecretSpec, where: list[str], value: SecretValue | None
+) -> Denial | sigv4.Signed:
+    """Whether a request carrying the placeholder key id of an AWS secret can be re-signed."""
+    assert spec.aws is not None
+    signed = sigv4.parse(req.headers, req.path)
+    if isinstance(signed, sigv4.Refusal):
+        reason = (Reason.SIGNATURE_SCHEME_UNSUPPORTED if signed.code == "unsupported"
+                  else Reason.MALFORMED_REQUEST)  # fmt: skip
+        return Denial(reason, f"{signed.detail} (secret {spec.name!r})", spec.name)
+    if signed is None or signed.access_key_id != spec.placeholder:
+        return Denial(
+            Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED,
+            f"the placeholder of secret {spec.name!r} is in the {where[0]} of the request, but "
+            f"the request is not signed (AWS SigV4) with it: {spec.name!r} is an AWS access key "
+            "id, used only to sign requests that egress signs again",
+            spec.name,
+        )
+    home = "headers" if signed.form == "header" else "query"
+    outside = [w for w in where if w != home]
+    if outside:
+        return Denial(
+            Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED,
+            f"the placeholder key id of secret {spec.name!r} is in the {outside[0]} of the "
+            f"request as well as in its signature; egress substitutes it nowhere",
+            spec.name,
+        )
+    if signed.form == "query" and not spec.aws.presigned:
+        return Denial(
+            Reason.SIGNATURE_SCHEME_UNSUPPORTED,
+            f"a presigned URL signed with the placeholder of {spec.name!r}, and "
+            f"secrets[{spec.index}].aws.presigned is false",
+            spec.name,
+        )
+    problem = sigv4.scope_problem(signed, req.host, spec.aws)
+    if problem:
+        return Denial(
+            Reason.AWS_SCOPE_MISMATCH,
+            f"{problem}; secret {spec.name!r} signs only where its aws: block and its hosts "
+            f"allow (add the region or service to secrets[{spec.index}].aws, or name the "
+            "endpoint in aws.endpoints)",
+            spec.name,
+        )
+    if signed.form == "query":
+        problem = sigv4.presign_problem(signed, utc_now(), spec.aws)
+        if problem:
+            return Denial(
+                Reason.PRESIGN_EXPIRED,
+                f"the presigned URL signed with the placeholder of {spec.name!r} is not valid now: "
+                f"{problem}",
+                spec.name,
+            )
+    if req.scheme != "https" and (req.transparent or not spec.allow_http):
+        return Denial(
+            Reason.PLAINTEXT_INJECTION,
+            f"secret {spec.name!r} signs only requests sent over HTTPS; use https://",
+            spec.name,
+        )
+    if value is None:
+        return Denial(
+            Reason.SECRET_UNAVAILABLE,
+            f"secret {spec.name!r} is not loaded, so the request was not sent",
+            spec.name,
+        )
+    return signed
+
+
 def plan(
     req: RequestParts,
     secrets: list[tuple[SecretSpec, SecretValue | None]] | None,
@@ -281,12 +393,13 @@ def plan(
         assert secrets is not None
         if forms is None:
             forms = {
-                s.name: [make_forms(s.name, v, s.placeholder)] for s, v in secrets if v is not None
+                s.name: value_forms(s.name, v, s.placeholder) for s, v in secrets if v is not None
             }
         index = as_index(forms, [s for s, _ in secrets], {s.name: v for s, v in secrets})
     view = index.host(req.host)
     placeholders = placeholder_surfaces(req, index)
     to_inject: list[tuple[SecretSpec, SecretValue, list[str]]] = []
+    resign: tuple[SecretSpec, sigv4.Signed] | None = None
     found = sorted(placeholders)  # in config order, as the checks below report them
     # 1. Nothing of a secret may go to a host it is not bound to.
     for k in found:
@@ -311,7 +424,7 @@ def plan(
             name,
         )
     # 2. The agent must not log in to a bound host with a credential of its own.
-    foreign = _foreign_credential(req, index)
+    foreign = _foreign_credential(req, index) or _foreign_aws_key(req, index, view.bound)
     if foreign is not None:
         return foreign
     # 3. Each placeholder on its bound host: where it is, and whether it can be injected.
@@ -321,6 +434,12 @@ def plan(
         where = placeholders[k]
         spec = index.specs[k]
         value = index.values.get(spec.name)
+        if spec.scheme == "aws_sigv4":
+            checked = _aws_resign(req, spec, where, value)
+            if isinstance(checked, Denial):
+                return checked
+            resign = (spec, checked)
+            continue
         outside = [s for s in where if s not in spec.surfaces]
         if outside:
             hint = (
@@ -335,13 +454,7 @@ def plan(
                 spec.name,
             )
         if is_signed(req):
-            return Denial(
-                Reason.SIGNATURE_SCHEME_UNSUPPORTED,
-                f"the request is signed (AWS SigV4) and carries the placeholder of {spec.name!r}: its "
-                "signature was computed over the placeholder and cannot survive the swap; egress does "
-                "not inject into signed requests",
-                spec.name,
-            )
+            return _signed_refusal(spec.name)
         if req.scheme != "https" and req.transparent:
             return Denial(
                 Reason.PLAINTEXT_INJECTION,
@@ -371,7 +484,9 @@ def plan(
             )
         to_inject.append((spec, value, where))
 
-    out = Injection(headers=list(req.headers), path=req.path, body=req.body)
+    out = Injection(headers=list(req.headers), path=req.path, body=req.body, resign=resign)
+    if resign is not None and to_inject:
+        return _signed_refusal(to_inject[0][0].name)
     for spec, value, where in to_inject:
         secret = value.reveal()
         if "headers" in where:

@@ -39,6 +39,8 @@ class Reason(StrEnum):
     PLAINTEXT_INJECTION = "plaintext_injection"
     FOREIGN_CREDENTIAL = "foreign_credential"
     SIGNATURE_SCHEME_UNSUPPORTED = "signature_scheme_unsupported"
+    AWS_SCOPE_MISMATCH = "aws_scope_mismatch"
+    PRESIGN_EXPIRED = "presign_expired"
     BODY_TOO_LARGE = "body_too_large"
     # refused below HTTP: a limit on what one client may make the proxy hold or do
     HEAD_TOO_LARGE = "head_too_large"
@@ -78,6 +80,8 @@ _STATUS: dict[Reason, int] = {
     Reason.PLAINTEXT_INJECTION: 403,
     Reason.FOREIGN_CREDENTIAL: 403,
     Reason.SIGNATURE_SCHEME_UNSUPPORTED: 403,
+    Reason.AWS_SCOPE_MISMATCH: 403,
+    Reason.PRESIGN_EXPIRED: 403,
     Reason.BODY_TOO_LARGE: 413,
     Reason.HEAD_TOO_LARGE: 431,
     Reason.STREAM_FLOOD: 429,

@@ -22,7 +22,7 @@ from egress.agentfiles import write_agent_files
 from egress.audit import AuditWriter
 from egress.ca import EphemeralCA
 from egress.config import Config
-from egress.encodings import SecretForms, make_forms
+from egress.encodings import SecretForms, value_forms
 from egress.errors import EgressError
 from egress.hostnames import IPAddress
 from egress.metrics import Metrics
@@ -245,7 +245,7 @@ class Runtime:
             version = self.secrets.version  # read first: a change meanwhile rebuilds again
             if self._indexed[0] != version:
                 self._indexed = (version, secretindex.build(
-                    [make_forms(s.name, v, s.placeholder) for s, v in self.secrets.known()],
+                    [f for s, v in self.secrets.known() for f in value_forms(s.name, v, s.placeholder)],
                     self.config.secrets,
                     {s.name: self.secrets.get(s.name) for s in self.config.secrets},
                 ))  # fmt: skip

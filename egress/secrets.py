@@ -23,15 +23,43 @@ MIN_SCAN_LENGTH = 8
 
 
 class SecretValue:
-    """A secret string that never shows itself by accident."""
+    """A secret string that never shows itself by accident.
 
-    __slots__ = ("_value",)
+    A secret of several parts (an AWS access key id, secret access key and session token,
+    read together from one source) keeps them as ``parts`` (role -> text); ``reveal()``
+    gives its scheme's primary part, and every part is searched for and scrubbed."""
 
-    def __init__(self, value: str):
+    __slots__ = ("_value", "_parts")
+
+    def __init__(self, value: str, parts: tuple[tuple[str, str], ...] = ()):
         self._value = value
+        self._parts = parts
 
     def reveal(self) -> str:
         return self._value
+
+    def part(self, role: str) -> str | None:
+        """One part of a multi-part secret, or None when it has no such part."""
+        return next((text for r, text in self._parts if r == role), None)
+
+    def texts(self) -> tuple[str, ...]:
+        """Every distinct text this secret holds: what must never reach a client."""
+        return tuple(dict.fromkeys([self._value, *(text for _, text in self._parts)]))
+
+    def to_wire(self) -> str | dict[str, object]:
+        """For the socket to the worker processes (never a file, a log or a client)."""
+        return (
+            {"value": self._value, "parts": [list(p) for p in self._parts]}
+            if self._parts
+            else self._value
+        )
+
+    @classmethod
+    def from_wire(cls, data: str | dict[str, object]) -> SecretValue:
+        if isinstance(data, str):
+            return cls(data)
+        parts = tuple((str(r), str(t)) for r, t in data["parts"])  # type: ignore[union-attr]
+        return cls(str(data["value"]), parts)
 
     def __repr__(self) -> str:
         return "SecretValue(<redacted>)"
@@ -42,10 +70,14 @@ class SecretValue:
         return repr(self)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, SecretValue) and other._value == self._value
+        return (
+            isinstance(other, SecretValue)
+            and other._value == self._value
+            and other._parts == self._parts
+        )
 
     def __hash__(self) -> int:
-        return hash(self._value)
+        return hash((self._value, self._parts))
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("secret values cannot be pickled")
@@ -58,6 +90,27 @@ def check_value(name: str, source: str, value: str) -> SecretValue:
         # A value with CR/LF would let a substituted header split into two.
         raise SecretLoadError(name, source, "the value contains CR, LF or NUL; refusing it")
     return SecretValue(value)
+
+
+def parts_value(spec: SecretSpec, source: str, found: dict[str, object]) -> SecretValue:
+    """A multi-part secret from the texts its source holds under each role's key
+    (``found``: key -> value as read, absent or None when missing). A missing required part
+    fails the load, naming the key, never a value; a missing optional part is left out."""
+    from egress.config.model import SCHEME_PRIMARY, SCHEME_ROLES
+
+    required, _ = SCHEME_ROLES[spec.scheme]
+    parts: list[tuple[str, str]] = []
+    for role, key in spec.source.keys:
+        value = found.get(key)
+        if value is None or value == "":
+            if role in required:
+                raise SecretLoadError(spec.name, source, f"{key!r} ({role}) is missing or empty")
+            continue
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise SecretLoadError(spec.name, source, f"{key!r} ({role}) is not a string")
+        parts.append((role, check_value(spec.name, source, str(value)).reveal()))
+    primary = dict(parts)[SCHEME_PRIMARY[spec.scheme]]
+    return SecretValue(primary, tuple(parts))
 
 
 class SecretSource(ABC):
@@ -86,12 +139,18 @@ class EnvSource(SecretSource):
 
     def fetch(self) -> SecretValue:
         var = self.spec.source.env
+        if self.spec.source.keys:
+            return parts_value(
+                self.spec, self.describe(), {v: os.environ.get(v) for _, v in self.spec.source.keys}
+            )
         assert var is not None
         if var not in os.environ:
             raise SecretLoadError(self.spec.name, self.describe(), f"${var} is not set")
         return check_value(self.spec.name, self.describe(), os.environ[var])
 
     def env_vars_consumed(self) -> tuple[str, ...]:
+        if self.spec.source.keys:
+            return tuple(var for _, var in self.spec.source.keys)
         assert self.spec.source.env is not None
         return (self.spec.source.env,)
 
@@ -136,7 +195,7 @@ class FileSource(SecretSource):
 
     def fetch(self) -> SecretValue:
         src = self.spec.source
-        assert src.file is not None and src.key is not None
+        assert src.file is not None
         try:
             values = read_secret_file(src.file)
         except FileNotFoundError:
@@ -145,6 +204,9 @@ class FileSource(SecretSource):
             # The message of a YAML error may quote file content: never pass it on.
             msg = str(e) if isinstance(e, PermissionError | ValueError) else type(e).__name__
             raise SecretLoadError(self.spec.name, self.describe(), f"{src.file} {msg}") from None
+        if src.keys:
+            return parts_value(self.spec, self.describe(), dict(values))
+        assert src.key is not None
         if src.key not in values:
             raise SecretLoadError(
                 self.spec.name, self.describe(), f"key {src.key!r} is not in {src.file}"

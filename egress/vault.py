@@ -24,7 +24,7 @@ import requests
 
 from egress.config import SecretSpec, SourceSpec, VaultConfig
 from egress.errors import EgressError, SecretLoadError
-from egress.secrets import SecretSource, SecretStore, SecretValue, check_value
+from egress.secrets import SecretSource, SecretStore, SecretValue, check_value, parts_value
 from egress.trust import system_trust_bundle
 
 log = logging.getLogger("egress.vault")
@@ -268,6 +268,18 @@ class VaultClient:
 
     def read(self, src: SourceSpec) -> tuple[str, Lease]:
         """Read one secret; return the selected key's value and its lease."""
+        data, lease = self.read_data(src)
+        path = src.vault_path
+        if src.key not in data:
+            keys = ", ".join(sorted(map(str, data))) or "none"
+            raise VaultError(f"read {path}: key {src.key!r} is not in the secret (keys: {keys})")
+        value = data[src.key]
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise VaultError(f"read {path}: key {src.key!r} is not a string")
+        return str(value), lease
+
+    def read_data(self, src: SourceSpec) -> tuple[dict[str, object], Lease]:
+        """Read one secret: all its keys (one read, one lease) and its lease."""
         path = src.vault_path
         if src.engine == "kv2":
             resp = self._call(f"read {path}", lambda: self.client.secrets.kv.v2.read_secret_version(
@@ -282,15 +294,9 @@ class VaultClient:
             if resp is None:
                 raise VaultError(f"read {path}: nothing at this path")
             data = resp.get("data") or {}
-        if src.key not in data:
-            keys = ", ".join(sorted(map(str, data))) or "none"
-            raise VaultError(f"read {path}: key {src.key!r} is not in the secret (keys: {keys})")
-        value = data[src.key]
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise VaultError(f"read {path}: key {src.key!r} is not a string")
         lease = Lease(resp.get("lease_id") or None, int(resp.get("lease_duration") or 0),
                       bool(resp.get("renewable")), self.clock())  # fmt: skip
-        return str(value), lease
+        return dict(data), lease
 
     def renew_lease(self, lease: Lease) -> Lease:
         assert lease.lease_id is not None
@@ -333,10 +339,18 @@ class VaultSource(SecretSource):
 
     def fetch(self) -> SecretValue:
         try:
-            text, lease = self.client.read(self.spec.source)
+            if self.spec.source.keys:
+                data, lease = self.client.read_data(self.spec.source)
+                if not data:
+                    raise VaultError(f"read {self.spec.source.vault_path}: the secret has no keys")
+            else:
+                text, lease = self.client.read(self.spec.source)
         except VaultError as e:
             raise SecretLoadError(self.spec.name, self.describe(), str(e)) from None
-        value = check_value(self.spec.name, self.describe(), text)
+        if self.spec.source.keys:
+            value = parts_value(self.spec, self.describe(), data)
+        else:
+            value = check_value(self.spec.name, self.describe(), text)
         self.lease = lease
         return value
 

@@ -407,7 +407,7 @@ class Supervisor:
 
     def _secret_snapshot(self) -> dict[str, Any]:
         store = self.rt.secrets
-        values = {s.name: (v.reveal() if (v := store.get(s.name)) else None) for s in store.specs}
+        values = {s.name: (v.to_wire() if (v := store.get(s.name)) else None) for s in store.specs}
         return {"op": "secrets", "values": values}
 
     async def _watch_secrets(self) -> None:
@@ -611,9 +611,9 @@ async def _worker_serve(sup: Supervisor, slot: int, ctrl: socket.socket) -> int:
     return 0 if stop.is_set() else 1  # 1: the proxy stopped by itself
 
 
-def _apply_secrets(store: Any, values: dict[str, str | None]) -> None:
+def _apply_secrets(store: Any, values: dict[str, Any]) -> None:
     for name, value in values.items():
         if value is None:
             store.drop(name)
         else:
-            store.set(name, SecretValue(value))
+            store.set(name, SecretValue.from_wire(value))

@@ -429,6 +429,7 @@ def test_json_shape(cfg: Path) -> None:
         "secret": "api_token",
         "bound": False,
         "placeholder_in": ["query"],
+        "scheme": "static",
         "inject": ["body", "headers", "query"],
         "injected": False,
     }

@@ -63,13 +63,19 @@ class SourceSpec:
     mount: str | None = None  # vault: the secrets engine's mount (kv2/kv1)
     path: str | None = None  # vault: path under the mount, or the full read path
     engine: str = "kv2"  # vault: kv2 | kv1 | read
+    # A secret of several parts (scheme aws_sigv4): role -> the key holding it in the file
+    # or Vault secret, or the variable holding it (env). Empty for a one-value secret.
+    keys: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
         if self.kind == "env":
+            if self.keys:
+                return "env:" + ",".join(var for _, var in self.keys)
             return f"env:{self.env}"
-        if self.kind == "vault":
-            return f"vault:{self.vault_path}#{self.key}"
-        return f"file:{self.file}#{self.key}"
+        where = f"vault:{self.vault_path}" if self.kind == "vault" else f"file:{self.file}"
+        if self.keys:
+            return f"{where}#" + ",".join(k for _, k in self.keys)
+        return f"{where}#{self.key}"
 
     @property
     def vault_path(self) -> str:
@@ -108,6 +114,29 @@ class VaultConfig:
     revoke_on_shutdown: bool
 
 
+SECRET_SCHEMES = ("static", "aws_sigv4")
+# The parts of a multi-part secret, per scheme: (required roles, optional roles).
+SCHEME_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "aws_sigv4": (("access_key_id", "secret_access_key"), ("session_token",)),
+}
+# What ``reveal()`` of a multi-part secret gives: its most sensitive part.
+SCHEME_PRIMARY = {"aws_sigv4": "secret_access_key"}
+
+
+@dataclass(frozen=True)
+class AwsSpec:
+    """How an aws_sigv4 secret re-signs (docs/credentials.md)."""
+
+    regions: tuple[str, ...] | None = None  # None: any region the host allows
+    services: tuple[str, ...] | None = None  # None: any service the host allows
+    presigned: bool = True  # re-sign presigned (query-form) URLs
+    max_presign_seconds: int = 3600
+    clock_skew_seconds: int = 300
+    # Hosts whose names do not say the region and service (moto, MinIO, R2, a VPC
+    # endpoint): host pattern text -> (region, service).
+    endpoints: tuple[tuple[HostPattern, str, str], ...] = ()
+
+
 @dataclass(frozen=True)
 class SecretSpec:
     index: int
@@ -126,6 +155,13 @@ class SecretSpec:
     # egress exec/env write the placeholder into a netrc for its exact hosts (pip, uv):
     # opt-in, since requests then replaces a caller's own Authorization header there.
     netrc: bool = False
+    # static: a value swapped for the placeholder; aws_sigv4: requests signed with the
+    # placeholder access key id are re-signed with the real credentials.
+    scheme: str = "static"
+    aws: AwsSpec | None = None
+    # More variables for the agent (egress exec/env): (name, value) with no secret in it,
+    # e.g. AWS_SECRET_ACCESS_KEY set to a dummy the agent's SDK signs with.
+    agent_env: tuple[tuple[str, str], ...] = ()
 
     def bound_to(self, host: str) -> bool:
         return any(p.matches(host) for p in self.hosts)

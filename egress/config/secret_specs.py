@@ -6,11 +6,19 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+from egress.config.aws_spec import (
+    AGENT_SECRET_KEY,
+    AWS_PLACEHOLDER,
+    default_aws_placeholder,
+    parse_aws,
+)
 from egress.config.checker import Checker, file_path
 from egress.config.model import (
     _ENV_NAME,
     _PLACEHOLDER,
     _SECRET_NAME,
+    SCHEME_ROLES,
+    SECRET_SCHEMES,
     SURFACES,
     VAULT_ENGINES,
     Rule,
@@ -24,32 +32,72 @@ from egress.grammar import fold_name
 from egress.hostnames import HostPattern, parse_host_pattern
 
 
+def _parse_keys(c: Checker, node: Any, key: str) -> tuple[tuple[str, str], ...] | None:
+    """``keys: {role: key}``: the parts of a multi-part secret (scheme aws_sigv4) in one
+    file or Vault secret (or ``env: {role: VAR}``); parse_secret checks the roles."""
+    if not isinstance(node, dict) or not node:
+        c.err(key, "must be a non-empty mapping of role: name (e.g. access_key_id: access_key)")
+        return None
+    out = []
+    for role, name in node.items():
+        if not isinstance(name, str) or not name:
+            c.err(f"{key}.{role}", "must be a name (a string)")
+            return None
+        out.append((str(role), name))
+    return tuple(out)
+
+
+def _one_key(
+    c: Checker, m: dict[str, Any], key: str, what: str
+) -> tuple[str | None, tuple[tuple[str, str], ...]] | None:
+    """Exactly one of ``key: NAME`` (one value) and ``keys: {role: NAME}`` (several)."""
+    if "key" in m and "keys" in m:
+        c.err(f"{key}.keys", "give 'key' (one value) or 'keys' (several parts), not both")
+        return None
+    if "keys" in m:
+        keys = _parse_keys(c, m["keys"], f"{key}.keys")
+        return None if keys is None else (None, keys)
+    if "key" not in m:
+        c.err(
+            f"{key}.key",
+            f"is required with {what}: the key of the secret (or 'keys' for several parts)",
+        )
+        return None
+    secret_key = c.typed(m, key, "key", str, None)
+    return None if secret_key is None else (secret_key, ())
+
+
 def _parse_vault_source(c: Checker, node: Any, key: str) -> SourceSpec | None:
-    m = c.mapping(node, key, ("mount", "path", "key", "engine"), ("path", "key"))
+    m = c.mapping(node, key, ("mount", "path", "key", "keys", "engine"), ("path",))
     if m is None:
         return None
     engine = c.choice(m, key, "engine", VAULT_ENGINES, "kv2")
     if engine is None:
         return None
     path = c.typed(m, key, "path", str, None)
-    secret_key = c.typed(m, key, "key", str, None)
+    chosen = _one_key(c, m, key, "a Vault source")
     mount = c.typed(m, key, "mount", str, None)
     if engine == "read" and mount is not None:
         c.err(f"{key}.mount", "goes with kv2/kv1 only; for engine 'read' give the full path")
     if path is not None and (not path.strip("/") or path != path.strip()):
         c.err(f"{key}.path", f"{path!r} is not a Vault path")
         return None
-    if path is None or secret_key is None:
+    if path is None or chosen is None:
         return None
     if engine != "read":
         mount = (mount or ("secret" if engine == "kv2" else "kv")).strip("/")
     return SourceSpec(
-        kind="vault", key=secret_key, mount=mount, path=path.strip("/"), engine=engine
+        kind="vault",
+        key=chosen[0],
+        keys=chosen[1],
+        mount=mount,
+        path=path.strip("/"),
+        engine=engine,
     )
 
 
 def _parse_source(c: Checker, node: Any, key: str, base: Path) -> SourceSpec | None:
-    m = c.mapping(node, key, ("env", "file", "key", "vault"))
+    m = c.mapping(node, key, ("env", "file", "key", "keys", "vault"))
     if m is None:
         return None
     kinds = [k for k in ("env", "file", "vault") if k in m]
@@ -59,24 +107,33 @@ def _parse_source(c: Checker, node: Any, key: str, base: Path) -> SourceSpec | N
         )
         return None
     if kinds[0] == "vault":
-        if "key" in m:
-            c.err(f"{key}.key", "goes inside 'vault:' for a Vault source")
+        for k in ("key", "keys"):
+            if k in m:
+                c.err(f"{key}.{k}", "goes inside 'vault:' for a Vault source")
         return _parse_vault_source(c, m["vault"], f"{key}.vault")
     if kinds[0] == "env":
+        for k in ("key", "keys"):
+            if k in m:
+                c.err(f"{key}.{k}", "only goes with 'file' (several variables: env: {role: VAR})")
+        if isinstance(m["env"], dict):  # several parts, one variable each
+            keys = _parse_keys(c, m["env"], f"{key}.env")
+            if keys is None:
+                return None
+            bad = [var for _, var in keys if not _ENV_NAME.match(var)]
+            if bad:
+                c.err(f"{key}.env", f"{bad[0]!r} is not an environment variable name")
+                return None
+            return SourceSpec(kind="env", keys=keys)
         var = c.typed(m, key, "env", str, None)
-        if "key" in m:
-            c.err(f"{key}.key", "only goes with 'file'")
         if var is None or not _ENV_NAME.match(var):
             c.err(f"{key}.env", "must name an environment variable")
             return None
         return SourceSpec(kind="env", env=var)
     path = c.typed(m, key, "file", str, None)
-    secret_key = c.typed(m, key, "key", str, None)
-    if secret_key is None:
-        c.err(f"{key}.key", "is required with 'file': the key of the secret in that file")
-    if path is None or secret_key is None:
+    chosen = _one_key(c, m, key, "'file'")
+    if path is None or chosen is None:
         return None
-    return SourceSpec(kind="file", file=file_path(base, path), key=secret_key)
+    return SourceSpec(kind="file", file=file_path(base, path), key=chosen[0], keys=chosen[1])
 
 
 def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -> SecretSpec | None:
@@ -84,7 +141,7 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
     known = (
         "name", "source", "hosts", "placeholder", "placeholder_prefix", "placeholder_length", "env",
         "inject", "body_max_bytes", "allow_http", "required", "require_placeholder", "auth_headers",
-        "allow_unscrubbable", "netrc",
+        "allow_unscrubbable", "netrc", "scheme", "aws",
     )  # fmt: skip
     m = c.mapping(node, key, known, ("name", "source", "hosts"))
     if m is None:
@@ -93,7 +150,10 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
     name = c.typed(m, key, "name", str, None)
     if name is not None and not _SECRET_NAME.match(name):
         c.err(f"{key}.name", f"{name!r}: use letters, digits and '_' (starting with a letter)")
+    scheme = c.choice(m, key, "scheme", SECRET_SCHEMES, "static")
     source = _parse_source(c, m.get("source"), f"{key}.source", base) if "source" in m else None
+    if source is not None and scheme is not None:
+        _check_roles(c, source, scheme, f"{key}.source")
     hosts: list[HostPattern] = []
     for j, h in enumerate(c.str_list(m, key, "hosts") or []):
         try:
@@ -124,16 +184,31 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
             )
         placeholder = auto_placeholder(prefix, length)
     if placeholder is None and name is not None:
-        placeholder = default_placeholder(name)
+        placeholder = (
+            default_aws_placeholder(name) if scheme == "aws_sigv4" else default_placeholder(name)
+        )
+    elif scheme == "aws_sigv4" and placeholder is not None:
+        if not AWS_PLACEHOLDER.match(placeholder):
+            c.err(
+                f"{key}.placeholder",
+                "an aws_sigv4 placeholder is the access key id the agent signs with: 16-128 "
+                "upper-case letters and digits (e.g. AKIAEGRESS0000000001)",
+            )
     elif placeholder is not None and not _PLACEHOLDER.match(placeholder):
         c.err(
             f"{key}.placeholder",
             "must be 8-256 characters from A-Z a-z 0-9 . _ ~ - (so that it survives every "
             "request surface unencoded)",
         )
-    env = c.typed(m, key, "env", str, None)
-    if env is not None and not _ENV_NAME.match(env):
-        c.err(f"{key}.env", f"{env!r} is not an environment variable name")
+    env, agent_env = _parse_env(c, m, key, scheme)
+    if scheme == "aws_sigv4":
+        for k in ("inject", "body_max_bytes", "auth_headers", "netrc"):
+            if k in m:
+                c.err(f"{key}.{k}", "does not go with scheme aws_sigv4: egress re-signs the "
+                      "request, it substitutes nothing")  # fmt: skip
+    elif "aws" in m:
+        c.err(f"{key}.aws", "goes with 'scheme: aws_sigv4' only")
+    aws = parse_aws(c, m.get("aws"), f"{key}.aws") if scheme == "aws_sigv4" else None
     surfaces = c.str_list(m, key, "inject") or ["headers"]
     for j, s in enumerate(surfaces):
         if s not in SURFACES:
@@ -145,11 +220,11 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
         c.err(f"{key}.body_max_bytes", "must be positive")
     allow_http = c.typed(m, key, "allow_http", bool, False)
     required = c.typed(m, key, "required", bool, True)
-    auth_headers = [
-        fold_name(h) for h in c.str_list(m, key, "auth_headers") or ["authorization", "x-api-key"]
-    ]
+    default_auth = ["authorization"] if scheme == "aws_sigv4" else ["authorization", "x-api-key"]
+    auth_headers = [fold_name(h) for h in c.str_list(m, key, "auth_headers") or default_auth]
     if len(c.problems) > start or name is None or source is None or placeholder is None:
         return None
+    assert scheme is not None
     return SecretSpec(
         index=i,
         name=name,
@@ -165,7 +240,66 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
         auth_headers=tuple(auth_headers),
         allow_unscrubbable=c.typed(m, key, "allow_unscrubbable", bool, False),
         netrc=c.typed(m, key, "netrc", bool, False),
+        scheme=scheme,
+        aws=aws,
+        agent_env=agent_env,
     )
+
+
+def _check_roles(c: Checker, source: SourceSpec, scheme: str, key: str) -> None:
+    """A multi-part scheme reads its parts with ``keys``; a plain secret reads one value."""
+    if scheme not in SCHEME_ROLES:
+        if source.keys:
+            c.err(f"{key}.keys" if source.kind != "env" else f"{key}.env",
+                  f"several parts go with a scheme that has them (aws_sigv4), not {scheme!r}: "
+                  "give one 'key'")  # fmt: skip
+        return
+    required, optional = SCHEME_ROLES[scheme]
+    where = f"{key}.env" if source.kind == "env" else f"{key}.keys"
+    if not source.keys:
+        example = ", ".join(f"{r}: ..." for r in required)
+        c.err(where, f"scheme {scheme} reads several parts from its source: give "
+              f"{'env' if source.kind == 'env' else 'keys'}: {{{example}}}")  # fmt: skip
+        return
+    roles = [r for r, _ in source.keys]
+    for r in roles:
+        if r not in required + optional:
+            near = difflib.get_close_matches(r, required + optional, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"use {', '.join(required + optional)}"
+            c.err(f"{where}.{r}", f"is not a part of scheme {scheme}: {hint}")
+    for r in required:
+        if r not in roles:
+            c.err(f"{where}.{r}", f"is required by scheme {scheme}")
+
+
+def _parse_env(
+    c: Checker, m: dict[str, Any], key: str, scheme: str | None
+) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """The agent's variables: ``env: VAR`` holds the placeholder. For aws_sigv4 also
+    ``env: {access_key_id: VAR, secret_access_key: VAR}``: the key id placeholder, and a
+    dummy secret key for the agent's SDK to sign with."""
+    node = m.get("env")
+    if node is None:
+        return None, ()
+    if scheme == "aws_sigv4" and isinstance(node, dict):
+        e = c.mapping(
+            node, f"{key}.env", ("access_key_id", "secret_access_key"), ("access_key_id",)
+        )
+        if e is None:
+            return None, ()
+        names = {
+            r: c.typed(e, f"{key}.env", r, str, None)
+            for r in ("access_key_id", "secret_access_key")
+        }
+        for r, var in names.items():
+            if var is not None and not _ENV_NAME.match(var):
+                c.err(f"{key}.env.{r}", f"{var!r} is not an environment variable name")
+        sk = names["secret_access_key"]
+        return names["access_key_id"], ((sk, AGENT_SECRET_KEY),) if sk else ()
+    env = c.typed(m, key, "env", str, None)
+    if env is not None and not _ENV_NAME.match(env):
+        c.err(f"{key}.env", f"{env!r} is not an environment variable name")
+    return env, ()
 
 
 def check_secret_set(c: Checker, secrets: list[SecretSpec]) -> None:
