@@ -7,7 +7,7 @@ the audit addon records what the others decided.
 """
 
 from egress.addons.audit import AuditLog
-from egress.addons.inject import SecretInjector
+from egress.addons.inject import SecretInjector, StaleTokens
 from egress.addons.policy import Allowlist
 from egress.addons.protocol import ProtocolGuard
 from egress.addons.scrub import ResponseScrubber
@@ -18,6 +18,7 @@ addons = [
     Allowlist(),
     ProtocolGuard(),
     SecretInjector(),
+    StaleTokens(),
     ResponseScrubber(),
     AuditLog(),
 ]

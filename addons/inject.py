@@ -284,4 +284,20 @@ class SecretInjector(EgressAddon):
             flow.kill()
 
 
-addons = [SecretInjector()]
+class StaleTokens(EgressAddon):
+    """A 401 from the upstream on a flow that carried a minted token: the token may have
+    been revoked before its expiry, so egress mints a new one at once (rate-limited per
+    secret, egress.mintsource). The 401 itself goes back to the agent, whose retry gets the
+    new token."""
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None or flow.response.status_code != 401:
+            return
+        injected = meta(flow).get("secrets") or []
+        for spec in self.runtime.config.secrets:
+            if spec.mint is not None and spec.name in injected:
+                self.runtime.mint_stale(spec.name)
+
+
+addons = [SecretInjector(), StaleTokens()]

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from egress.addresses import AddressPolicy
 from egress.audit import AuditWriter
-from egress.config import Config
+from egress.config import Config, SecretSpec
 from egress.decide import (
     ALLOWLIST_REASONS,
     Request,
@@ -361,6 +361,21 @@ def _columns(m: RuleMatch) -> list[tuple[str, bool]]:
             ("path", m.path), ("websocket", m.websocket)]  # fmt: skip
 
 
+def _minted_from(spec: SecretSpec) -> str:
+    """What a reviewer needs about a minted token: its kind, where it comes from, its scope."""
+    m = spec.mint
+    assert m is not None
+    if m.type == "github_app":
+        scope = (
+            ", ".join([*m.repositories, *(f"{k}:{v}" for k, v in m.permissions)])
+            or "the installation's"
+        )
+        return f"GitHub App installation token (app {m.app_id}, installation {m.installation_id}; {scope})"
+    where = m.token_url or "the key file's token_uri"
+    scopes = f"; scopes {' '.join(m.scopes)}" if m.scopes else ""
+    return f"{m.type} token minted from {where}{scopes}"
+
+
 def _secret_text(v: Verdict, sm: SecretMatch) -> str:
     spec = sm.spec
     where = f"in the {', '.join(sm.placeholder_in)}" if sm.placeholder_in else "not in the request"
@@ -372,7 +387,8 @@ def _secret_text(v: Verdict, sm: SecretMatch) -> str:
                 f"are signed again with the real key (over https only); its placeholder is {where}")  # fmt: skip
     else:
         https = "" if v.scheme == "https" or spec.allow_http else " (over https only)"
-        text = (f"bound to this host, injected into {', '.join(sorted(spec.surfaces))}{https}; "
+        minted = f" as a {_minted_from(spec)}" if spec.mint else ""
+        text = (f"bound to this host, injected into {', '.join(sorted(spec.surfaces))}{https}{minted}; "
                 f"its placeholder is {where}")  # fmt: skip
     if spec.name in v.injected:
         return text + (": re-signed" if spec.scheme == "aws_sigv4" else ": injected")
@@ -418,7 +434,7 @@ def _as_json(
         ]  # fmt: skip
         out["secret_checks"] = [
             {"secret": sm.spec.name, "bound": sm.bound, "placeholder_in": list(sm.placeholder_in),
-             "scheme": sm.spec.scheme,
+             "scheme": sm.spec.scheme, "mint": sm.spec.mint.type if sm.spec.mint else None,
              "inject": sorted(sm.spec.surfaces) if sm.spec.scheme == "static" else [],
              "injected": sm.spec.name in v.injected}
             for sm in v.secrets

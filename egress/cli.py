@@ -176,6 +176,8 @@ async def _serve(cfg: Config, listen_port: int | None, workers: int | None = Non
             await sup.start()
             if rt.vault is not None:
                 rt.vault.start()  # only the parent talks to Vault (egress.workers)
+            if rt.minter is not None:
+                rt.minter.start()  # ... and mints tokens
             server = asyncio.create_task(sup.failed.wait())
         if admin is not None:
             admin.before_scrape = lambda: _refresh_gauges(rt)

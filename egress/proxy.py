@@ -49,7 +49,7 @@ from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver  # noqa:
 from mitmproxy.master import Master  # noqa: E402
 
 from egress.addons.audit import AuditLog  # noqa: E402
-from egress.addons.inject import SecretInjector  # noqa: E402
+from egress.addons.inject import SecretInjector, StaleTokens  # noqa: E402
 from egress.addons.policy import Allowlist  # noqa: E402
 from egress.addons.protocol import ProtocolGuard  # noqa: E402
 from egress.addons.scrub import ResponseScrubber  # noqa: E402
@@ -169,6 +169,7 @@ class EmbeddedProxy:
             Allowlist(rt),
             ProtocolGuard(rt),
             SecretInjector(rt),
+            StaleTokens(rt),
             ResponseScrubber(rt),
             AuditLog(rt),
             self.in_flight,

@@ -33,6 +33,9 @@ from egress.secrets import SecretSource, SecretStore, make_source
 from egress.trust import system_trust_bundle
 
 if TYPE_CHECKING:  # imported where Vault is used: hvac and requests cost ~0.1 s at start-up
+    from collections.abc import Callable
+
+    from egress.mintsource import MintedSource, MintRefresher
     from egress.vault import VaultClient, VaultRefresher, VaultSource
 
 log = logging.getLogger("egress")
@@ -112,6 +115,9 @@ class Runtime:
     resolver: Resolver
     metrics: Metrics = field(default_factory=Metrics)
     vault: VaultRefresher | None = None
+    minter: MintRefresher | None = None  # minted tokens (egress.mintsource), parent only
+    # In a worker: where a 401 on a minted token is reported (the parent mints).
+    stale_sink: Callable[[str], None] | None = None
     ca_lock: CaFileLock | None = None
     # CONNECT tunnels by client connection id
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
@@ -154,13 +160,27 @@ class Runtime:
                 raise VaultError(
                     f"vault at {client.conn.address}: {e} (needed for secrets: {names})"
                 ) from None
+        minted: list[MintedSource] = []
+        transport = None
         for spec in cfg.secrets:
             if spec.source.kind == "vault":
                 assert client is not None
-                vault_sources.append(VaultSource(spec, client))
-                sources[spec.name] = vault_sources[-1]
+                inner: SecretSource = VaultSource(spec, client)
+                if spec.mint is None:  # a minted secret's inputs are read at each mint
+                    vault_sources.append(inner)  # type: ignore[arg-type]
             else:
-                sources[spec.name] = make_source(spec)
+                inner = make_source(spec)
+            if spec.mint is not None:
+                from egress.mintsource import MintedSource, https_transport
+
+                transport = transport or https_transport(
+                    [system_trust_bundle(), *cfg.upstream_ca_files],
+                    cfg.resolve,
+                    cfg.dns == "static",
+                )
+                minted.append(MintedSource(spec, inner, transport))
+                inner = minted[-1]
+            sources[spec.name] = inner
         store = SecretStore(cfg.secrets, sources)
         try:
             store.load_all()
@@ -168,6 +188,13 @@ class Runtime:
             if client is not None:
                 client.abandon()  # a token it logged in for must not outlive a failed start
             raise
+        minter = None
+        if minted:
+            from egress.mintsource import MintRefresher
+
+            minter = MintRefresher(store, minted)
+            if refresh:
+                minter.start()
         refresher = None
         if client is not None:
             from egress.vault import VaultRefresher
@@ -222,6 +249,7 @@ class Runtime:
             resolver=Resolver(cfg.resolve, address_policy(cfg), static_only=cfg.dns == "static"),
             metrics=metrics or Metrics(),
             vault=refresher,
+            minter=minter,
         )
         # The secret index's automata are built now, before anything listens (and before
         # workers fork, so that they share its pages), not by the first request.
@@ -266,7 +294,17 @@ class Runtime:
         echoes what a client sent (denial bodies, audited paths, error details)."""
         return secretindex.redact(text, self.index())
 
+    def mint_stale(self, name: str) -> None:
+        """An upstream refused a minted token (401): mint it again (at most once per
+        ``min_refresh_interval_seconds``), here or, in a worker, in the parent."""
+        if self.stale_sink is not None:
+            self.stale_sink(name)
+        elif self.minter is not None:
+            self.minter.force(name)
+
     def close(self) -> None:
+        if self.minter is not None:
+            self.minter.stop()
         if self.vault is not None:
             assert self.config.vault is not None
             self.vault.stop(revoke=self.config.vault.revoke_on_shutdown)

@@ -83,10 +83,12 @@ class SecretValue:
         raise TypeError("secret values cannot be pickled")
 
 
-def check_value(name: str, source: str, value: str) -> SecretValue:
+def check_value(name: str, source: str, value: str, multiline: bool = False) -> SecretValue:
+    """``multiline``: the input of a minted token (a private key PEM, a key file), which is
+    never put into a header, may hold line breaks."""
     if value == "":
         raise SecretLoadError(name, source, "the value is empty")
-    if any(ch in value for ch in "\r\n\x00"):
+    if "\x00" in value or (not multiline and any(ch in value for ch in "\r\n")):
         # A value with CR/LF would let a substituted header split into two.
         raise SecretLoadError(name, source, "the value contains CR, LF or NUL; refusing it")
     return SecretValue(value)
@@ -96,9 +98,11 @@ def parts_value(spec: SecretSpec, source: str, found: dict[str, object]) -> Secr
     """A multi-part secret from the texts its source holds under each role's key
     (``found``: key -> value as read, absent or None when missing). A missing required part
     fails the load, naming the key, never a value; a missing optional part is left out."""
-    from egress.config.model import SCHEME_PRIMARY, SCHEME_ROLES
+    from egress.config.model import MINT_ROLES, SCHEME_PRIMARY, SCHEME_ROLES
 
-    required, _ = SCHEME_ROLES[spec.scheme]
+    # A minted secret's inputs: their value is the client secret or refresh token until a
+    # token replaces it (egress.mintsource); never injected as they are.
+    required, _ = MINT_ROLES[spec.mint.type] if spec.mint else SCHEME_ROLES[spec.scheme]
     parts: list[tuple[str, str]] = []
     for role, key in spec.source.keys:
         value = found.get(key)
@@ -108,8 +112,10 @@ def parts_value(spec: SecretSpec, source: str, found: dict[str, object]) -> Secr
             continue
         if not isinstance(value, str | int) or isinstance(value, bool):
             raise SecretLoadError(spec.name, source, f"{key!r} ({role}) is not a string")
-        parts.append((role, check_value(spec.name, source, str(value)).reveal()))
-    primary = dict(parts)[SCHEME_PRIMARY[spec.scheme]]
+        parts.append(
+            (role, check_value(spec.name, source, str(value), spec.mint is not None).reveal())
+        )
+    primary = parts[-1][1] if spec.mint else dict(parts)[SCHEME_PRIMARY[spec.scheme]]
     return SecretValue(primary, tuple(parts))
 
 
@@ -135,7 +141,7 @@ class SecretSource(ABC):
 
 class EnvSource(SecretSource):
     def describe(self) -> str:
-        return f"env:{self.spec.source.env}"
+        return self.spec.source.describe()
 
     def fetch(self) -> SecretValue:
         var = self.spec.source.env
@@ -146,7 +152,9 @@ class EnvSource(SecretSource):
         assert var is not None
         if var not in os.environ:
             raise SecretLoadError(self.spec.name, self.describe(), f"${var} is not set")
-        return check_value(self.spec.name, self.describe(), os.environ[var])
+        return check_value(
+            self.spec.name, self.describe(), os.environ[var], self.spec.mint is not None
+        )
 
     def env_vars_consumed(self) -> tuple[str, ...]:
         if self.spec.source.keys:
@@ -211,7 +219,9 @@ class FileSource(SecretSource):
             raise SecretLoadError(
                 self.spec.name, self.describe(), f"key {src.key!r} is not in {src.file}"
             )
-        return check_value(self.spec.name, self.describe(), values[src.key])
+        return check_value(
+            self.spec.name, self.describe(), values[src.key], self.spec.mint is not None
+        )
 
 
 SOURCES: dict[str, type[SecretSource]] = {"env": EnvSource, "file": FileSource}

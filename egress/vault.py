@@ -350,7 +350,7 @@ class VaultSource(SecretSource):
         if self.spec.source.keys:
             value = parts_value(self.spec, self.describe(), data)
         else:
-            value = check_value(self.spec.name, self.describe(), text)
+            value = check_value(self.spec.name, self.describe(), text, self.spec.mint is not None)
         self.lease = lease
         return value
 

@@ -360,6 +360,9 @@ class Supervisor:
                     w.ready.set()
                     self.changed.set()
                     await self._send(w, self._secret_snapshot())  # values may have moved
+                elif msg.get("op") == "stale":  # an upstream said 401 to a minted token
+                    if self.rt.minter is not None and isinstance(msg.get("name"), str):
+                        self.rt.minter.force(msg["name"])
                 else:
                     w.answers.put_nowait(msg)
         except (ConnectionError, ValueError):
@@ -542,6 +545,7 @@ def _worker_main(sup: Supervisor, slot: int, ctrl: socket.socket) -> int:
     _close_sockets_except(keep)
     rt = sup.rt
     rt.vault = None  # only the parent talks to Vault (module docstring)
+    rt.minter = None  # ... and to token endpoints: a worker reports a 401 (stale_sink)
     rt.metrics = _worker_metrics()
     return asyncio.run(_worker_serve(sup, slot, ctrl))
 
@@ -576,6 +580,9 @@ async def _worker_serve(sup: Supervisor, slot: int, ctrl: socket.socket) -> int:
                           sockets=sup.listeners[slot])  # fmt: skip
     await proxy.start()
     reader, writer = await asyncio.open_connection(sock=ctrl, limit=CONTROL_LIMIT)
+    rt.stale_sink = lambda name: writer.write(
+        json.dumps({"op": "stale", "name": name}).encode() + b"\n"
+    )
     writer.write(json.dumps({"op": "ready", "pid": os.getpid()}).encode() + b"\n")
     await writer.drain()
     stop = asyncio.Event()

@@ -53,7 +53,7 @@ ERRORS = [
      "secrets[0].source.keys.secret_access_key", "is required"),
     ("inject", {"inject": ["body"]}, "secrets[0].inject", "does not go with scheme aws_sigv4"),
     ("aws on static", {"scheme": "static", "source": {"env": "K"}, "aws": {"regions": ["eu-west-1"]}}, "secrets[0].aws", "goes with 'scheme: aws_sigv4' only"),
-    ("keys on static", {"scheme": "static", "source": {"env": {"access_key_id": "K"}}}, "secrets[0].source.env", "several parts go with a scheme"),
+    ("keys on static", {"scheme": "static", "source": {"env": {"access_key_id": "K"}}}, "secrets[0].source.env", "several parts go with aws_sigv4 and the OAuth mint types"),
     ("unknown scheme", {"scheme": "aws_sigv2"}, "secrets[0].scheme", "is not one of static, aws_sigv4"),
     ("unknown aws key", {"aws": {"region": ["eu-west-1"]}}, "secrets[0].aws.region", "did you mean 'regions'?"),
     ("bad region", {"aws": {"regions": ["EU West"]}}, "secrets[0].aws.regions[0]", "is not an AWS region name"),

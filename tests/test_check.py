@@ -430,6 +430,7 @@ def test_json_shape(cfg: Path) -> None:
         "bound": False,
         "placeholder_in": ["query"],
         "scheme": "static",
+        "mint": None,
         "inject": ["body", "headers", "query"],
         "injected": False,
     }

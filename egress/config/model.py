@@ -137,6 +137,37 @@ class AwsSpec:
     endpoints: tuple[tuple[HostPattern, str, str], ...] = ()
 
 
+MINT_TYPES = ("oauth_client_credentials", "oauth_refresh_token", "google_service_account",
+              "github_app")  # fmt: skip
+# The parts a mint type reads with ``keys`` (required, optional); the others read one value
+# (a service-account key file, a GitHub App private key).
+MINT_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "oauth_client_credentials": (("client_id", "client_secret"), ()),
+    "oauth_refresh_token": (("client_id", "refresh_token"), ("client_secret",)),
+}
+
+
+@dataclass(frozen=True)
+class MintSpec:
+    """A token egress obtains and injects (docs/credentials.md)."""
+
+    type: str
+    token_url: str | None = None
+    scopes: tuple[str, ...] = ()
+    audience: str | None = None
+    client_auth: str = "basic"  # basic | post (client_secret_basic / client_secret_post)
+    app_id: str | None = None  # github_app
+    installation_id: int | None = None
+    repositories: tuple[str, ...] = ()
+    permissions: tuple[tuple[str, str], ...] = ()
+    api_url: str = "https://api.github.com"
+    refresh_before_seconds: int = 300
+    expiry_margin_seconds: int = 30
+    min_refresh_interval_seconds: int = 30
+    retry_seconds: int = 5
+    store: Path | None = None  # oauth_refresh_token: where the rotated refresh token is kept
+
+
 @dataclass(frozen=True)
 class SecretSpec:
     index: int
@@ -162,6 +193,8 @@ class SecretSpec:
     # More variables for the agent (egress exec/env): (name, value) with no secret in it,
     # e.g. AWS_SECRET_ACCESS_KEY set to a dummy the agent's SDK signs with.
     agent_env: tuple[tuple[str, str], ...] = ()
+    # A token egress mints from the source's long-lived credential (scheme static only).
+    mint: MintSpec | None = None
 
     def bound_to(self, host: str) -> bool:
         return any(p.matches(host) for p in self.hosts)

@@ -13,10 +13,12 @@ from egress.config.aws_spec import (
     parse_aws,
 )
 from egress.config.checker import Checker, file_path
+from egress.config.mint_spec import parse_mint
 from egress.config.model import (
     _ENV_NAME,
     _PLACEHOLDER,
     _SECRET_NAME,
+    MINT_ROLES,
     SCHEME_ROLES,
     SECRET_SCHEMES,
     SURFACES,
@@ -141,7 +143,7 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
     known = (
         "name", "source", "hosts", "placeholder", "placeholder_prefix", "placeholder_length", "env",
         "inject", "body_max_bytes", "allow_http", "required", "require_placeholder", "auth_headers",
-        "allow_unscrubbable", "netrc", "scheme", "aws",
+        "allow_unscrubbable", "netrc", "scheme", "aws", "mint",
     )  # fmt: skip
     m = c.mapping(node, key, known, ("name", "source", "hosts"))
     if m is None:
@@ -152,8 +154,13 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
         c.err(f"{key}.name", f"{name!r}: use letters, digits and '_' (starting with a letter)")
     scheme = c.choice(m, key, "scheme", SECRET_SCHEMES, "static")
     source = _parse_source(c, m.get("source"), f"{key}.source", base) if "source" in m else None
+    mint = None
+    if "mint" in m:
+        if scheme != "static":
+            c.err(f"{key}.mint", f"goes with scheme static only, not {scheme!r}")
+        mint = parse_mint(c, m["mint"], f"{key}.mint", base)
     if source is not None and scheme is not None:
-        _check_roles(c, source, scheme, f"{key}.source")
+        _check_roles(c, source, mint.type if mint else scheme, f"{key}.source")
     hosts: list[HostPattern] = []
     for j, h in enumerate(c.str_list(m, key, "hosts") or []):
         try:
@@ -243,18 +250,21 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
         scheme=scheme,
         aws=aws,
         agent_env=agent_env,
+        mint=mint,
     )
 
 
 def _check_roles(c: Checker, source: SourceSpec, scheme: str, key: str) -> None:
-    """A multi-part scheme reads its parts with ``keys``; a plain secret reads one value."""
-    if scheme not in SCHEME_ROLES:
+    """A multi-part scheme (or mint type) reads its parts with ``keys``; a plain secret reads
+    one value. ``scheme``: the secret's scheme, or its mint type when it mints."""
+    roles_of = {**SCHEME_ROLES, **MINT_ROLES}
+    if scheme not in roles_of:
         if source.keys:
             c.err(f"{key}.keys" if source.kind != "env" else f"{key}.env",
-                  f"several parts go with a scheme that has them (aws_sigv4), not {scheme!r}: "
+                  f"several parts go with aws_sigv4 and the OAuth mint types, not {scheme!r}: "
                   "give one 'key'")  # fmt: skip
         return
-    required, optional = SCHEME_ROLES[scheme]
+    required, optional = roles_of[scheme]
     where = f"{key}.env" if source.kind == "env" else f"{key}.keys"
     if not source.keys:
         example = ", ".join(f"{r}: ..." for r in required)
