@@ -23,6 +23,7 @@ from egress.injection import (
     Denial,
     Injection,
     RequestParts,
+    credential_action_denial,
     is_signed,
     plan,
     refuse_signed_body,
@@ -190,9 +191,10 @@ class SecretInjector(EgressAddon):
         removed, so that nothing signed with the placeholder goes out even if mitmproxy
         starts streaming a chunked body that turns out to be large."""
         m, req, rt = meta(flow), flow.request, self.runtime
-        if signed.payload_hash is not None or (signed.form == "query" and signed.service == "s3"):
+        if signed.service == "s3" and (signed.payload_hash is not None or signed.form == "query"):
             self._resign(flow, spec, signed, None)
             return
+        # Other services: their body is hashed, and read for a credential action first.
         length = req.headers.get("content-length", "")
         if length.isdigit() and int(length) > rt.config.max_body_bytes:
             deny(flow, rt, Reason.BODY_TOO_LARGE,
@@ -219,15 +221,20 @@ class SecretInjector(EgressAddon):
         authority = req.host_header or m["host"]
         headers = list(req.headers.items(multi=True))
         if signed.form == "header":
-            new = sigv4.resign_header(signed, value, req.method, authority, req.path, headers,
-                                      body, utc_now())  # fmt: skip
-            req.headers = http.Headers(
-                [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
-                 for k, v in new]
-            )  # fmt: skip
+            new, signature = sigv4.resign_header(signed, value, req.method, authority, req.path,
+                                                 headers, body, utc_now())  # fmt: skip
         else:
-            req.path = sigv4.resign_query(signed, value, req.method, authority, req.path,
-                                          headers, body, utc_now())  # fmt: skip
+            req.path, signature = sigv4.resign_query(signed, value, req.method, authority,
+                                                     req.path, headers, body, utc_now())  # fmt: skip
+            # An Authorization, date or token header beside a presigned URL goes nowhere.
+            new = [(k, v) for k, v in headers if k.lower() not in sigv4.HEADER_AUTH]
+        req.headers = http.Headers(
+            [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+             for k, v in new]
+        )  # fmt: skip
+        # A signature is a credential for its request until it expires: an upstream that
+        # echoes it must not hand it to the agent (addons/scrub.py masks it).
+        m["scrub_extra"] = [*m.get("scrub_extra", []), signature.encode()]
         m["secrets"] = [*m.get("secrets", []), spec.name]
 
     def _resign_pending(self, flow: http.HTTPFlow) -> None:
@@ -237,6 +244,17 @@ class SecretInjector(EgressAddon):
         if pending is None or flow.response is not None:
             return
         spec, signed = pending
+        raw = flow.request.raw_content
+        if raw is not None:
+            # The query API posts its Action in the body (maybe compressed): read both.
+            decoded = decoded_body(flow.request, rt.config.max_body_bytes) or b""
+            for body in (raw, decoded):
+                refused = credential_action_denial(spec, signed, flow.request.path,
+                                                   flow.request.headers.items(multi=True), body)  # fmt: skip
+                if refused is not None:
+                    deny(flow, rt, refused.reason, refused.detail, rule=m.get("rule"),
+                         secret=spec.name)  # fmt: skip
+                    return
         if flow.request.raw_content is None:
             deny(flow, rt, Reason.BODY_TOO_LARGE,
                  f"the request body streamed past limits.max_body_bytes "

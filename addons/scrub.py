@@ -25,6 +25,17 @@ def _encoding(resp: http.Response) -> str:
     return resp.headers.get("content-encoding", "").strip().lower()
 
 
+def _mask_extra(flow: http.HTTPFlow, data: bytes) -> tuple[bytes, int]:
+    """Values secret to this flow only (the AWS signature egress made for it), masked with
+    zeros of their length wherever an upstream echoes them."""
+    n = 0
+    for value in meta(flow).get("scrub_extra", ()):
+        if value in data:
+            n += data.count(value)
+            data = data.replace(value, b"0" * len(value))
+    return data, n
+
+
 class _ReplaceBody:
     """A stream callable that sends ``body`` in place of the first upstream chunk and drops
     every upstream byte."""
@@ -124,6 +135,8 @@ class ResponseScrubber(EgressAddon):
             )
         else:
             new_body, n = self.runtime.index().scrub(body)
+        new_body, k = _mask_extra(flow, new_body)
+        n += k
         if n:
             resp.headers.pop("content-encoding", None)  # sent decoded: any coding, any stack
             resp.content = new_body  # fixes Content-Length
@@ -140,7 +153,7 @@ class ResponseScrubber(EgressAddon):
         index = self.runtime.index()
         # One pass over the whole head first: nearly always nothing to scrub.
         head = b"\n".join([resp.data.reason, *(v for _, v in resp.headers.fields)])
-        if not index.candidates(head):
+        if not index.candidates(head) and not _mask_extra(flow, head)[1]:
             return
         reason, total = index.scrub(resp.data.reason)  # the status line's reason phrase
         if total:
@@ -148,7 +161,8 @@ class ResponseScrubber(EgressAddon):
         fields = []
         for name, value in resp.headers.fields:
             new, n = index.scrub(value)
-            total += n
+            new, k = _mask_extra(flow, new)
+            total += n + k
             fields.append((name, new))
         if total:
             resp.headers = http.Headers(fields)

@@ -62,6 +62,17 @@ def _pairs(text: str, ph_text: str) -> tuple[tuple[bytes, bytes, str], ...]:
     candidates += [
         (binascii.hexlify(raw), binascii.hexlify(ph), "hex"),
         (binascii.hexlify(raw).upper(), binascii.hexlify(ph).upper(), "hex"),
+        # Byte dumps: S3 echoes a canonical request as space-separated hex
+        # (CanonicalRequestBytes); MAC-address style uses ':'.
+        *(
+            (
+                binascii.hexlify(raw, sep).upper() if up else binascii.hexlify(raw, sep),
+                binascii.hexlify(ph, sep).upper() if up else binascii.hexlify(ph, sep),
+                "hex",
+            )
+            for sep in (" ", ":")
+            for up in (False, True)
+        ),
         (quote(text, safe="").encode(), quote(ph_text, safe="").encode(), "percent"),
         (
             quote(text, safe="").lower().encode(),

@@ -284,6 +284,27 @@ def _signed_refusal(name: str) -> Denial:
     )
 
 
+def credential_action_denial(
+    spec: SecretSpec, signed: sigv4.Signed, path: str, headers: tuple[Header, ...] | list[Header],
+    body: bytes | None,
+) -> Denial | None:  # fmt: skip
+    """A request for a credential of its own (sigv4.CREDENTIAL_ACTIONS), unless allowed."""
+    assert spec.aws is not None
+    if spec.aws.allow_credential_actions:
+        return None
+    action = sigv4.credential_action(signed, path, headers, body)
+    if action is None:
+        return None
+    return Denial(
+        Reason.AWS_CREDENTIAL_ACTION,
+        f"the request asks {signed.service} for {action}, whose answer is a credential of its "
+        f"own: signed with the real key of {spec.name!r} it would give the agent a working "
+        f"credential past egress. To allow it, set secrets[{spec.index}].aws."
+        "allow_credential_actions: true",
+        spec.name,
+    )
+
+
 def _foreign_aws_key(
     req: RequestParts, index: SecretIndex, bound: tuple[int, ...]
 ) -> Denial | None:
@@ -352,6 +373,9 @@ def _aws_resign(
             "endpoint in aws.endpoints)",
             spec.name,
         )
+    refused = credential_action_denial(spec, signed, req.path, req.headers, None)
+    if refused is not None:
+        return refused
     if signed.form == "query":
         problem = sigv4.presign_problem(signed, utc_now(), spec.aws)
         if problem:

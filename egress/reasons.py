@@ -41,6 +41,7 @@ class Reason(StrEnum):
     SIGNATURE_SCHEME_UNSUPPORTED = "signature_scheme_unsupported"
     AWS_SCOPE_MISMATCH = "aws_scope_mismatch"
     PRESIGN_EXPIRED = "presign_expired"
+    AWS_CREDENTIAL_ACTION = "aws_credential_action"
     BODY_TOO_LARGE = "body_too_large"
     # refused below HTTP: a limit on what one client may make the proxy hold or do
     HEAD_TOO_LARGE = "head_too_large"
@@ -82,6 +83,7 @@ _STATUS: dict[Reason, int] = {
     Reason.SIGNATURE_SCHEME_UNSUPPORTED: 403,
     Reason.AWS_SCOPE_MISMATCH: 403,
     Reason.PRESIGN_EXPIRED: 403,
+    Reason.AWS_CREDENTIAL_ACTION: 403,
     Reason.BODY_TOO_LARGE: 413,
     Reason.HEAD_TOO_LARGE: 431,
     Reason.STREAM_FLOOD: 429,

@@ -18,7 +18,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 from egress.config.model import AwsSpec
 from egress.secrets import SecretValue
@@ -27,11 +27,18 @@ Header = tuple[str, str]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 _AUTH = re.compile(
-    r"^AWS4-HMAC-SHA256 +Credential=([^/,\s]+)/(\d{8})/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request"
+    r"^AWS4-HMAC-SHA256 +Credential=([^/,\s]+)/([0-9]{8})/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request"
     r" *, *SignedHeaders=([a-z0-9!#$%&'*+.^_`|~-]+(?:;[a-z0-9!#$%&'*+.^_`|~-]+)*)"
     r" *, *Signature=([0-9a-f]{64})$"
 )
-_AMZ_DATE = re.compile(r"^(\d{8})T\d{6}Z$")
+_AMZ_DATE = re.compile(r"^([0-9]{8})T[0-9]{6}Z$")
+# A query egress signs must mean one thing to it and to AWS: unreserved and sub-delim
+# characters or %XX escapes of UTF-8, no '+' (a space to some parsers, a plus to others),
+# nothing else. AWS decodes raw bytes where Python's unquote would put U+FFFD.
+_QUERY_PART = re.compile(r"^(?:[A-Za-z0-9\-._~!$'()*,;:@/?=]|%[0-9A-Fa-f]{2})*$")
+# Signed header values: printable ASCII. botocore trims all Unicode white space, AWS only
+# ASCII spaces: anything else could make the two canonical requests differ.
+_HEADER_VALUE = re.compile(r"^[\x20-\x7e]*$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # Payload hashes egress can keep as the agent declared them: the upstream checks a hex hash
 # against the body itself, and the others say the body is not signed (egress to upstream is
@@ -41,13 +48,33 @@ _KEEP_PAYLOAD = ("UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
 # The query parameters of a presigned URL that carry its signature: replaced as a whole.
 _QUERY_AUTH = frozenset({"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
                          "X-Amz-SignedHeaders", "X-Amz-Signature", "X-Amz-Security-Token"})  # fmt: skip
+# A presigned URL egress signs again is sent at once: valid this long at most (AWS checks
+# expiry when a request starts, so a long download is not cut off).
+PRESIGN_RESIGNED_SECONDS = 300
 # Headers the re-signed request carries fresh: the agent's are dropped.
-_HEADER_AUTH = frozenset({"authorization", "x-amz-date", "x-amz-security-token"})
+HEADER_AUTH = frozenset({"authorization", "x-amz-date", "x-amz-security-token"})
 # AWS region labels in host names: us-east-1, eu-central-2, us-gov-west-1, cn-north-1...
 _REGION_LABEL = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d+$")
 _GLOBAL_HOSTS = {"iam": "us-east-1", "sts": "us-east-1", "s3": "us-east-1",
                  "route53": "us-east-1", "cloudfront": "us-east-1",
                  "organizations": "us-east-1"}  # fmt: skip
+
+
+# Actions whose answer is a credential of its own (a new access key, session credentials,
+# a registry or database token): signed with the real key, they would hand the agent a
+# working credential past egress. Refused unless aws.allow_credential_actions. Matched by
+# name, whatever the service: the query API's Action, the JSON API's X-Amz-Target.
+CREDENTIAL_ACTIONS = frozenset({
+    "CreateAccessKey", "CreateLoginProfile", "UpdateLoginProfile",
+    "CreateServiceSpecificCredential", "ResetServiceSpecificCredential", "UploadSSHPublicKey",
+    "UploadSigningCertificate", "GetSessionToken", "AssumeRole", "AssumeRoleWithSAML",
+    "AssumeRoleWithWebIdentity", "GetFederationToken", "AssumeRoot", "GetClusterCredentials",
+    "GetClusterCredentialsWithIAM", "GetAuthorizationToken", "GetCredentialsForIdentity",
+    "GetCredentials", "GetRoleCredentials", "GetOpenIdToken", "GetOpenIdTokenForDeveloperIdentity",
+    "CreatePresignedDomainUrl",
+})  # fmt: skip
+# REST APIs whose path is such an action: CodeArtifact's authorization token.
+_CREDENTIAL_PATHS = {"codeartifact": "/v1/authorization-token"}
 
 
 @dataclass(frozen=True)
@@ -100,10 +127,32 @@ def parse(headers: tuple[Header, ...] | list[Header], path: str) -> Signed | Ref
     query_signed = "X-Amz-Signature" in names or "X-Amz-Credential" in names
     if aws_auth and query_signed or len(aws_auth) > 1:
         return Refusal("malformed", "the request carries more than one AWS signature")
-    if aws_auth:
-        return _parse_header(aws_auth[0], headers)
-    if query_signed:
-        return _parse_query(pairs)
+    if not aws_auth and not query_signed:
+        return None
+    signed = _parse_header(aws_auth[0], headers) if aws_auth else _parse_query(pairs)
+    if isinstance(signed, Signed):
+        names = set(signed.signed_headers)
+        problem = _ambiguous(query, [(k, v) for k, v in headers if k.lower() in names])
+        if problem:
+            return Refusal("malformed", problem)
+    return signed
+
+
+def _ambiguous(query: str, headers: tuple[Header, ...] | list[Header]) -> str | None:
+    """Why the request egress would sign could read differently at AWS, or None."""
+    for part in query.split("&"):
+        if not _QUERY_PART.match(part):
+            return ("the query of a request egress signs must use only unreserved characters "
+                    "and %XX escapes (no '+', no raw non-ASCII)")  # fmt: skip
+        try:
+            for piece in part.split("=", 1):
+                unquote_to_bytes(piece).decode("utf-8")
+        except UnicodeDecodeError:
+            return "the query of a request egress signs has %XX escapes that are not UTF-8"
+    for k, v in headers:
+        if not _HEADER_VALUE.match(v):
+            return (f"the {k} header of a request egress signs has characters other than "
+                    "printable ASCII")  # fmt: skip
     return None
 
 
@@ -132,6 +181,17 @@ def _parse_header(auth: str, headers: tuple[Header, ...] | list[Header]) -> Sign
                            "unsigned over HTTPS")  # fmt: skip
         return Refusal("malformed", "x-amz-content-sha256 is not a SHA-256 in hex, "
                        "UNSIGNED-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER")  # fmt: skip
+    if payload == "UNSIGNED-PAYLOAD" and service != "s3":
+        return Refusal("unsupported", f"x-amz-content-sha256: UNSIGNED-PAYLOAD for {service!r}: "
+                       "egress signs an unsigned payload for S3 only; other services get the "
+                       "body's hash")  # fmt: skip
+    if payload is not None and payload.startswith("STREAMING-"):
+        codings = [
+            c.strip().lower() for v in _header(headers, "content-encoding") for c in v.split(",")
+        ]
+        if "aws-chunked" not in codings or service != "s3":
+            return Refusal("malformed", f"x-amz-content-sha256: {payload} without "
+                           "Content-Encoding: aws-chunked to S3")  # fmt: skip
     return Signed("header", akid, region, service, tuple(signed.split(";")), payload)
 
 
@@ -154,14 +214,33 @@ def _parse_query(pairs: list[tuple[str, str]]) -> Signed | Refusal:
                        f"X-Amz-Signature{' (missing: ' + ', '.join(missing) + ')' if missing else ''}")  # fmt: skip
     scope = values["X-Amz-Credential"].split("/")
     if (len(scope) != 5 or scope[4] != "aws4_request" or not scope[0]
-            or not re.fullmatch(r"\d{8}", scope[1]) or not _AMZ_DATE.match(values["X-Amz-Date"])
-            or not values["X-Amz-Expires"].isdigit()
+            or not re.fullmatch(r"[0-9]{8}", scope[1]) or not _AMZ_DATE.match(values["X-Amz-Date"])
+            or not re.fullmatch(r"[0-9]{1,7}", values["X-Amz-Expires"])
             or not _HEX64.match(values["X-Amz-Signature"])):  # fmt: skip
         return Refusal("malformed", "the presigned URL's X-Amz-Credential, X-Amz-Date, "
                        "X-Amz-Expires or X-Amz-Signature is not in SigV4 form")  # fmt: skip
     return Signed("query", scope[0], scope[2], scope[3],
                   tuple(values["X-Amz-SignedHeaders"].lower().split(";")), None,
                   values["X-Amz-Date"], int(values["X-Amz-Expires"]))  # fmt: skip
+
+
+def credential_action(
+    signed: Signed, path: str, headers: tuple[Header, ...] | list[Header], body: bytes | None
+) -> str | None:
+    """The credential-issuing action the request asks for, or None (see CREDENTIAL_ACTIONS).
+    ``body``: a form body is read too (the query API posts its Action there)."""
+    base, _, query = path.partition("?")
+    names = [unquote(v) for k, v in query_pairs(query) if unquote(k) == "Action"]
+    names += [v.rsplit(".", 1)[-1].strip() for v in _header(headers, "x-amz-target")]
+    if body and b"Action" in body:
+        from urllib.parse import parse_qsl
+
+        text = body.decode("latin-1")
+        names += [v for k, v in parse_qsl(text, keep_blank_values=True) if k == "Action"]
+    found = next((n for n in names if n in CREDENTIAL_ACTIONS), None)
+    if found is None and _CREDENTIAL_PATHS.get(signed.service) == base.rstrip("/"):
+        found = f"{signed.service} {base}"
+    return found
 
 
 def host_scope(host: str, spec: AwsSpec) -> tuple[str | None, str | None]:
@@ -178,15 +257,19 @@ def host_scope(host: str, spec: AwsSpec) -> tuple[str | None, str | None]:
             break
     else:
         return None, None
-    region = next((lab for lab in labels if _REGION_LABEL.match(lab)), None)
-    s3 = any(lab == "s3" or lab.startswith(("s3-", "s3.")) for lab in labels)
-    service = "s3" if s3 else None
-    if region is None and len(labels) >= 1 and labels[-1] in _GLOBAL_HOSTS:
-        region = _GLOBAL_HOSTS[labels[-1]]
-        service = labels[-1]
-    if region is None and s3:
-        region = next((lab[3:] for lab in labels if lab.startswith("s3-") and _REGION_LABEL.match(lab[3:])), None)  # fmt: skip
-    return region, service
+    if not labels:
+        return None, None
+    # From the right: bucket names before them may hold dots and region-like labels.
+    last = labels[-1]
+    if last.startswith("s3-") and _REGION_LABEL.match(last[3:]):  # s3-us-west-2 (legacy)
+        return last[3:], "s3"
+    if last in _GLOBAL_HOSTS:  # iam, sts... sign for us-east-1; s3.amazonaws.com: any region
+        return (None if last == "s3" else _GLOBAL_HOSTS[last]), last
+    if not _REGION_LABEL.match(last):
+        return None, None
+    before = labels[-3:-1]  # s3.eu-west-1, bkt.s3.dualstack.eu-west-1
+    s3 = any(lab in ("s3", "s3-fips", "s3-accesspoint", "s3-control") for lab in before)
+    return last, "s3" if s3 else None
 
 
 def scope_problem(signed: Signed, host: str, spec: AwsSpec) -> str | None:
@@ -263,7 +346,7 @@ def _request(method: str, authority: str, path: str, signed_headers: list[Header
 def _signed_header_values(
     headers: tuple[Header, ...] | list[Header], names: tuple[str, ...], authority: str
 ) -> list[Header]:
-    wanted = set(names) - _HEADER_AUTH
+    wanted = set(names) - HEADER_AUTH
     out = [(k.lower(), v) for k, v in headers if k.lower() in wanted]
     if "host" in wanted and not any(k == "host" for k, _ in out):
         out.append(("host", authority))  # HTTP/2: the :authority stands for Host
@@ -277,9 +360,9 @@ def _decoded(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def resign_header(
     signed: Signed, value: SecretValue, method: str, authority: str, path: str,
     headers: tuple[Header, ...] | list[Header], body: bytes | None, now: datetime,
-) -> list[Header]:  # fmt: skip
-    """The request's headers, signed again with the real credentials (header form).
-    ``body`` is needed only when the agent declared no payload hash."""
+) -> tuple[list[Header], str]:  # fmt: skip
+    """The request's headers, signed again with the real credentials (header form), and
+    the signature. ``body`` is needed only when the agent declared no payload hash."""
     if signed.payload_hash is not None:
         payload = signed.payload_hash
     else:
@@ -299,21 +382,26 @@ def resign_header(
     names = signer.signed_headers(signer.headers_to_sign(request))
     authorization = (f"{ALGORITHM} Credential={creds.access_key_id}/{stamp[:8]}/{signed.region}/"
                      f"{signed.service}/aws4_request, SignedHeaders={names}, Signature={signature}")  # fmt: skip
-    out = [(k, v) for k, v in headers if k.lower() not in _HEADER_AUTH]
+    out = [(k, v) for k, v in headers if k.lower() not in HEADER_AUTH]
     out.append(("X-Amz-Date", stamp))
     if creds.token:
         out.append(("X-Amz-Security-Token", creds.token))
     out.append(("Authorization", authorization))
-    return out
+    return out, signature
 
 
 def resign_query(
     signed: Signed, value: SecretValue, method: str, authority: str, path: str,
     headers: tuple[Header, ...] | list[Header], body: bytes | None, now: datetime,
-) -> str:  # fmt: skip
+) -> tuple[str, str]:  # fmt: skip
     """The request's path and query, signed again with the real credentials (a presigned
-    URL). The agent's own parameters keep their order and their encoding."""
-    assert signed.expires is not None
+    URL), and the signature. The agent's own parameters keep their order and encoding. The
+    new URL is used at once, so it is valid for what is left of the agent's window and at
+    most PRESIGN_RESIGNED_SECONDS: an upstream that echoes it hands out little."""
+    assert signed.expires is not None and signed.amz_date is not None
+    start = datetime.strptime(signed.amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    left = int((start + timedelta(seconds=signed.expires) - now).total_seconds())
+    expires = max(1, min(left, PRESIGN_RESIGNED_SECONDS))
     creds = _Creds(value)
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     base, _, query = path.partition("?")
@@ -327,7 +415,7 @@ def resign_query(
     request = _request(method, authority, path, to_sign, [])
     auth = [("X-Amz-Algorithm", ALGORITHM),
             ("X-Amz-Credential", f"{creds.access_key_id}/{stamp[:8]}/{signed.region}/{signed.service}/aws4_request"),
-            ("X-Amz-Date", stamp), ("X-Amz-Expires", str(signed.expires)),
+            ("X-Amz-Date", stamp), ("X-Amz-Expires", str(expires)),
             ("X-Amz-SignedHeaders", signer.signed_headers(signer.headers_to_sign(request)))]  # fmt: skip
     if creds.token:
         auth.append(("X-Amz-Security-Token", creds.token))
@@ -339,4 +427,4 @@ def resign_query(
     new_query = "&".join(
         [*own_raw, *(f"{k}={v}" for k, v in [*encoded, ("X-Amz-Signature", signature)])]
     )
-    return f"{base}?{new_query}"
+    return f"{base}?{new_query}", signature

@@ -193,6 +193,21 @@ def test_aws_cli_through_egress(aws_proxy: RunningProxy, s3: S3Upstream, tmp_pat
     assert got == src.read_bytes()
 
 
+def test_credential_actions_are_refused(aws_proxy: RunningProxy, s3: S3Upstream) -> None:
+    """iam:CreateAccessKey signed with the real key would give the agent a key of its own
+    (the query API posts its Action in the body: read before signing)."""
+    since = len(aws_proxy.audit())
+    iam = agent(aws_proxy, s3, "iam", host=IAM_HOST)
+    from botocore.exceptions import ClientError
+    from botocore.parsers import ResponseParserError
+
+    with pytest.raises((ClientError, ResponseParserError)) as e:  # IAM's parser reads XML only
+        iam.create_access_key(UserName="agent")
+    assert "403" in str(e.value) and "aws_credential_action" in str(e.value)
+    assert reasons(aws_proxy, since)[-1] == "aws_credential_action"
+    assert len(s3.client("iam").list_access_keys(UserName="agent")["AccessKeyMetadata"]) == 1
+
+
 REFUSALS = [
     ("the agent's own key id", {"key_id": "AKIAAGENTSOWNKEY0001"}, "foreign_credential"),
     ("a region the secret does not sign for", {"region": "eu-west-1"}, "aws_scope_mismatch"),
@@ -314,6 +329,13 @@ def test_presigned_url(aws_proxy: RunningProxy, s3: S3Upstream, upstream: Upstre
     )
     assert not verify_presigned(got.path, host, s3.real_access_key_id or "", "wrong")
     assert urlsplit(got.path).path == "/b/" + quote("a b/ü.txt")
+    # The upstream echoes the query it received: the signature egress made, a credential for
+    # that URL, is masked in what the agent gets; the URL was signed for 5 minutes at most.
+    query = dict(parse_qsl(urlsplit(got.path).query))
+    assert (
+        query["X-Amz-Signature"] not in r.text and r.json()["query"]["X-Amz-Signature"] == "0" * 64
+    )
+    assert 0 < int(query["X-Amz-Expires"]) <= 300
     # The agent's URL signed with the placeholder would not verify with the real key.
     assert not verify_presigned(urlsplit(url).path + "?" + urlsplit(url).query, host,
                                 s3.real_access_key_id or "", s3.real_secret_access_key or "")  # fmt: skip

@@ -80,7 +80,7 @@ PARAM = st.tuples(st.text(st.sampled_from("abcxyz-_.~"), min_size=1, max_size=6)
                   st.text(st.sampled_from("abc 019/+=&é~"), max_size=8))  # fmt: skip
 HEADER = st.tuples(st.sampled_from(["content-type", "x-amz-meta-a", "x-amz-acl", "content-md5",
                                     "x-amz-meta-b"]),
-                   st.text(st.sampled_from("abc 019/+=;  \t"), min_size=1, max_size=10)
+                   st.text(st.sampled_from("abc 019/+=;  "), min_size=1, max_size=10)
                    .map(str.strip).filter(bool))  # fmt: skip
 
 
@@ -116,12 +116,13 @@ def test_header_form_is_what_botocore_signs_with_the_real_key(
     authority, path = split(url)
     signed = sigv4.parse(sent, path)
     assert isinstance(signed, sigv4.Signed) and signed.access_key_id == PH
-    out = sigv4.resign_header(signed, real_value(token), method, authority, path, sent, body,
-                              EGRESS_NOW)  # fmt: skip
+    out, signature = sigv4.resign_header(signed, real_value(token), method, authority, path, sent,
+                                         body, EGRESS_NOW)  # fmt: skip
     direct = botocore_sign(Credentials(REAL_KEY_ID, REAL_SECRET, token), method, url, headers,
                            body, service, region, EGRESS_NOW)  # fmt: skip
     got = {k.lower(): v for k, v in out}
     assert got["authorization"] == direct.headers["Authorization"]
+    assert got["authorization"].endswith(f"Signature={signature}")
     assert got["x-amz-date"] == direct.headers["X-Amz-Date"]
     assert got.get("x-amz-security-token") == token  # the agent's placeholder token is gone
     assert [k for k, _ in out if k.lower() == "authorization"] == ["Authorization"]
@@ -134,21 +135,24 @@ def test_header_form_is_what_botocore_signs_with_the_real_key(
 
 
 @settings(max_examples=100, deadline=None)
-@given(requests(), st.sampled_from([None, REAL_TOKEN]), st.integers(1, 3600))
+@given(requests(), st.sampled_from([None, REAL_TOKEN]), st.integers(120, 3600))
 def test_query_form_is_what_botocore_presigns_with_the_real_key(
     r: tuple[str, str, str, str, list[tuple[str, str]], bytes], token: str | None, expires: int
 ) -> None:
     service, region, method, url, _, _ = r
     agent_url = botocore_presign(Credentials(PH, "agent"), method, url, service, region,
-                                 AGENT_NOW, expires)  # fmt: skip
+                                 EGRESS_NOW - timedelta(seconds=60), expires)  # fmt: skip
     authority, path = split(agent_url)
     sent = [("host", authority)]
     signed = sigv4.parse(sent, path)
     assert isinstance(signed, sigv4.Signed) and signed.form == "query"
-    new_path = sigv4.resign_query(signed, real_value(token), method, authority, path, sent, b"",
-                                  EGRESS_NOW)  # fmt: skip
+    new_path, signature = sigv4.resign_query(signed, real_value(token), method, authority, path,
+                                             sent, b"", EGRESS_NOW)  # fmt: skip
+    # Valid for what is left of the agent's window, and 5 minutes at most.
+    left = min(expires - 60, sigv4.PRESIGN_RESIGNED_SECONDS)
     direct = botocore_presign(Credentials(REAL_KEY_ID, REAL_SECRET, token), method, url, service,
-                              region, EGRESS_NOW, expires)  # fmt: skip
+                              region, EGRESS_NOW, left)  # fmt: skip
+    assert new_path.endswith(f"X-Amz-Signature={signature}")
     ours = dict(parse_qsl(urlsplit(new_path).query, keep_blank_values=True))
     theirs = dict(parse_qsl(urlsplit(direct).query, keep_blank_values=True))
     assert ours == theirs  # same parameters, same signature
@@ -169,7 +173,7 @@ def test_payload_hash_the_agent_declared_is_kept() -> None:
     signed = sigv4.parse(headers, "/b/k")
     assert isinstance(signed, sigv4.Signed)
     out = dict(sigv4.resign_header(signed, real_value(), "PUT", "s3.eu-west-1.amazonaws.com",
-                                   "/b/k", headers, None, EGRESS_NOW))  # fmt: skip
+                                   "/b/k", headers, None, EGRESS_NOW)[0])  # fmt: skip
     assert out["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
     assert (
         "SignedHeaders=content-encoding;host;x-amz-content-sha256;x-amz-date,"
@@ -205,6 +209,21 @@ PARSE_CASES = [
     ("presign twice", [], f"/k?{PRESIGN}&X-Amz-Credential=x", "malformed"),
     ("presign bad scope", [], "/k?" + PRESIGN.replace("%2Faws4_request", "%2Faws5"), "malformed"),
     ("presign bad expires", [], "/k?" + PRESIGN.replace("X-Amz-Expires=900", "X-Amz-Expires=-1"), "malformed"),
+    ("presign expires in other digits", [], "/k?" + PRESIGN.replace("X-Amz-Expires=900", "X-Amz-Expires=%C2%B2"), "malformed"),
+    ("date in other digits", [("Authorization", AUTH.replace("20261203", "٢٠٢٦١٢٠٣"))], "/", "malformed"),
+    # The same signature for requests AWS reads differently: refused, not signed.
+    ("query escape not UTF-8", [("Authorization", AUTH)], "/k?x=%ff", "malformed"),
+    ("query escape not UTF-8, presigned", [], f"/k?x=%fe&{PRESIGN}", "malformed"),
+    ("query bad escape", [("Authorization", AUTH)], "/k?x=%zz", "malformed"),
+    ("query plus", [("Authorization", AUTH)], "/k?x=a+b", "malformed"),
+    ("query raw non-ASCII", [("Authorization", AUTH)], "/k?x=é", "malformed"),
+    ("query UTF-8 escape is fine", [("Authorization", AUTH)], "/k?x=%C3%A9&y=%2B", "header"),
+    ("signed header with a tab", [("Authorization", AUTH), ("x-amz-date", "20261203T000000Z\t")], "/", "malformed"),
+    ("signed header with NBSP", [("Authorization", AUTH), ("Host", "h\xa0")], "/", "malformed"),
+    ("unsigned header may hold anything", [("Authorization", AUTH), ("user-agent", "naïve\t")], "/", "header"),
+    ("UNSIGNED-PAYLOAD off S3", [("Authorization", AUTH.replace("/s3/", "/sqs/")), ("x-amz-content-sha256", "UNSIGNED-PAYLOAD")], "/", "unsupported"),
+    ("streaming without aws-chunked", [("Authorization", AUTH), ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER")], "/", "malformed"),
+    ("streaming with aws-chunked", [("Authorization", AUTH), ("Content-Encoding", "aws-chunked"), ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER")], "/", "header"),
 ]  # fmt: skip
 
 
@@ -225,8 +244,11 @@ HOSTS = [
     ("bkt.s3.eu-west-1.amazonaws.com", ("eu-west-1", "s3")),
     ("bkt.s3.dualstack.eu-west-1.amazonaws.com", ("eu-west-1", "s3")),
     ("s3-us-west-2.amazonaws.com", ("us-west-2", "s3")),
-    ("s3.amazonaws.com", ("us-east-1", "s3")),
-    ("bkt.s3.amazonaws.com", ("us-east-1", "s3")),
+    ("s3.amazonaws.com", (None, "s3")),  # the global endpoint: buckets of any region
+    ("bkt.s3.amazonaws.com", (None, "s3")),
+    ("my.us-east-1.bkt.s3.eu-west-1.amazonaws.com", ("eu-west-1", "s3")),  # dotted bucket
+    ("us-east-1.s3.eu-west-1.amazonaws.com", ("eu-west-1", "s3")),
+    ("bkt.s3-accesspoint.eu-west-1.amazonaws.com", ("eu-west-1", "s3")),
     ("iam.amazonaws.com", ("us-east-1", "iam")),
     ("sts.amazonaws.com", ("us-east-1", "sts")),
     ("sts.eu-west-1.amazonaws.com", ("eu-west-1", None)),
@@ -312,6 +334,9 @@ PLAN_CASES = [
     ("presigned, in the future", presigned(at=datetime.now(UTC) + timedelta(hours=1)), Reason.PRESIGN_EXPIRED),
     ("presigned, too long", presigned(expires=7200), Reason.PRESIGN_EXPIRED),
     ("plain http", agent_request(scheme="http"), Reason.PLAINTEXT_INJECTION),
+    ("credential action in the query", agent_request(path="/b/k?Action=CreateAccessKey"), Reason.AWS_CREDENTIAL_ACTION),
+    ("credential action by X-Amz-Target", agent_request(extra=(("X-Amz-Target", "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken"),)), Reason.AWS_CREDENTIAL_ACTION),
+    ("other actions are fine", agent_request(path="/b/k?Action=ListUsers"), "resign"),
     ("static placeholder in a re-signed request", agent_request(extra=(("x-tok", "egress-tok-placeholder"),)), Reason.SIGNATURE_SCHEME_UNSUPPORTED),
     ("SigV2", RequestParts("https", "s3.eu-west-1.amazonaws.com", "GET", "/", (("Authorization", f"AWS {PH}:sig"),), None), Reason.SIGNATURE_SCHEME_UNSUPPORTED),
     ("garbage", RequestParts("https", "s3.eu-west-1.amazonaws.com", "GET", "/", (("Authorization", f"AWS4-HMAC-SHA256 Credential={PH}"),), None), Reason.MALFORMED_REQUEST),

@@ -27,7 +27,7 @@ def default_aws_placeholder(name: str) -> str:
 
 def parse_aws(c: Checker, node: Any, key: str) -> AwsSpec | None:
     known = ("regions", "services", "presigned", "max_presign_seconds", "clock_skew_seconds",
-             "endpoints")  # fmt: skip
+             "endpoints", "allow_credential_actions")  # fmt: skip
     m = c.mapping(node, key, known)
     if m is None:
         return None
@@ -75,4 +75,5 @@ def parse_aws(c: Checker, node: Any, key: str) -> AwsSpec | None:
         max_presign_seconds=max_presign,
         clock_skew_seconds=skew,
         endpoints=tuple(endpoints),
+        allow_credential_actions=c.typed(m, key, "allow_credential_actions", bool, False),
     )

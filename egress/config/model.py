@@ -135,6 +135,9 @@ class AwsSpec:
     # Hosts whose names do not say the region and service (moto, MinIO, R2, a VPC
     # endpoint): host pattern text -> (region, service).
     endpoints: tuple[tuple[HostPattern, str, str], ...] = ()
+    # Sign actions that answer with a credential of their own (iam:CreateAccessKey,
+    # sts:AssumeRole, ecr:GetAuthorizationToken...): off, since the agent would then hold one.
+    allow_credential_actions: bool = False
 
 
 MINT_TYPES = ("oauth_client_credentials", "oauth_refresh_token", "google_service_account",
