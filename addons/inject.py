@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import time
 
 from egress.addons.audit import record_websocket
@@ -32,6 +33,7 @@ from egress.injection import (
     utc_now,
 )
 from egress.reasons import Reason
+from egress.secrets import SecretValue
 
 # Bodies up to this size are checked on the event loop; larger ones in a worker thread.
 INLINE_SCAN_BYTES = 256 * 1024
@@ -183,6 +185,11 @@ class SecretInjector(EgressAddon):
             )  # fmt: skip
             req.path = result.path
         m["secrets"] = [*m.get("secrets", []), *result.injected]
+        values = rt.index().values
+        # Which token a minted secret's flow carried: a 401 forces a new one only for the
+        # current token, not for one already replaced (StaleTokens).
+        m["injected_digests"] = {name: token_digest(v) for name in result.injected
+                                 if (v := values.get(name)) is not None}  # fmt: skip
 
     def _resign_or_wait(self, flow: http.HTTPFlow, spec: SecretSpec, signed: sigv4.Signed) -> None:
         """Sign an AWS request again now, when its signature does not cover the body (the
@@ -312,10 +319,20 @@ class StaleTokens(EgressAddon):
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None or flow.response.status_code != 401:
             return
-        injected = meta(flow).get("secrets") or []
+        carried = meta(flow).get("injected_digests") or {}
         for spec in self.runtime.config.secrets:
-            if spec.mint is not None and spec.name in injected:
+            current = self.runtime.secrets.get(spec.name)
+            if (
+                spec.mint is not None
+                and current is not None
+                and carried.get(spec.name) == token_digest(current)
+            ):
                 self.runtime.mint_stale(spec.name)
+
+
+def token_digest(value: SecretValue) -> str:
+    """Which value a flow carried, without keeping the value in the flow."""
+    return hashlib.sha256(value.reveal().encode()).hexdigest()
 
 
 addons = [SecretInjector(), StaleTokens()]

@@ -18,7 +18,7 @@ import base64
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import quote_plus, urlencode
 
 from egress.config.model import MintSpec
@@ -28,7 +28,14 @@ GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # noqa: S105 (a U
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 MAX_ANSWER_BYTES = 1024 * 1024
 DEFAULT_LIFETIME = 3600  # an answer without expires_in: RFC 6749 leaves it to documentation
-_ERROR_CODE = re.compile(r"^[\x20-\x21\x23-\x5b\x5d-\x7e]{1,64}$")  # RFC 6749 5.2 error syntax
+# An OAuth error code as logged: a plain word. Anything else (RFC 6749 allows spaces, and a
+# server may put what it was sent there) is not repeated.
+_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+# A token is put into a header: visible ASCII, bounded.
+_TOKEN = re.compile(r"^[\x21-\x7e]{1,16384}$")
+MAX_LIFETIME = 86400  # a token said to live longer is refreshed after a day anyway
+MIN_LIFETIME = 1  # a token already expired is not used (a clock ahead, an answer replayed)
+_LEVELS = {"read": 1, "write": 2, "admin": 3}
 
 
 class MintError(Exception):
@@ -131,7 +138,9 @@ def token_request(
         claims = {"iss": info["client_email"], "scope": " ".join(spec.scopes),
                   "aud": spec.audience or GOOGLE_TOKEN_AUDIENCE, "iat": iat, "exp": iat + 3600}  # fmt: skip
         assertion = _rs256(claims, info["private_key"], info.get("private_key_id"))
-        url = spec.token_url or info.get("token_uri") or GOOGLE_TOKEN_AUDIENCE
+        # The key file's token_uri is data, not config: the assertion is good at Google for
+        # an hour wherever it is sent, so only Google's own endpoint is taken from the file.
+        url = spec.token_url or GOOGLE_TOKEN_AUDIENCE
         return _form(url, [("grant_type", JWT_BEARER), ("assertion", assertion)], [])
     if spec.type == "github_app":
         iat = int(now) - 60  # GitHub's advice: allow for clock drift
@@ -157,10 +166,7 @@ def _error_code(body: bytes) -> str:
     code = data.get("error") if isinstance(data, dict) else None
     if isinstance(code, str) and _ERROR_CODE.match(code):
         return f" ({code})"
-    message = data.get("message") if isinstance(data, dict) else None  # GitHub's shape
-    if isinstance(message, str) and _ERROR_CODE.match(message[:64]):
-        return f" ({message[:64]})"
-    return ""
+    return ""  # GitHub's free-text "message" is not repeated either
 
 
 def parse_answer(spec: MintSpec, url: str, status: int, body: bytes, now: float) -> Minted:
@@ -175,37 +181,84 @@ def parse_answer(spec: MintSpec, url: str, status: int, body: bytes, now: float)
         raise MintError(f"the token endpoint {url} answered JSON that is not an object")
     if spec.type == "github_app":
         token, expires_at = data.get("token"), _iso_time(data.get("expires_at"))
-        granted = data.get("permissions")
-        if spec.permissions and isinstance(granted, dict):
-            wider = sorted(k for k, v in granted.items() if dict(spec.permissions).get(k) != v)
-            if wider:
-                raise MintError(f"the installation token of {url} grants more than "
-                                f"mint.permissions: {', '.join(wider)}; it was not used")  # fmt: skip
+        _check_github_scope(spec, url, data)
         if expires_at is None:
             raise MintError(f"the answer of {url} has no expires_at")
     else:
         token = data.get("access_token")
-        lifetime = data.get("expires_in", DEFAULT_LIFETIME)
-        if isinstance(lifetime, str) and lifetime.isdigit():
-            lifetime = int(lifetime)
-        if not isinstance(lifetime, int) or isinstance(lifetime, bool) or lifetime <= 0:
-            raise MintError(f"the answer of {url} has an expires_in that is not a positive number")
-        expires_at = now + lifetime
-    if not isinstance(token, str) or not token or any(c in token for c in "\r\n\x00 "):
+        expires_at = now + _lifetime(url, data.get("expires_in", DEFAULT_LIFETIME))
+    if expires_at - now < MIN_LIFETIME:
+        raise MintError(f"the token from {url} expires in less than {MIN_LIFETIME} s "
+                        "(is egress's clock right?); it was not used")  # fmt: skip
+    expires_at = min(expires_at, now + MAX_LIFETIME)
+    if not isinstance(token, str) or not _TOKEN.match(token):
         raise MintError(f"the answer of {url} has no usable token")
-    rotated = data.get("refresh_token") if spec.type == "oauth_refresh_token" else None
-    if rotated is not None and (not isinstance(rotated, str) or not rotated):
-        raise MintError(f"the answer of {url} has a refresh_token that is not a string")
-    return Minted(token, expires_at, rotated)
+    return Minted(token, expires_at, rotated_refresh_token(spec, status, body))
+
+
+def rotated_refresh_token(spec: MintSpec, status: int, body: bytes) -> str | None:
+    """A new refresh token in a successful answer, read before anything else is checked:
+    the server has revoked the old one, so it must be kept even if the rest of the answer
+    is refused."""
+    if spec.type != "oauth_refresh_token" or not 200 <= status < 300:
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    rotated = data.get("refresh_token") if isinstance(data, dict) else None
+    return rotated if isinstance(rotated, str) and _TOKEN.match(rotated) else None
+
+
+def _lifetime(url: str, value: object) -> float:
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise MintError(f"the answer of {url} has an expires_in that is not a positive number")
+    return float(value)
+
+
+def _check_github_scope(spec: MintSpec, url: str, data: dict[str, object]) -> None:
+    """The installation token may not do more than asked: no permission above the level
+    configured (``metadata: read`` comes with every token), no repository outside the
+    list."""
+    granted = data.get("permissions")
+    if spec.permissions:
+        if not isinstance(granted, dict):
+            raise MintError(
+                f"the answer of {url} does not say the token's permissions; it was not used"
+            )
+        asked = dict(spec.permissions)
+        wider = sorted(
+            k for k, v in granted.items()
+            if _LEVELS.get(str(v), 99) > _LEVELS.get(asked.get(k, "read" if k == "metadata" else ""), 0)
+        )  # fmt: skip
+        if wider:
+            raise MintError(f"the installation token of {url} grants more than "
+                            f"mint.permissions: {', '.join(wider)}; it was not used")  # fmt: skip
+    if spec.repositories:
+        repos = data.get("repositories")
+        names = (
+            {str(r.get("name")) for r in repos if isinstance(r, dict)}
+            if isinstance(repos, list)
+            else None
+        )
+        allowed = {r.rsplit("/", 1)[-1] for r in spec.repositories}
+        if data.get("repository_selection") != "selected" or names is None or not names <= allowed:
+            raise MintError(f"the installation token of {url} is not limited to "
+                            "mint.repositories; it was not used")  # fmt: skip
 
 
 def _iso_time(text: object) -> float | None:
     if not isinstance(text, str):
         return None
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # GitHub writes UTC; never the local zone
+    return when.timestamp()
 
 
 def guarded_parts(spec: MintSpec, inputs: SecretValue) -> tuple[tuple[str, str], ...]:
@@ -245,12 +298,11 @@ def minted_value(
 
 
 def refresh_due(obtained: float, expires_at: float, spec: MintSpec) -> float:
-    """When to mint again: ``refresh_before_seconds`` ahead of expiry, and never later than
-    two thirds into the token's life (a short-lived token is renewed well before its end)."""
+    """When to mint again: two thirds into the token's life, or ``refresh_before_seconds``
+    ahead of expiry if that is earlier, but never before half its life (a token shorter
+    than refresh_before_seconds is not minted again at once, over and over)."""
     life = max(expires_at - obtained, 1.0)
-    return max(
-        obtained + 0.5, min(expires_at - spec.refresh_before_seconds, obtained + life * 2 / 3)
-    )
+    return obtained + max(min(life * 2 / 3, life - spec.refresh_before_seconds), life / 2)
 
 
 def drop_at(obtained: float, expires_at: float, spec: MintSpec) -> float:

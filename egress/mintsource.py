@@ -9,14 +9,18 @@ and the names in ``upstream.resolve``; its certificate is always verified.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import http.client
 import logging
 import os
 import socket
 import ssl
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,11 +34,13 @@ from egress.minting import (
     minted_value,
     parse_answer,
     refresh_due,
+    rotated_refresh_token,
     token_request,
 )
-from egress.secrets import SecretSource, SecretStore, SecretValue, check_value
+from egress.secrets import SecretSource, SecretStore, SecretValue
 
 log = logging.getLogger("egress.mint")
+MAX_TOKEN_SCRUB = 86400  # a replaced token of unknown expiry is scrubbed this long
 
 Transport = Callable[[str, str, tuple[tuple[str, str], ...], bytes], tuple[int, bytes]]
 
@@ -72,16 +78,29 @@ def https_transport(
                 conn.sock = context.wrap_socket(sock, server_hostname=host)
 
             conn.connect = connect  # type: ignore[method-assign]
+        deadline = time.monotonic() + timeout  # for the whole call, not per read
         try:
             conn.request(method, (u.path or "/") + (f"?{u.query}" if u.query else ""), body,
                          dict(headers))  # fmt: skip
             resp = conn.getresponse()
-            data = resp.read(MAX_ANSWER_BYTES + 1)
-            if len(data) > MAX_ANSWER_BYTES:
-                raise MintError(
-                    f"the token endpoint {url} answered more than {MAX_ANSWER_BYTES} bytes"
-                )
-            return resp.status, data
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise MintError(f"the token endpoint {url} did not answer within {timeout:g} s")
+                if conn.sock is not None:
+                    conn.sock.settimeout(left)
+                chunk = resp.read1(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise MintError(
+                        f"the token endpoint {url} answered more than {MAX_ANSWER_BYTES} bytes"
+                    )
+                chunks.append(chunk)
+            return resp.status, b"".join(chunks)
         except (OSError, http.client.HTTPException) as e:
             # The type and errno only: some error texts quote what was sent.
             detail = type(e).__name__ + (
@@ -89,6 +108,10 @@ def https_transport(
             )
             if isinstance(e, ssl.SSLCertVerificationError):
                 detail = f"certificate not verified ({e.verify_message})"
+            if isinstance(e, TimeoutError):
+                raise MintError(
+                    f"the token endpoint {url} did not answer within {timeout:g} s"
+                ) from None
             raise MintError(f"the token endpoint {url} could not be reached ({detail})") from None
         finally:
             conn.close()
@@ -97,9 +120,8 @@ def https_transport(
 
 
 class MintedSource(SecretSource):
-    """A secret whose value is minted: the inner source gives the long-lived inputs (read
-    again at each mint, so a Vault rotation of the client secret is picked up); the token
-    endpoint gives the token. A rotated refresh token is kept in memory and, with
+    """A secret whose value is minted: the inner source gives the long-lived inputs; the
+    token endpoint gives the token. A rotated refresh token is kept in memory and, with
     ``mint.store``, in a file only the proxy's user can read."""
 
     def __init__(self, spec: SecretSpec, inner: SecretSource, transport: Transport,
@@ -112,7 +134,7 @@ class MintedSource(SecretSource):
         self.clock = clock
         self.obtained = 0.0
         self.expires_at = 0.0
-        self._rotated: str | None = self._read_store()
+        self._rotated: str | None = None  # the latest refresh token (mint.store: re-read)
         # The proxy's environment is scrubbed once secrets are loaded: env inputs are kept
         # from the first read. Files and Vault are read again at each mint (rotation).
         self._kept: SecretValue | None = None
@@ -124,48 +146,85 @@ class MintedSource(SecretSource):
     def env_vars_consumed(self) -> tuple[str, ...]:
         return self.inner.env_vars_consumed()
 
-    def _read_store(self) -> str | None:
+    @staticmethod
+    def _origin(configured: str | None) -> str:
+        """Which configured refresh token a stored one descends from (a hash, not the
+        token): when the operator configures a new one, the store no longer applies."""
+        return hashlib.sha256((configured or "").encode()).hexdigest()[:32]
+
+    def _read_store(self, configured: str | None) -> str | None:
         path = self.mint.store
         if path is None or not path.exists():
             return None
-        text = path.read_text(encoding="utf-8").strip()
-        return text or None
+        lines = path.read_text(encoding="utf-8").split("\n")
+        if len(lines) < 2 or lines[0].strip() != self._origin(configured):
+            return None
+        return lines[1].strip() or None
 
-    def _write_store(self, token: str) -> None:
+    def _write_store(self, token: str, configured: str | None) -> None:
         path = self.mint.store
         if path is None:
             return
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600, new
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(token + "\n")
+            f.write(f"{self._origin(configured)}\n{token}\n")
         os.replace(tmp, path)
 
+    @contextlib.contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        """Another egress on the same mint.store mints in turn and reads what this one
+        wrote (a refresh token used twice revokes its whole family on some servers).
+        docs/credentials.md still says: one process per store."""
+        path = self.mint.store
+        if path is None:
+            yield
+            return
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def fetch(self) -> SecretValue:
-        with self._lock:
-            inputs = self._kept or self.inner.fetch()
-            if self.spec.source.kind == "env":
-                self._kept = inputs
-            now = self.clock()
+        with self._lock, self._store_lock():
             try:
-                request = token_request(self.mint, inputs, now, self._rotated)
-                status, body = self.transport(
-                    request.method, request.url, request.headers, request.body
-                )
-                minted: Minted = parse_answer(self.mint, request.url, status, body, self.clock())
-            except MintError as e:
-                raise SecretLoadError(self.spec.name, self.describe(), str(e)) from None
-            if minted.refresh_token and minted.refresh_token != self._rotated:
-                self._rotated = minted.refresh_token
+                return self._mint()
+            except SecretLoadError:
+                raise
+            except Exception as e:  # noqa: BLE001 (a refresher must never die of one answer)
+                # The type only: an unexpected error's text could quote the answer.
+                raise SecretLoadError(self.spec.name, self.describe(),
+                                      f"minting failed ({type(e).__name__})") from None  # fmt: skip
+
+    def _mint(self) -> SecretValue:
+        inputs = self._kept or self.inner.fetch()
+        if self.spec.source.kind == "env":
+            self._kept = inputs
+        configured = inputs.part("refresh_token")
+        if self.mint.store is not None:
+            self._rotated = self._read_store(configured) or self._rotated
+        now = self.clock()
+        try:
+            request = token_request(self.mint, inputs, now, self._rotated)
+            status, body = self.transport(
+                request.method, request.url, request.headers, request.body
+            )
+            # Kept before the rest is checked: the server has already revoked the old one.
+            rotated = rotated_refresh_token(self.mint, status, body)
+            if rotated and rotated != self._rotated:
+                self._rotated = rotated
                 try:
-                    self._write_store(minted.refresh_token)
+                    self._write_store(rotated, configured)
                 except OSError as e:
                     log.error("mint: secret %s: could not write the rotated refresh token to %s "
                               "(%s); it is kept in memory only", self.spec.name, self.mint.store,
                               type(e).__name__)  # fmt: skip
-            self.obtained, self.expires_at = now, minted.expires_at
-            check_value(self.spec.name, self.describe(), minted.token)
-            return minted_value(minted.token, self.mint, inputs, self._rotated)
+            minted: Minted = parse_answer(self.mint, request.url, status, body, self.clock())
+        except MintError as e:
+            raise SecretLoadError(self.spec.name, self.describe(), str(e)) from None
+        self.obtained, self.expires_at = now, minted.expires_at
+        return minted_value(minted.token, self.mint, inputs, self._rotated)
 
 
 class MintRefresher:
@@ -175,8 +234,11 @@ class MintRefresher:
     the endpoint fails, egress retries every ``retry_seconds`` and serves the current token
     until ``expiry_margin_seconds`` before it expires; then it drops it, and requests that
     need it get 503 ``secret_unavailable`` until the endpoint answers again. A 401 from an
-    upstream on a flow that carried the token asks for one mint at once (``force``), at
-    most once per ``min_refresh_interval_seconds`` per secret.
+    upstream on a flow that carried the current token asks for one mint at once
+    (``force``), at most once per ``min_refresh_interval_seconds`` per secret. A replaced
+    token is still scrubbed until it expires (SecretStore.retain): it works upstream.
+    Expiring tokens are dropped between any two mints, so a slow endpoint (each call is
+    bounded by the transport's deadline) never keeps one served.
     """
 
     TICK = 0.1
@@ -188,6 +250,7 @@ class MintRefresher:
         self.clock = clock
         self.due: dict[str, float] = {}
         self.drop_at: dict[str, float] = {}
+        self.expires: dict[str, float] = {}  # the current token's expiry, per secret
         self.last_forced: dict[str, float] = {}
         self.failing: set[str] = set()
         self.errors = 0
@@ -199,6 +262,7 @@ class MintRefresher:
         self._thread = threading.Thread(target=self._run, name="egress-mint", daemon=True)
 
     def _schedule(self, name: str, src: MintedSource) -> None:
+        self.expires[name] = src.expires_at
         if src.expires_at:
             self.due[name] = refresh_due(src.obtained, src.expires_at, src.mint)
             self.drop_at[name] = drop_at(src.obtained, src.expires_at, src.mint)
@@ -241,22 +305,36 @@ class MintRefresher:
                 log.warning("mint: refresh failed unexpectedly (%s); retrying", type(e).__name__)
 
     def tick(self) -> None:
-        now = self.clock()
+        self._drop_expiring()
         for name, src in self.sources.items():
             if self._stop.is_set():
                 return
-            if now >= self.due.get(name, 0.0):
-                self._mint(name, src, now)
-            elif name not in self.failing:
+            now = self.clock()
+            if now < self.due.get(name, 0.0):
                 continue
-            if (
-                name in self.failing
-                and now >= self.drop_at.get(name, 0.0)
-                and self.store.get(name) is not None
-            ):
+            try:
+                self._mint(name, src, now)
+            except Exception as e:  # noqa: BLE001 (one secret's failure stops no other)
+                self.errors += 1
+                self.due[name] = now + src.mint.retry_seconds
+                self.failing.add(name)
+                log.warning("mint: secret %s: minting failed (%s)", name, type(e).__name__)
+            self._drop_expiring()
+
+    def _drop_expiring(self) -> None:
+        now = self.clock()
+        for name in self.sources:
+            current = self.store.get(name)
+            if current is not None and now >= self.drop_at.get(name, 0.0):
+                self._retain(name, current, now)
                 self.store.drop(name)
                 log.error("mint: secret %s: no new token before the current one expires; requests "
                           "that need it get 503 until the token endpoint answers again", name)  # fmt: skip
+
+    def _retain(self, name: str, value: SecretValue, now: float) -> None:
+        """A replaced token still works upstream until it expires: keep scrubbing it."""
+        expires = self.expires.get(name) or now + MAX_TOKEN_SCRUB
+        self.store.retain(name, value, expires + 60, now)
 
     def _mint(self, name: str, src: MintedSource, now: float) -> None:
         try:
@@ -271,6 +349,9 @@ class MintRefresher:
             self.failing.add(name)
             return
         self.mints += 1
+        old = self.store.get(name)
+        if old is not None and old != value:
+            self._retain(name, old, now)
         self.store.set(name, value)
         self._schedule(name, src)
         if name in self.failing:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from egress.errors import SecretLoadError
 # Values shorter than this are not searched for in requests to unbound hosts: a short value
 # matches innocent bytes too often to be evidence of a leak.
 MIN_SCAN_LENGTH = 8
+# Replaced tokens kept per secret (at most one a min_refresh_interval_seconds, so a day of
+# agent-forced mints at the shortest interval still fits).
+RETAINED_MAX = 4096
 
 
 class SecretValue:
@@ -242,6 +246,10 @@ class SecretStore:
         self._values: dict[str, SecretValue] = {}
         # The value each secret had before its last rotation: upstreams may still echo it.
         self._previous: dict[str, SecretValue] = {}
+        # Minted tokens replaced before they expired: still valid at their upstream, so
+        # still scrubbed until then (name -> [(value, until)]), however often they rotate.
+        self._retained: dict[str, list[tuple[SecretValue, float]]] = {}
+        self.clock = time.time
         self.version = 0  # changes whenever a value does
         self.problems: dict[str, str] = {}  # name -> why it is not loaded (no values)
 
@@ -276,15 +284,26 @@ class SecretStore:
             self._previous[name] = old
             self.version += 1
 
+    def retain(self, name: str, value: SecretValue, until: float, now: float) -> None:
+        """Keep ``value`` among the values that must never reach a client until ``until``
+        (epoch seconds): a token replaced before it expired is still a working credential."""
+        kept = [(v, u) for v, u in self._retained.get(name, []) if u > now and v != value]
+        kept.append((value, until))
+        self._retained[name] = kept[-RETAINED_MAX:]
+        self.version += 1
+
     def loaded(self) -> list[tuple[SecretSpec, SecretValue]]:
         # .get, not [] after `in`: the refresher thread may drop a value in between.
         return [(s, v) for s in self.specs if (v := self._values.get(s.name)) is not None]
 
     def known(self) -> list[tuple[SecretSpec, SecretValue]]:
         """Current and previous values: everything that must never reach a client."""
-        return self.loaded() + [
-            (s, v) for s in self.specs if (v := self._previous.get(s.name)) is not None
-        ]
+        now = self.clock()
+        return (
+            self.loaded()
+            + [(s, v) for s in self.specs if (v := self._previous.get(s.name)) is not None]
+            + [(s, v) for s in self.specs for v, u in self._retained.get(s.name, ()) if u > now]
+        )
 
     def env_vars_consumed(self) -> set[str]:
         return {v for src in self.sources.values() for v in src.env_vars_consumed()}

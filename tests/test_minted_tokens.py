@@ -221,7 +221,7 @@ def test_google_service_account(tmp_path: Path, test_ca_file: Path, server: Toke
     key_file.chmod(0o600)
     CANARIES.add(info["private_key"])
     secret = {"source": {"file": str(key_file), "key": "sa"},
-              "mint": {"type": "google_service_account",
+              "mint": {"type": "google_service_account", "token_url": server.token_url,
                        "scopes": ["https://www.googleapis.com/auth/devstorage.read_only"]}}  # fmt: skip
     p = start(tmp_path, mint_config(tmp_path, test_ca_file, server, secret))
     try:
