@@ -17,6 +17,7 @@ from egress.addons.base import EgressAddon, decoded_body, deny, fail_closed, met
 from mitmproxy import http
 
 from egress import decoding, sigv4
+from egress.awsplan import credential_action_denial
 from egress.config import SecretSpec
 from egress.deepfind import find_deep
 from egress.encodings import Pause, no_pause
@@ -24,7 +25,6 @@ from egress.injection import (
     Denial,
     Injection,
     RequestParts,
-    credential_action_denial,
     is_signed,
     plan,
     refuse_signed_body,

@@ -16,57 +16,21 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from urllib.parse import quote, quote_plus
 
 from egress import sigv4
+from egress.awsplan import foreign_aws_key, resign_check
 from egress.config import SecretSpec
 from egress.deepfind import find_deep
 from egress.encodings import Pause, SecretForms, no_pause, value_forms
 from egress.grammar import fold_name
 from egress.reasons import Reason
+
+# The request's parts and the answers live in egress.requestparts (egress.awsplan needs
+# them too); they are imported from here as well.
+from egress.requestparts import Denial, Header, Injection, RequestParts, utc_now  # noqa: F401
 from egress.secretindex import SecretIndex
 from egress.secrets import SecretValue
-
-Header = tuple[str, str]
-
-
-@dataclass(frozen=True)
-class RequestParts:
-    scheme: str
-    host: str  # canonical
-    method: str
-    path: str  # path and query, as sent
-    headers: tuple[Header, ...]
-    body: bytes | None  # None when the body was not buffered
-    content_type: str = ""
-    # Redirected by the kernel (transparent mode): over plain HTTP the host is only the
-    # agent's Host header, so no secret is ever injected.
-    transparent: bool = False
-
-
-@dataclass(frozen=True)
-class Denial:
-    reason: Reason
-    detail: str
-    secret: str | None = None
-
-
-@dataclass
-class Injection:
-    headers: list[Header]
-    path: str
-    body: bytes | None
-    injected: list[str] = field(default_factory=list)
-    body_changed: bool = False
-    # An AWS secret whose placeholder key id signed the request: the addon signs it again
-    # with the real credentials (egress.sigv4), now or once the body is in.
-    resign: tuple[SecretSpec, sigv4.Signed] | None = None
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _decode_basic(value: str) -> str | None:
@@ -284,122 +248,6 @@ def _signed_refusal(name: str) -> Denial:
     )
 
 
-def credential_action_denial(
-    spec: SecretSpec, signed: sigv4.Signed, path: str, headers: tuple[Header, ...] | list[Header],
-    body: bytes | None,
-) -> Denial | None:  # fmt: skip
-    """A request for a credential of its own (sigv4.CREDENTIAL_ACTIONS), unless allowed."""
-    assert spec.aws is not None
-    if spec.aws.allow_credential_actions:
-        return None
-    action = sigv4.credential_action(signed, path, headers, body)
-    if action is None:
-        return None
-    return Denial(
-        Reason.AWS_CREDENTIAL_ACTION,
-        f"the request asks {signed.service} for {action}, whose answer is a credential of its "
-        f"own: signed with the real key of {spec.name!r} it would give the agent a working "
-        f"credential past egress. To allow it, set secrets[{spec.index}].aws."
-        "allow_credential_actions: true",
-        spec.name,
-    )
-
-
-def _foreign_aws_key(
-    req: RequestParts, index: SecretIndex, bound: tuple[int, ...]
-) -> Denial | None:
-    """A presigned URL on a host with a bound AWS secret must be signed with its placeholder
-    key id (the Authorization header form is checked with the other auth headers)."""
-    aws = [index.specs[k] for k in bound if index.specs[k].scheme == "aws_sigv4"]
-    if not aws or "?" not in req.path:
-        return None
-    signed = sigv4.parse(req.headers, req.path)
-    if not isinstance(signed, sigv4.Signed) or signed.form != "query":
-        return None
-    if any(s.placeholder == signed.access_key_id for s in aws) or not all(
-        s.require_placeholder for s in aws
-    ):
-        return None
-    names = ", ".join(s.name for s in aws)
-    return Denial(
-        Reason.FOREIGN_CREDENTIAL,
-        f"the presigned URL of a request to {req.host!r} is signed with an access key id that is "
-        f"not the placeholder of {names}: sign with the placeholder (egress signs again with "
-        "the real key)",
-        aws[0].name,
-    )
-
-
-def _aws_resign(
-    req: RequestParts, spec: SecretSpec, where: list[str], value: SecretValue | None
-) -> Denial | sigv4.Signed:
-    """Whether a request carrying the placeholder key id of an AWS secret can be re-signed."""
-    assert spec.aws is not None
-    signed = sigv4.parse(req.headers, req.path)
-    if isinstance(signed, sigv4.Refusal):
-        reason = (Reason.SIGNATURE_SCHEME_UNSUPPORTED if signed.code == "unsupported"
-                  else Reason.MALFORMED_REQUEST)  # fmt: skip
-        return Denial(reason, f"{signed.detail} (secret {spec.name!r})", spec.name)
-    if signed is None or signed.access_key_id != spec.placeholder:
-        return Denial(
-            Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED,
-            f"the placeholder of secret {spec.name!r} is in the {where[0]} of the request, but "
-            f"the request is not signed (AWS SigV4) with it: {spec.name!r} is an AWS access key "
-            "id, used only to sign requests that egress signs again",
-            spec.name,
-        )
-    home = "headers" if signed.form == "header" else "query"
-    outside = [w for w in where if w != home]
-    if outside:
-        return Denial(
-            Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED,
-            f"the placeholder key id of secret {spec.name!r} is in the {outside[0]} of the "
-            f"request as well as in its signature; egress substitutes it nowhere",
-            spec.name,
-        )
-    if signed.form == "query" and not spec.aws.presigned:
-        return Denial(
-            Reason.SIGNATURE_SCHEME_UNSUPPORTED,
-            f"a presigned URL signed with the placeholder of {spec.name!r}, and "
-            f"secrets[{spec.index}].aws.presigned is false",
-            spec.name,
-        )
-    problem = sigv4.scope_problem(signed, req.host, spec.aws)
-    if problem:
-        return Denial(
-            Reason.AWS_SCOPE_MISMATCH,
-            f"{problem}; secret {spec.name!r} signs only where its aws: block and its hosts "
-            f"allow (add the region or service to secrets[{spec.index}].aws, or name the "
-            "endpoint in aws.endpoints)",
-            spec.name,
-        )
-    refused = credential_action_denial(spec, signed, req.path, req.headers, None)
-    if refused is not None:
-        return refused
-    if signed.form == "query":
-        problem = sigv4.presign_problem(signed, utc_now(), spec.aws)
-        if problem:
-            return Denial(
-                Reason.PRESIGN_EXPIRED,
-                f"the presigned URL signed with the placeholder of {spec.name!r} is not valid now: "
-                f"{problem}",
-                spec.name,
-            )
-    if req.scheme != "https" and (req.transparent or not spec.allow_http):
-        return Denial(
-            Reason.PLAINTEXT_INJECTION,
-            f"secret {spec.name!r} signs only requests sent over HTTPS; use https://",
-            spec.name,
-        )
-    if value is None:
-        return Denial(
-            Reason.SECRET_UNAVAILABLE,
-            f"secret {spec.name!r} is not loaded, so the request was not sent",
-            spec.name,
-        )
-    return signed
-
-
 def plan(
     req: RequestParts,
     secrets: list[tuple[SecretSpec, SecretValue | None]] | None,
@@ -448,7 +296,7 @@ def plan(
             name,
         )
     # 2. The agent must not log in to a bound host with a credential of its own.
-    foreign = _foreign_credential(req, index) or _foreign_aws_key(req, index, view.bound)
+    foreign = _foreign_credential(req, index) or foreign_aws_key(req, index, view.bound)
     if foreign is not None:
         return foreign
     # 3. Each placeholder on its bound host: where it is, and whether it can be injected.
@@ -459,7 +307,7 @@ def plan(
         spec = index.specs[k]
         value = index.values.get(spec.name)
         if spec.scheme == "aws_sigv4":
-            checked = _aws_resign(req, spec, where, value)
+            checked = resign_check(req, spec, where, value)
             if isinstance(checked, Denial):
                 return checked
             resign = (spec, checked)

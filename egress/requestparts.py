@@ -1,0 +1,49 @@
+"""The request as the secret checks see it, and what they answer (plain data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from egress import sigv4
+from egress.config import SecretSpec
+from egress.reasons import Reason
+
+Header = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class RequestParts:
+    scheme: str
+    host: str  # canonical
+    method: str
+    path: str  # path and query, as sent
+    headers: tuple[Header, ...]
+    body: bytes | None  # None when the body was not buffered
+    content_type: str = ""
+    # Redirected by the kernel (transparent mode): over plain HTTP the host is only the
+    # agent's Host header, so no secret is ever injected.
+    transparent: bool = False
+
+
+@dataclass(frozen=True)
+class Denial:
+    reason: Reason
+    detail: str
+    secret: str | None = None
+
+
+@dataclass
+class Injection:
+    headers: list[Header]
+    path: str
+    body: bytes | None
+    injected: list[str] = field(default_factory=list)
+    body_changed: bool = False
+    # An AWS secret whose placeholder key id signed the request: the addon signs it again
+    # with the real credentials (egress.sigv4), now or once the body is in.
+    resign: tuple[SecretSpec, sigv4.Signed] | None = None
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
