@@ -61,7 +61,10 @@ class ReachEntry:
     schemes: tuple[str, ...]  # where injection happens (http only with allow_http)
     methods: tuple[str, ...] | None  # None: any method
     paths: tuple[str, ...] | None  # None: any path
-    surfaces: tuple[str, ...]  # headers, query, body, websocket
+    surfaces: tuple[str, ...]  # headers, query, body, websocket; "signature" for aws_sigv4
+    # What egress puts there: "static" (the value), "aws_sigv4" (a new signature),
+    # "minted <type>" (a token egress obtains, e.g. "minted github_app").
+    kind: str = "static"
 
 
 @dataclass(frozen=True)

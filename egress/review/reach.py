@@ -13,7 +13,7 @@ from egress.hostnames import HostPattern
 from egress.review.model import HostEntry, Location, ReachEntry
 
 # The order surfaces are listed in everywhere.
-SURFACE_ORDER = ("headers", "query", "body", "websocket")
+SURFACE_ORDER = ("headers", "query", "body", "websocket", "signature")
 
 
 def location(cfg: Config, key: str) -> Location:
@@ -64,7 +64,15 @@ def injection_schemes(cfg: Config, spec: SecretSpec, rule: Rule) -> tuple[str, .
     return tuple(s for s in rule.schemes if s in allowed)
 
 
+def credential_kind(spec: SecretSpec) -> str:
+    if spec.scheme != "static":
+        return spec.scheme
+    return f"minted {spec.mint.type}" if spec.mint else "static"
+
+
 def surfaces(spec: SecretSpec, rule: Rule) -> tuple[str, ...]:
+    if spec.scheme == "aws_sigv4":
+        return ("signature",)  # nothing substituted: the request is signed again
     got = set(spec.surfaces)
     if rule.websocket and got & {"headers", "query"}:
         got.add("websocket")  # the upgrade request (headers, URL) carries it
@@ -85,7 +93,7 @@ def reach_entries(cfg: Config) -> list[ReachEntry]:
                 out.append(ReachEntry(
                     secret=spec.name, host=host.text, rule=rule.label, ports=rule.ports,
                     schemes=schemes, methods=rule.methods, paths=rule.paths,
-                    surfaces=surfaces(spec, rule),
+                    surfaces=surfaces(spec, rule), kind=credential_kind(spec),
                 ))  # fmt: skip
     return out
 

@@ -153,7 +153,9 @@ def reach_by_secret(report: Report) -> list[tuple[str, ReachEntry | None]]:
     rows: list[tuple[str, ReachEntry | None]] = []
     for name in secrets_in_order(report):
         entries = [r for r in report.reach if r.secret == name]
-        rows += [(name if i == 0 else "", r) for i, r in enumerate(entries)] or [(name, None)]
+        kind = entries[0].kind if entries else "static"
+        label = name if kind == "static" else f"{name} ({kind})"  # what egress injects
+        rows += [(label if i == 0 else "", r) for i, r in enumerate(entries)] or [(name, None)]
     return rows
 
 
