@@ -359,3 +359,31 @@ def test_presigned_url(aws_proxy: RunningProxy, s3: S3Upstream, upstream: Upstre
         r = c.get(v2)
     assert r.status_code == 403 and r.headers["x-egress-reason"] == "signature_scheme_unsupported"
     assert "s3v4" in r.text
+
+
+def test_credentials_from_vault_kv(tmp_path: Path, s3: S3Upstream, upstream: Upstream,
+                                   test_ca_file: Path, vault: Any) -> None:  # fmt: skip
+    """The three parts read together from one real OpenBao KV v2 secret, keys named as
+    Vault's AWS engine names them (access_key, secret_key, security_token: null for an IAM
+    user), with a token that may read only that path."""
+    vault.kv2_put("agents/aws", {"access_key": s3.real_access_key_id or "",
+                                 "secret_key": s3.real_secret_access_key or "",
+                                 "region": "us-east-1"})  # fmt: skip
+    vault.policy("egress-aws", 'path "secret/data/agents/aws" { capabilities = ["read"] }')
+    cfg = aws_config(tmp_path, test_ca_file, s3, upstream.port)
+    cfg["secrets"][-1]["source"] = {"vault": {"path": "agents/aws", "keys": {
+        "access_key_id": "access_key", "secret_access_key": "secret_key",
+        "session_token": "security_token"}}}  # fmt: skip
+    cfg["vault"] = {"address": vault.address, "ca_file": str(vault.ca_file), "timeout_seconds": 5,
+                    "auth": {"method": "token", "token_env": "EGRESS_VAULT_TOKEN"}}  # fmt: skip
+    p = run_proxy(tmp_path, cfg, EGRESS_VAULT_TOKEN=vault.token(["egress-aws"]))
+    try:
+        client = agent(p, s3)
+        client.create_bucket(Bucket="from-vault")
+        client.put_object(Bucket="from-vault", Key="k", Body=b"signed with a key from OpenBao")
+        assert s3.client("s3").get_object(Bucket="from-vault", Key="k")["Body"].read() == (
+            b"signed with a key from OpenBao"
+        )
+    finally:
+        assert p.stop() == 0
+    assert s3.real_secret_access_key not in p.outputs()
