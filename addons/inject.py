@@ -16,7 +16,7 @@ from egress.addons.audit import record_websocket
 from egress.addons.base import EgressAddon, decoded_body, deny, fail_closed, meta
 from mitmproxy import http
 
-from egress import decoding, sigv4
+from egress import decoding, hmacsign, sigv4
 from egress.awsplan import credential_action_denial
 from egress.config import SecretSpec
 from egress.deepfind import find_deep
@@ -88,6 +88,7 @@ class SecretInjector(EgressAddon):
     async def request(self, flow: http.HTTPFlow) -> None:
         await self._check_body(flow)
         self._resign_pending(flow)
+        self._hmac_pending(flow)
 
     async def _check_body(self, flow: http.HTTPFlow) -> None:
         m, req = meta(flow), flow.request
@@ -157,7 +158,7 @@ class SecretInjector(EgressAddon):
         return False
 
     def _apply(self, flow: http.HTTPFlow, result: Denial | Injection) -> None:
-        m, req, rt = meta(flow), flow.request, self.runtime
+        m, rt = meta(flow), self.runtime
         if isinstance(result, Denial):
             deny(flow, rt, result.reason, result.detail, rule=m.get("rule"), secret=result.secret)
             return
@@ -166,8 +167,13 @@ class SecretInjector(EgressAddon):
         if result.resign is not None:
             self._resign_or_wait(flow, *result.resign)
             return
-        if not result.injected:
-            return
+        if result.injected:
+            self._substitute(flow, result)
+        if result.sign_hmac is not None and flow.response is None:
+            self._hmac_wait(flow, result.sign_hmac)
+
+    def _substitute(self, flow: http.HTTPFlow, result: Injection) -> None:
+        m, req, rt = meta(flow), flow.request, self.runtime
         if result.body_changed and result.body is not None:
             if decoding.is_aws_chunked(req.headers.get("content-encoding", "")):
                 # Setting the content would drop the framing but keep the headers that
@@ -190,6 +196,45 @@ class SecretInjector(EgressAddon):
         # current token, not for one already replaced (StaleTokens).
         m["injected_digests"] = {name: token_digest(v) for name in result.injected
                                  if (v := values.get(name)) is not None}  # fmt: skip
+
+    def _hmac_wait(self, flow: http.HTTPFlow, spec: SecretSpec) -> None:
+        """The signature covers the body: it is written once the body is in. The header
+        with the placeholder goes now, so that it never leaves even if a chunked body
+        turns out to be large and mitmproxy starts streaming it."""
+        m, req, rt = meta(flow), flow.request, self.runtime
+        assert spec.hmac is not None
+        length = req.headers.get("content-length", "")
+        if length.isdigit() and int(length) > rt.config.max_body_bytes:
+            deny(flow, rt, Reason.BODY_TOO_LARGE,
+                 f"the request body ({length} bytes) is over limits.max_body_bytes "
+                 f"({rt.config.max_body_bytes}): the HMAC signature of {spec.name!r} covers the "
+                 "body, and a streamed body cannot be read first",
+                 rule=m.get("rule"), secret=spec.name)  # fmt: skip
+            return
+        m["hmac_sign"] = spec
+        del req.headers[spec.hmac.header]
+
+    def _hmac_pending(self, flow: http.HTTPFlow) -> None:
+        m, req, rt = meta(flow), flow.request, self.runtime
+        spec = m.pop("hmac_sign", None)
+        if spec is None or flow.response is not None:
+            return
+        value = rt.index().values.get(spec.name)
+        if req.raw_content is None or value is None:
+            reason = Reason.BODY_TOO_LARGE if value is not None else Reason.SECRET_UNAVAILABLE
+            why = ("the request body streamed past limits.max_body_bytes before egress could "
+                   "sign it; it went out unsigned and was cut off" if value is not None
+                   else "the secret is not loaded, so the request was not sent")  # fmt: skip
+            deny(flow, rt, reason, f"{spec.name!r}: {why}", rule=m.get("rule"), secret=spec.name)
+            return
+        signed = hmacsign.sign(spec.hmac, value, req.method, req.path,
+                               list(req.headers.items(multi=True)), req.raw_content, time.time())  # fmt: skip
+        req.headers = http.Headers(
+            [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+             for k, v in signed.headers]
+        )  # fmt: skip
+        m["scrub_extra"] = [*m.get("scrub_extra", []), signed.signature.encode()]
+        m["secrets"] = [*m.get("secrets", []), spec.name]
 
     def _resign_or_wait(self, flow: http.HTTPFlow, spec: SecretSpec, signed: sigv4.Signed) -> None:
         """Sign an AWS request again now, when its signature does not cover the body (the

@@ -269,7 +269,8 @@ def _label(v: Verdict) -> str | None:
 
 def _secrets_line(v: Verdict) -> str:
     if v.injected:
-        return ", ".join(f"{s.name} (re-signed)" if s.scheme == "aws_sigv4" else f"{s.name} (injected)"
+        label = {"aws_sigv4": "re-signed", "hmac": "signed"}
+        return ", ".join(f"{s.name} ({label.get(s.scheme, 'injected')})"
                          for m in v.secrets if (s := m.spec).name in v.injected)  # fmt: skip
     bound = [m.spec for m in v.secrets if m.bound]
     if not bound:
@@ -382,6 +383,10 @@ def _secret_text(v: Verdict, sm: SecretMatch) -> str:
     if not sm.bound:
         hosts = ", ".join(h.text for h in spec.hosts)
         text = f"bound to {hosts}, not to this host; its placeholder is {where}"
+    elif spec.scheme == "hmac" and spec.hmac is not None:
+        text = (f"bound to this host; its placeholder, as the whole {spec.hmac.header} header, is "
+                f"replaced by an HMAC-{spec.hmac.algorithm.upper()} signature of the request made "
+                f"with the real key (over https only); its placeholder is {where}")  # fmt: skip
     elif spec.scheme == "aws_sigv4":
         text = (f"bound to this host; requests signed (AWS SigV4) with its placeholder key id "
                 f"are signed again with the real key (over https only); its placeholder is {where}")  # fmt: skip
@@ -391,7 +396,13 @@ def _secret_text(v: Verdict, sm: SecretMatch) -> str:
         text = (f"bound to this host, injected into {', '.join(sorted(spec.surfaces))}{https}{minted}; "
                 f"its placeholder is {where}")  # fmt: skip
     if spec.name in v.injected:
-        return text + (": re-signed" if spec.scheme == "aws_sigv4" else ": injected")
+        return text + (
+            ": signed"
+            if spec.scheme == "hmac"
+            else ": re-signed"
+            if spec.scheme == "aws_sigv4"
+            else ": injected"
+        )
     if v.secret == spec.name:
         return text + f": refused ({v.reason.value})"
     return text

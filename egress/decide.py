@@ -410,6 +410,11 @@ def decide_request(
                     f"{signed.service} in {signed.region} ({signed.form} form); egress signs it "
                     "again with the real key")  # fmt: skip
         v.injected += result.injected
+        if result.sign_hmac is not None and result.sign_hmac.hmac is not None:
+            v.injected.append(result.sign_hmac.name)
+            return (f"{result.sign_hmac.name} (hmac): its placeholder is the "
+                    f"{result.sign_hmac.hmac.header} header; egress writes the signature there "
+                    "once the body is in")  # fmt: skip
         return _injected("headers, path and query", result.injected)
 
     def body_method() -> str:

@@ -18,7 +18,7 @@ import binascii
 import json
 from urllib.parse import quote, quote_plus
 
-from egress import sigv4
+from egress import hmacsign, sigv4
 from egress.awsplan import foreign_aws_key, resign_check
 from egress.config import SecretSpec
 from egress.deepfind import find_deep
@@ -237,6 +237,33 @@ def refuse_signed_body(result: Denial | Injection, signed: bool) -> Denial | Inj
     return result
 
 
+def _hmac_check(
+    req: RequestParts, spec: SecretSpec, where: list[str], value: SecretValue | None
+) -> Denial | None:
+    """An hmac secret's placeholder must be, whole, the value of its signature header."""
+    assert spec.hmac is not None
+    header = spec.hmac.header.lower()
+    values = [v for k, v in req.headers if k.lower() == header]
+    elsewhere = any(spec.placeholder in v for k, v in req.headers if k.lower() != header)
+    if where != ["headers"] or values != [spec.placeholder] or elsewhere:
+        return Denial(
+            Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED,
+            f"the placeholder of secret {spec.name!r} (scheme hmac) goes once, whole, as the value "
+            f"of the {spec.hmac.header} header, where egress writes the signature; it is elsewhere "
+            "in this request",
+            spec.name,
+        )
+    if req.scheme != "https" and (req.transparent or not spec.allow_http):
+        return Denial(Reason.PLAINTEXT_INJECTION,
+                      f"secret {spec.name!r} signs only requests sent over HTTPS; use https://",
+                      spec.name)  # fmt: skip
+    if value is None or hmacsign.key_problem(value, spec.hmac.key_encoding):
+        why = "is not loaded" if value is None else f"is not a {spec.hmac.key_encoding} key"
+        return Denial(Reason.SECRET_UNAVAILABLE,
+                      f"secret {spec.name!r} {why}, so the request was not sent", spec.name)  # fmt: skip
+    return None
+
+
 def _signed_refusal(name: str) -> Denial:
     return Denial(
         Reason.SIGNATURE_SCHEME_UNSUPPORTED,
@@ -272,6 +299,7 @@ def plan(
     placeholders = placeholder_surfaces(req, index)
     to_inject: list[tuple[SecretSpec, SecretValue, list[str]]] = []
     resign: tuple[SecretSpec, sigv4.Signed] | None = None
+    sign_hmac: SecretSpec | None = None
     found = sorted(placeholders)  # in config order, as the checks below report them
     # 1. Nothing of a secret may go to a host it is not bound to.
     for k in found:
@@ -311,6 +339,12 @@ def plan(
             if isinstance(checked, Denial):
                 return checked
             resign = (spec, checked)
+            continue
+        if spec.scheme == "hmac":
+            refused = _hmac_check(req, spec, where, value)
+            if refused is not None:
+                return refused
+            sign_hmac = spec
             continue
         outside = [s for s in where if s not in spec.surfaces]
         if outside:
@@ -356,7 +390,10 @@ def plan(
             )
         to_inject.append((spec, value, where))
 
-    out = Injection(headers=list(req.headers), path=req.path, body=req.body, resign=resign)
+    out = Injection(headers=list(req.headers), path=req.path, body=req.body, resign=resign,
+                    sign_hmac=sign_hmac)  # fmt: skip
+    if resign is not None and sign_hmac is not None:
+        return _signed_refusal(sign_hmac.name)
     if resign is not None and to_inject:
         return _signed_refusal(to_inject[0][0].name)
     for spec, value, where in to_inject:

@@ -43,6 +43,9 @@ class Injection:
     # An AWS secret whose placeholder key id signed the request: the addon signs it again
     # with the real credentials (egress.sigv4), now or once the body is in.
     resign: tuple[SecretSpec, sigv4.Signed] | None = None
+    # An hmac secret whose placeholder is the signature header's value: the addon writes
+    # the signature once the body is in (egress.hmacsign).
+    sign_hmac: SecretSpec | None = None
 
 
 def utc_now() -> datetime:

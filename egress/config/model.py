@@ -114,7 +114,7 @@ class VaultConfig:
     revoke_on_shutdown: bool
 
 
-SECRET_SCHEMES = ("static", "aws_sigv4")
+SECRET_SCHEMES = ("static", "aws_sigv4", "hmac")
 # The parts of a multi-part secret, per scheme: (required roles, optional roles).
 SCHEME_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "aws_sigv4": (("access_key_id", "secret_access_key"), ("session_token",)),
@@ -172,6 +172,18 @@ class MintSpec:
 
 
 @dataclass(frozen=True)
+class HmacSpec:
+    """How an hmac secret signs (egress.hmacsign, docs/credentials.md)."""
+
+    header: str  # where the agent puts the placeholder and egress writes the signature
+    algorithm: str = "sha256"  # sha1 | sha256 | sha512
+    key_encoding: str = "raw"  # raw | hex | base64
+    message: str = "{body}"
+    value: str = "{hex}"
+    timestamp_header: str | None = None  # egress sets it (Unix seconds) and may sign it
+
+
+@dataclass(frozen=True)
 class SecretSpec:
     index: int
     name: str
@@ -193,6 +205,7 @@ class SecretSpec:
     # placeholder access key id are re-signed with the real credentials.
     scheme: str = "static"
     aws: AwsSpec | None = None
+    hmac: HmacSpec | None = None
     # More variables for the agent (egress exec/env): (name, value) with no secret in it,
     # e.g. AWS_SECRET_ACCESS_KEY set to a dummy the agent's SDK signs with.
     agent_env: tuple[tuple[str, str], ...] = ()

@@ -13,6 +13,7 @@ from egress.config.aws_spec import (
     parse_aws,
 )
 from egress.config.checker import Checker, file_path
+from egress.config.hmac_spec import parse_hmac
 from egress.config.mint_spec import parse_mint
 from egress.config.model import (
     _ENV_NAME,
@@ -143,7 +144,7 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
     known = (
         "name", "source", "hosts", "placeholder", "placeholder_prefix", "placeholder_length", "env",
         "inject", "body_max_bytes", "allow_http", "required", "require_placeholder", "auth_headers",
-        "allow_unscrubbable", "netrc", "scheme", "aws", "mint",
+        "allow_unscrubbable", "netrc", "scheme", "aws", "mint", "hmac",
     )  # fmt: skip
     m = c.mapping(node, key, known, ("name", "source", "hosts"))
     if m is None:
@@ -208,14 +209,20 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
             "request surface unencoded)",
         )
     env, agent_env = _parse_env(c, m, key, scheme)
-    if scheme == "aws_sigv4":
+    if scheme in ("aws_sigv4", "hmac"):
         for k in ("inject", "body_max_bytes", "auth_headers", "netrc"):
             if k in m:
-                c.err(f"{key}.{k}", "does not go with scheme aws_sigv4: egress re-signs the "
+                c.err(f"{key}.{k}", f"does not go with scheme {scheme}: egress signs the "
                       "request, it substitutes nothing")  # fmt: skip
-    elif "aws" in m:
-        c.err(f"{key}.aws", "goes with 'scheme: aws_sigv4' only")
+    for block, owner in (("aws", "aws_sigv4"), ("hmac", "hmac")):
+        if block in m and scheme != owner:
+            c.err(f"{key}.{block}", f"goes with 'scheme: {owner}' only")
+    if scheme == "hmac" and "hmac" not in m:
+        c.err(f"{key}.hmac", "is required with scheme hmac: at least {header: NAME}")
     aws = parse_aws(c, m.get("aws"), f"{key}.aws") if scheme == "aws_sigv4" else None
+    hmac_spec = (
+        parse_hmac(c, m["hmac"], f"{key}.hmac") if scheme == "hmac" and "hmac" in m else None
+    )
     surfaces = c.str_list(m, key, "inject") or ["headers"]
     for j, s in enumerate(surfaces):
         if s not in SURFACES:
@@ -227,7 +234,8 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
         c.err(f"{key}.body_max_bytes", "must be positive")
     allow_http = c.typed(m, key, "allow_http", bool, False)
     required = c.typed(m, key, "required", bool, True)
-    default_auth = ["authorization"] if scheme == "aws_sigv4" else ["authorization", "x-api-key"]
+    default_auth = (["authorization"] if scheme == "aws_sigv4"
+                    else [hmac_spec.header] if hmac_spec else ["authorization", "x-api-key"])  # fmt: skip
     auth_headers = [fold_name(h) for h in c.str_list(m, key, "auth_headers") or default_auth]
     if len(c.problems) > start or name is None or source is None or placeholder is None:
         return None
@@ -249,6 +257,7 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
         netrc=c.typed(m, key, "netrc", bool, False),
         scheme=scheme,
         aws=aws,
+        hmac=hmac_spec,
         agent_env=agent_env,
         mint=mint,
     )

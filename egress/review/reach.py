@@ -71,8 +71,8 @@ def credential_kind(spec: SecretSpec) -> str:
 
 
 def surfaces(spec: SecretSpec, rule: Rule) -> tuple[str, ...]:
-    if spec.scheme == "aws_sigv4":
-        return ("signature",)  # nothing substituted: the request is signed again
+    if spec.scheme in ("aws_sigv4", "hmac"):
+        return ("signature",)  # nothing substituted: egress signs the request
     got = set(spec.surfaces)
     if rule.websocket and got & {"headers", "query"}:
         got.add("websocket")  # the upgrade request (headers, URL) carries it
