@@ -243,7 +243,8 @@ class SecretInjector(EgressAddon):
         removed, so that nothing signed with the placeholder goes out even if mitmproxy
         starts streaming a chunked body that turns out to be large."""
         m, req, rt = meta(flow), flow.request, self.runtime
-        if signed.service == "s3" and (signed.payload_hash is not None or signed.form == "query"):
+        body_free = signed.payload_hash is not None and signed.payload_hash != sigv4.SIGNED_CHUNKS
+        if signed.service == "s3" and (body_free or signed.form == "query"):
             self._resign(flow, spec, signed, None)
             return
         # Other services: their body is hashed, and read for a credential action first.
@@ -272,7 +273,17 @@ class SecretInjector(EgressAddon):
             return
         authority = req.host_header or m["host"]
         headers = list(req.headers.items(multi=True))
-        if signed.form == "header":
+        if signed.payload_hash == sigv4.SIGNED_CHUNKS:
+            assert body is not None
+            try:
+                new, signature, framed = sigv4.resign_chunked(signed, value, req.method, authority,
+                                                              req.path, headers, body, utc_now())  # fmt: skip
+            except ValueError as e:
+                deny(flow, rt, Reason.MALFORMED_REQUEST, f"a signed aws-chunked body: {e}",
+                     rule=m.get("rule"), secret=spec.name)  # fmt: skip
+                return
+            req.raw_content = framed
+        elif signed.form == "header":
             new, signature = sigv4.resign_header(signed, value, req.method, authority, req.path,
                                                  headers, body, utc_now())  # fmt: skip
         else:

@@ -18,6 +18,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import quote, unquote, unquote_to_bytes
 
 from egress.config.model import AwsSpec
@@ -42,9 +43,11 @@ _HEADER_VALUE = re.compile(r"^[\x20-\x7e]*$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # Payload hashes egress can keep as the agent declared them: the upstream checks a hex hash
 # against the body itself, and the others say the body is not signed (egress to upstream is
-# TLS). Signed chunks (STREAMING-AWS4-HMAC-SHA256-PAYLOAD...) chain from the signature, so
-# each chunk would need signing again: refused for now.
-_KEEP_PAYLOAD = ("UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
+# TLS). Signed chunks chain from the header signature: egress signs each chunk again
+# (resign_chunks, checked against AWS's published example). The trailer variant
+# (...-PAYLOAD-TRAILER) is refused: no verifier here for its trailer signature.
+SIGNED_CHUNKS = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+_KEEP_PAYLOAD = ("UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER", SIGNED_CHUNKS)
 # The query parameters of a presigned URL that carry its signature: replaced as a whole.
 _QUERY_AUTH = frozenset({"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
                          "X-Amz-SignedHeaders", "X-Amz-Signature", "X-Amz-Security-Token"})  # fmt: skip
@@ -175,10 +178,9 @@ def _parse_header(auth: str, headers: tuple[Header, ...] | list[Header]) -> Sign
     payload = declared[0].strip() if declared else None
     if payload is not None and payload not in _KEEP_PAYLOAD and not _HEX64.match(payload):
         if payload.startswith("STREAMING-"):
-            return Refusal("unsupported", f"signed chunks (x-amz-content-sha256: {payload}) are "
-                           "not re-signed yet; the AWS SDK for Python and the AWS CLI never send "
-                           "them, other SDKs can be told to sign the whole payload or send it "
-                           "unsigned over HTTPS")  # fmt: skip
+            return Refusal("unsupported", f"signed chunks with a signed trailer (x-amz-content-"
+                           f"sha256: {payload}) are not re-signed; sign the chunks without a "
+                           "trailer, or send the payload unsigned over HTTPS")  # fmt: skip
         return Refusal("malformed", "x-amz-content-sha256 is not a SHA-256 in hex, "
                        "UNSIGNED-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER")  # fmt: skip
     if payload == "UNSIGNED-PAYLOAD" and service != "s3":
@@ -363,6 +365,69 @@ def resign_header(
 ) -> tuple[list[Header], str]:  # fmt: skip
     """The request's headers, signed again with the real credentials (header form), and
     the signature. ``body`` is needed only when the agent declared no payload hash."""
+    out, signature, _ = _sign_header(signed, value, method, authority, path, headers, body, now)
+    return out, signature
+
+
+def resign_chunked(
+    signed: Signed, value: SecretValue, method: str, authority: str, path: str,
+    headers: tuple[Header, ...] | list[Header], body: bytes, now: datetime,
+) -> tuple[list[Header], str, bytes]:  # fmt: skip
+    """A request whose payload is STREAMING-AWS4-HMAC-SHA256-PAYLOAD: its headers signed
+    again, and its body with each chunk signed again in the chain that starts from the new
+    header signature (the seed), with botocore's key derivation. Signatures keep their
+    length, so the Content-Length the agent sent stays true."""
+    out, seed, (signer, request, scope) = _sign_header(signed, value, method, authority, path,
+                                                       headers, None, now)  # fmt: skip
+    stamp = request.context["timestamp"]
+    empty = hashlib.sha256(b"").hexdigest()
+    new_body = bytearray(body)
+    previous = seed
+    for at, start, end in chunk_layout(body):
+        data_hash = hashlib.sha256(body[start:end]).hexdigest()
+        string_to_sign = "\n".join(
+            ["AWS4-HMAC-SHA256-PAYLOAD", stamp, scope, previous, empty, data_hash]
+        )
+        previous = signer.signature(string_to_sign, request)
+        new_body[at : at + 64] = previous.encode()
+    return out, seed, bytes(new_body)
+
+
+def chunk_layout(body: bytes) -> list[tuple[int, int, int]]:
+    """(signature offset, data start, data end) of each chunk of a signed aws-chunked body
+    (``hex-size;chunk-signature=<64 hex>\\r\\n<data>\\r\\n``...; the last has size 0).
+    Anything else is refused (ValueError)."""
+    out: list[tuple[int, int, int]] = []
+    pos = 0
+    while True:
+        end = body.find(b"\r\n", pos, pos + 100)
+        if end < 0:
+            raise ValueError("a chunk header egress cannot read")
+        size_hex, sep, ext = body[pos:end].partition(b";")
+        if not sep or not ext.startswith(b"chunk-signature=") or len(ext) != 80:
+            raise ValueError("a chunk without its chunk-signature")
+        if (
+            not size_hex
+            or len(size_hex) > 16
+            or not all(c in b"0123456789abcdefABCDEF" for c in size_hex)
+        ):
+            raise ValueError("a chunk size that is not hex")
+        size = int(size_hex, 16)
+        start = end + 2
+        if body[start + size : start + size + 2] != b"\r\n":
+            raise ValueError("a chunk whose data does not end where its size says")
+        out.append((pos + len(size_hex) + 1 + len(b"chunk-signature="), start, start + size))
+        pos = start + size + 2
+        if size == 0:
+            if pos != len(body):
+                raise ValueError("bytes after the last chunk")
+            return out
+
+
+def _sign_header(
+    signed: Signed, value: SecretValue, method: str, authority: str, path: str,
+    headers: tuple[Header, ...] | list[Header], body: bytes | None, now: datetime,
+) -> tuple[list[Header], str, tuple[Any, Any, str]]:  # fmt: skip
     if signed.payload_hash is not None:
         payload = signed.payload_hash
     else:
@@ -380,14 +445,15 @@ def resign_header(
     canonical = signer.canonical_request(request)
     signature = signer.signature(signer.string_to_sign(request, canonical), request)
     names = signer.signed_headers(signer.headers_to_sign(request))
-    authorization = (f"{ALGORITHM} Credential={creds.access_key_id}/{stamp[:8]}/{signed.region}/"
-                     f"{signed.service}/aws4_request, SignedHeaders={names}, Signature={signature}")  # fmt: skip
+    scope = f"{stamp[:8]}/{signed.region}/{signed.service}/aws4_request"
+    authorization = (f"{ALGORITHM} Credential={creds.access_key_id}/{scope}, "
+                     f"SignedHeaders={names}, Signature={signature}")  # fmt: skip
     out = [(k, v) for k, v in headers if k.lower() not in HEADER_AUTH]
     out.append(("X-Amz-Date", stamp))
     if creds.token:
         out.append(("X-Amz-Security-Token", creds.token))
     out.append(("Authorization", authorization))
-    return out, signature
+    return out, signature, (signer, request, scope)
 
 
 def resign_query(

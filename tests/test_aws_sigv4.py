@@ -387,3 +387,27 @@ def test_credentials_from_vault_kv(tmp_path: Path, s3: S3Upstream, upstream: Ups
     finally:
         assert p.stop() == 0
     assert s3.real_secret_access_key not in p.outputs()
+
+
+def test_signed_chunks_through_egress(aws_proxy: RunningProxy, s3: S3Upstream) -> None:
+    """An upload signed per chunk (other SDKs' way; boto3 never sends it), hand-built as the
+    agent: egress signs the seed and every chunk again. moto checks the seed signature and
+    strips the chunk framing (it does not check chunk signatures: tests/test_sigv4.py checks
+    those against AWS's published example)."""
+    s3.client("s3").create_bucket(Bucket="chunked")
+    data = [os.urandom(1000), os.urandom(24)]
+    body = b"".join(
+        f"{len(d):x};chunk-signature={'3' * 64}\r\n".encode() + d + b"\r\n" for d in [*data, b""]
+    )
+    host = f"{S3_HOST}:{s3.port}"
+    names = "content-encoding;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length"
+    headers = {"Content-Encoding": "aws-chunked", "x-amz-decoded-content-length": "1024",
+               "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+               "x-amz-date": "20261203T000000Z",
+               "Authorization": f"AWS4-HMAC-SHA256 Credential={PH}/20261203/us-east-1/s3/aws4_request, "
+                                f"SignedHeaders={names}, Signature={'4' * 64}"}  # fmt: skip
+    ctx = ssl.create_default_context(cafile=str(aws_proxy.ca))
+    with httpx.Client(proxy=aws_proxy.url, verify=ctx) as c:
+        r = c.put(f"https://{host}/chunked/obj", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert s3.client("s3").get_object(Bucket="chunked", Key="obj")["Body"].read() == b"".join(data)

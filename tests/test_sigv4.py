@@ -197,7 +197,8 @@ PARSE_CASES = [
     ("SigV4A", [("Authorization", "AWS4-ECDSA-P256-SHA256 Credential=" + PH + "/x")], "/", "unsupported"),
     ("SigV4A presigned", [], "/k?" + PRESIGN.replace("AWS4-HMAC-SHA256", "AWS4-ECDSA-P256-SHA256", 1), "unsupported"),
     ("S3 Express", [("Authorization", AUTH), ("x-amz-s3session-token", "t")], "/", "unsupported"),
-    ("signed chunks", [("Authorization", AUTH), ("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")], "/", "unsupported"),
+    ("signed chunks without aws-chunked", [("Authorization", AUTH), ("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")], "/", "malformed"),  # without aws-chunked
+    ("signed chunks", [("Authorization", AUTH), ("Content-Encoding", "aws-chunked"), ("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")], "/", "header"),
     ("signed chunks+trailer", [("Authorization", AUTH), ("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER")], "/", "unsupported"),
     ("bad payload hash", [("Authorization", AUTH), ("x-amz-content-sha256", "xyz")], "/", "malformed"),
     ("two payload hashes", [("Authorization", AUTH), ("x-amz-content-sha256", "UNSIGNED-PAYLOAD")] * 1 + [("x-amz-content-sha256", "UNSIGNED-PAYLOAD")], "/", "malformed"),
@@ -370,3 +371,51 @@ def test_real_key_parts_are_guarded_on_other_hosts() -> None:
         r = RequestParts("https", "api.test", "POST", "/", (), text.encode())
         got = plan(r, [(s, value if s.name == "aws" else VALUES[s.name]) for s in CFG.secrets])
         assert isinstance(got, Denial) and got.reason == Reason.SECRET_TO_UNBOUND_HOST, text
+
+
+def test_signed_chunks_match_aws_published_example() -> None:
+    """AWS's own example of a chunked upload signed per chunk ("Signature Calculations for
+    the Authorization Header: Transferring Payload in Multiple Chunks", S3 API reference):
+    the agent signs with the placeholder; signing again with the example's key at the
+    example's instant gives exactly the seed and chunk signatures AWS publishes."""
+    key_id, secret = (
+        "AKIAIOSFODNN7EXAMPLE",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    )  # AWS's example key
+    value = SecretValue(secret, (("access_key_id", key_id), ("secret_access_key", secret)))
+    names = "content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-storage-class"
+    headers = [("Host", "s3.amazonaws.com"), ("x-amz-date", "20130524T000000Z"),
+               ("x-amz-storage-class", "REDUCED_REDUNDANCY"), ("Content-Encoding", "aws-chunked"),
+               ("x-amz-decoded-content-length", "66560"), ("Content-Length", "66824"),
+               ("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"),
+               ("Authorization", f"AWS4-HMAC-SHA256 Credential={PH}/20130524/us-east-1/s3/aws4_request, "
+                                 f"SignedHeaders={names}, Signature={'1' * 64}")]  # fmt: skip
+    body = b"".join(f"{len(d):x};chunk-signature={'2' * 64}\r\n".encode() + d + b"\r\n"
+                    for d in (b"a" * 65536, b"a" * 1024, b""))  # fmt: skip
+    assert len(body) == 66824
+    signed = sigv4.parse(headers, "/examplebucket/chunkObject.txt")
+    assert isinstance(signed, sigv4.Signed) and signed.payload_hash == sigv4.SIGNED_CHUNKS
+    out, seed, new_body = sigv4.resign_chunked(signed, value, "PUT", "s3.amazonaws.com",
+                                               "/examplebucket/chunkObject.txt", headers, body,
+                                               datetime(2013, 5, 24, tzinfo=UTC))  # fmt: skip
+    assert seed == "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9"
+    assert [new_body[at : at + 64].decode() for at, _, _ in sigv4.chunk_layout(new_body)] == [
+        "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648",
+        "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497",
+        "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9",
+    ]
+    from egress.decoding import split_aws_chunked
+
+    assert len(new_body) == len(body) and split_aws_chunked(new_body, 1 << 20)[0] == b"a" * 66560
+    assert dict(out)["Authorization"].endswith(f"Signature={seed}")
+
+
+@pytest.mark.parametrize("body", [
+    b"5;chunk-signature=" + b"0" * 64 + b"\r\nhello\r\n",  # no last chunk
+    b"5\r\nhello\r\n0\r\n\r\n",  # unsigned chunks
+    b"5;chunk-signature=" + b"0" * 64 + b"\r\nhello\r\n0;chunk-signature=" + b"0" * 64 + b"\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n",
+    b"zz;chunk-signature=" + b"0" * 64 + b"\r\nhello\r\n",
+])  # fmt: skip
+def test_chunk_layout_refuses_what_it_cannot_sign(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        sigv4.chunk_layout(body)
