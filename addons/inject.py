@@ -16,7 +16,7 @@ from egress.addons.audit import record_websocket
 from egress.addons.base import EgressAddon, decoded_body, deny, fail_closed, meta
 from mitmproxy import http
 
-from egress import decoding, hmacsign, sigv4
+from egress import azuresign, decoding, hmacsign, sigv4
 from egress.awsplan import credential_action_denial
 from egress.config import SecretSpec
 from egress.deepfind import find_deep
@@ -87,7 +87,7 @@ class SecretInjector(EgressAddon):
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
         await self._check_body(flow)
-        self._resign_pending(flow)
+        await self._resign_pending(flow)
         self._hmac_pending(flow)
 
     async def _check_body(self, flow: http.HTTPFlow) -> None:
@@ -171,6 +171,8 @@ class SecretInjector(EgressAddon):
             self._substitute(flow, result)
         if result.sign_hmac is not None and flow.response is None:
             self._hmac_wait(flow, result.sign_hmac)
+        if result.sign_azure is not None and flow.response is None:
+            self._sign_azure(flow, result.sign_azure)
 
     def _substitute(self, flow: http.HTTPFlow, result: Injection) -> None:
         m, req, rt = meta(flow), flow.request, self.runtime
@@ -196,6 +198,20 @@ class SecretInjector(EgressAddon):
         # current token, not for one already replaced (StaleTokens).
         m["injected_digests"] = {name: token_digest(v) for name in result.injected
                                  if (v := values.get(name)) is not None}  # fmt: skip
+
+    def _sign_azure(self, flow: http.HTTPFlow, spec: SecretSpec) -> None:
+        """Shared Key covers headers, path and query, not the body: signed now."""
+        m, req, rt = meta(flow), flow.request, self.runtime
+        value = rt.index().values.get(spec.name)
+        assert value is not None and spec.azure_account is not None  # plan() checked
+        new, signature = azuresign.sign(value, spec.azure_account, req.method, req.path,
+                                        list(req.headers.items(multi=True)), utc_now())  # fmt: skip
+        req.headers = http.Headers(
+            [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+             for k, v in new]
+        )  # fmt: skip
+        m["scrub_extra"] = [*m.get("scrub_extra", []), signature.encode()]
+        m["secrets"] = [*m.get("secrets", []), spec.name]
 
     def _hmac_wait(self, flow: http.HTTPFlow, spec: SecretSpec) -> None:
         """The signature covers the body: it is written once the body is in. The header
@@ -233,7 +249,7 @@ class SecretInjector(EgressAddon):
             [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
              for k, v in signed.headers]
         )  # fmt: skip
-        m["scrub_extra"] = [*m.get("scrub_extra", []), signed.signature.encode()]
+        m["scrub_extra"] = [*m.get("scrub_extra", []), *(v.encode() for v in signed.masks)]
         m["secrets"] = [*m.get("secrets", []), spec.name]
 
     def _resign_or_wait(self, flow: http.HTTPFlow, spec: SecretSpec, signed: sigv4.Signed) -> None:
@@ -297,10 +313,14 @@ class SecretInjector(EgressAddon):
         )  # fmt: skip
         # A signature is a credential for its request until it expires: an upstream that
         # echoes it must not hand it to the agent (addons/scrub.py masks it).
-        m["scrub_extra"] = [*m.get("scrub_extra", []), signature.encode()]
+        m["scrub_extra"] = [
+            *m.get("scrub_extra", []),
+            signature.encode(),
+            signature.upper().encode(),
+        ]
         m["secrets"] = [*m.get("secrets", []), spec.name]
 
-    def _resign_pending(self, flow: http.HTTPFlow) -> None:
+    async def _resign_pending(self, flow: http.HTTPFlow) -> None:
         """The body is in (or was streamed): sign the request whose signature covers it."""
         m, rt = meta(flow), self.runtime
         pending = m.pop("aws_resign", None)
@@ -325,7 +345,12 @@ class SecretInjector(EgressAddon):
                  f"signature of {spec.name!r}; it went out unsigned and was cut off",
                  rule=m.get("rule"), secret=spec.name)  # fmt: skip
             return
-        self._resign(flow, spec, signed, flow.request.raw_content)
+        if signed.payload_hash == sigv4.SIGNED_CHUNKS:
+            # A signature per chunk (up to a few thousand): off the event loop, as the body
+            # scan, so that other clients are not kept waiting. The flow waits in this hook.
+            await asyncio.to_thread(self._resign, flow, spec, signed, flow.request.raw_content)
+        else:
+            self._resign(flow, spec, signed, flow.request.raw_content)
 
     @fail_closed
     async def websocket_message(self, flow: http.HTTPFlow) -> None:

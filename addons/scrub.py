@@ -17,7 +17,10 @@ from egress.addons.inject import INLINE_SCAN_BYTES, yield_interpreter
 from mitmproxy import http
 
 from egress import decoding
+from egress.encodings import make_forms
 from egress.reasons import Reason
+from egress.secretindex import SecretIndex
+from egress.secrets import SecretValue
 from egress.streamscrub import StreamScrubber
 
 
@@ -25,15 +28,43 @@ def _encoding(resp: http.Response) -> str:
     return resp.headers.get("content-encoding", "").strip().lower()
 
 
+def _flow_index(flow: http.HTTPFlow) -> SecretIndex | None:
+    """Values secret to this flow only (a signature egress made for it: a credential for
+    that request), in every encoding the scrubber knows, each masked with zeros of its
+    length. Built once per flow that has one."""
+    m = meta(flow)
+    values = m.get("scrub_extra")
+    if not values:
+        return None
+    if "flow_index" not in m:
+        forms = [make_forms("signature", SecretValue(v.decode("ascii", "replace")), "0" * len(v))
+                 for v in dict.fromkeys(values)]  # fmt: skip
+        m["flow_index"] = SecretIndex(forms)
+    return m["flow_index"]
+
+
 def _mask_extra(flow: http.HTTPFlow, data: bytes) -> tuple[bytes, int]:
-    """Values secret to this flow only (the AWS signature egress made for it), masked with
-    zeros of their length wherever an upstream echoes them."""
-    n = 0
-    for value in meta(flow).get("scrub_extra", ()):
-        if value in data:
-            n += data.count(value)
-            data = data.replace(value, b"0" * len(value))
-    return data, n
+    index = _flow_index(flow)
+    if index is None or not data:
+        return data, 0
+    return index.scrub(data)
+
+
+class _Chain:
+    """Two stream scrubbers, one after the other (the runtime's, then the flow's)."""
+
+    def __init__(self, first: StreamScrubber, second: StreamScrubber):
+        self.first, self.second = first, second
+
+    @property
+    def count(self) -> int:
+        return self.first.count + self.second.count
+
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        out = [piece for part in self.first(chunk) for piece in self.second(part)]
+        if chunk == b"":
+            out += self.second(b"")
+        return out
 
 
 class _ReplaceBody:
@@ -77,7 +108,10 @@ class ResponseScrubber(EgressAddon):
         if not large and not resp.stream:
             return  # buffered: scrubbed whole in response()
         if _encoding(resp) in ("", "identity"):
-            scrubber = StreamScrubber(self.runtime.index())
+            scrubber: StreamScrubber | _Chain = StreamScrubber(self.runtime.index())
+            extra = _flow_index(flow)
+            if extra is not None:
+                scrubber = _Chain(scrubber, StreamScrubber(extra))
             meta(flow)["stream_scrubber"] = scrubber
             resp.stream = scrubber
         elif self._strict(flow):
@@ -102,8 +136,9 @@ class ResponseScrubber(EgressAddon):
             fields, n = [], 0
             for name, value in resp.trailers.fields:
                 new, k = self.runtime.index().scrub(value)
+                new, k2 = _mask_extra(flow, new)
                 fields.append((name, new))
-                n += k
+                n += k + k2
             if n:
                 resp.trailers = http.Headers(fields)
                 m["scrubbed"] = m.get("scrubbed", 0) + n
@@ -156,6 +191,8 @@ class ResponseScrubber(EgressAddon):
         if not index.candidates(head) and not _mask_extra(flow, head)[1]:
             return
         reason, total = index.scrub(resp.data.reason)  # the status line's reason phrase
+        reason, k = _mask_extra(flow, reason)
+        total += k
         if total:
             resp.data.reason = reason
         fields = []
@@ -193,6 +230,8 @@ class ResponseScrubber(EgressAddon):
         if not message.from_client:
             try:
                 new, n = self.runtime.index().scrub(message.content)
+                new, k = _mask_extra(flow, new)
+                n += k
             except Exception:  # noqa: BLE001 (never pass an unscrubbed message on)
                 flow.kill()
                 return

@@ -269,7 +269,7 @@ def _label(v: Verdict) -> str | None:
 
 def _secrets_line(v: Verdict) -> str:
     if v.injected:
-        label = {"aws_sigv4": "re-signed", "hmac": "signed"}
+        label = {"aws_sigv4": "re-signed", "azure_shared_key": "re-signed", "hmac": "signed"}
         return ", ".join(f"{s.name} ({label.get(s.scheme, 'injected')})"
                          for m in v.secrets if (s := m.spec).name in v.injected)  # fmt: skip
     bound = [m.spec for m in v.secrets if m.bound]
@@ -387,6 +387,10 @@ def _secret_text(v: Verdict, sm: SecretMatch) -> str:
         text = (f"bound to this host; its placeholder, as the whole {spec.hmac.header} header, is "
                 f"replaced by an HMAC-{spec.hmac.algorithm.upper()} signature of the request made "
                 f"with the real key (over https only); its placeholder is {where}")  # fmt: skip
+    elif spec.scheme == "azure_shared_key":
+        text = (f"bound to this host; requests signed with Shared Key for account "
+                f"{spec.azure_account!r} are signed again with the real account key (over https "
+                f"only); its placeholder is {where}")  # fmt: skip
     elif spec.scheme == "aws_sigv4":
         text = (f"bound to this host; requests signed (AWS SigV4) with its placeholder key id "
                 f"are signed again with the real key (over https only); its placeholder is {where}")  # fmt: skip
@@ -400,7 +404,7 @@ def _secret_text(v: Verdict, sm: SecretMatch) -> str:
             ": signed"
             if spec.scheme == "hmac"
             else ": re-signed"
-            if spec.scheme == "aws_sigv4"
+            if spec.scheme != "static"
             else ": injected"
         )
     if v.secret == spec.name:

@@ -410,6 +410,11 @@ def decide_request(
                     f"{signed.service} in {signed.region} ({signed.form} form); egress signs it "
                     "again with the real key")  # fmt: skip
         v.injected += result.injected
+        if result.sign_azure is not None:
+            v.injected.append(result.sign_azure.name)
+            return (f"{result.sign_azure.name} (azure_shared_key): signed with Shared Key for "
+                    f"account {result.sign_azure.azure_account!r}; egress signs it again with the "
+                    "real key")  # fmt: skip
         if result.sign_hmac is not None and result.sign_hmac.hmac is not None:
             v.injected.append(result.sign_hmac.name)
             return (f"{result.sign_hmac.name} (hmac): its placeholder is the "

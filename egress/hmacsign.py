@@ -34,7 +34,8 @@ Header = tuple[str, str]
 @dataclass(frozen=True)
 class Signed:
     headers: list[Header]
-    signature: str  # the header value written, to mask wherever an upstream echoes it
+    signature: str  # the header value written
+    masks: tuple[str, ...] = ()  # what to mask wherever an upstream echoes it
 
     def __repr__(self) -> str:
         return "hmacsign.Signed(<redacted>)"
@@ -87,4 +88,7 @@ def sign(spec: HmacSpec, value: SecretValue, method: str, path: str, headers: li
     mac = hmac.new(_key(value, spec.key_encoding), message, spec.algorithm).digest()
     out = spec.value.replace("{hex}", mac.hex()).replace("{base64}", base64.b64encode(mac).decode())
     out = out.replace("{timestamp}", timestamp)
-    return Signed([*kept, (spec.header, out)], out)
+    # The formatted value and the bare MAC in its spellings: an echo of a part of the
+    # header (the v1= part, the hex alone) is still a signature the agent could replay.
+    masks = (out, mac.hex(), mac.hex().upper(), base64.b64encode(mac).decode())
+    return Signed([*kept, (spec.header, out)], out, masks)

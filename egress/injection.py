@@ -16,9 +16,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from urllib.parse import quote, quote_plus
 
-from egress import hmacsign, sigv4
+from egress import azuresign, hmacsign, sigv4
 from egress.awsplan import foreign_aws_key, resign_check
 from egress.config import SecretSpec
 from egress.deepfind import find_deep
@@ -245,6 +246,12 @@ def _hmac_check(
     header = spec.hmac.header.lower()
     values = [v for k, v in req.headers if k.lower() == header]
     elsewhere = any(spec.placeholder in v for k, v in req.headers if k.lower() != header)
+    named = {n[7:].lower() for n in re.findall(r"\{(header:[^}]+)\}", spec.hmac.message)}
+    twice = [n for n in named if sum(k.lower() == n for k, _ in req.headers) > 1]
+    if twice:
+        return Denial(Reason.MALFORMED_REQUEST,
+                      f"the {twice[0]} header, which the signature of {spec.name!r} covers, is "
+                      "sent more than once: upstreams read such a header differently", spec.name)  # fmt: skip
     if where != ["headers"] or values != [spec.placeholder] or elsewhere:
         return Denial(
             Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED,
@@ -262,6 +269,43 @@ def _hmac_check(
         return Denial(Reason.SECRET_UNAVAILABLE,
                       f"secret {spec.name!r} {why}, so the request was not sent", spec.name)  # fmt: skip
     return None
+
+
+def _azure_check(
+    req: RequestParts, index: SecretIndex, bound: tuple[int, ...]
+) -> Denial | SecretSpec | None:
+    """A request signed with Shared Key on a host bound to an azure_shared_key secret: the
+    account it names must be that secret's; it is then signed again (the key is never in
+    the request, so there is no placeholder to find)."""
+    specs = [index.specs[k] for k in bound if index.specs[k].scheme == "azure_shared_key"]
+    if not specs:
+        return None
+    account = azuresign.signed_account(req.headers)
+    if account is None:
+        return None
+    spec = next((s for s in specs if s.azure_account == account), None)
+    if account is False:
+        return Denial(Reason.SIGNATURE_SCHEME_UNSUPPORTED,
+                      "the Authorization is not 'SharedKey <account>:<signature>' (SharedKeyLite "
+                      "and SAS tokens in this header are not signed again)", specs[0].name)  # fmt: skip
+    if spec is None:
+        return Denial(Reason.FOREIGN_CREDENTIAL,
+                      f"the request is signed with Shared Key for account {account!r}, which no "
+                      f"secret bound to {req.host!r} holds ({', '.join(s.name for s in specs)})",
+                      specs[0].name)  # fmt: skip
+    if req.scheme != "https" and (req.transparent or not spec.allow_http):
+        return Denial(Reason.PLAINTEXT_INJECTION,
+                      f"secret {spec.name!r} signs only requests sent over HTTPS; use https://",
+                      spec.name)  # fmt: skip
+    problem = azuresign.ambiguous(req.headers, req.path)
+    if problem:
+        return Denial(Reason.MALFORMED_REQUEST, f"{problem} (secret {spec.name!r})", spec.name)
+    value = index.values.get(spec.name)
+    if value is None or azuresign.key_problem(value):
+        why = "is not loaded" if value is None else "is not a base64 account key"
+        return Denial(Reason.SECRET_UNAVAILABLE,
+                      f"secret {spec.name!r} {why}, so the request was not sent", spec.name)  # fmt: skip
+    return spec
 
 
 def _signed_refusal(name: str) -> Denial:
@@ -327,6 +371,9 @@ def plan(
     foreign = _foreign_credential(req, index) or foreign_aws_key(req, index, view.bound)
     if foreign is not None:
         return foreign
+    sign_azure = _azure_check(req, index, view.bound)
+    if isinstance(sign_azure, Denial):
+        return sign_azure
     # 3. Each placeholder on its bound host: where it is, and whether it can be injected.
     for k in found:
         if k not in view.bound_set:
@@ -344,6 +391,8 @@ def plan(
             refused = _hmac_check(req, spec, where, value)
             if refused is not None:
                 return refused
+            if sign_hmac is not None:  # two signature headers: egress writes one per request
+                return _signed_refusal(spec.name)
             sign_hmac = spec
             continue
         outside = [s for s in where if s not in spec.surfaces]
@@ -391,9 +440,10 @@ def plan(
         to_inject.append((spec, value, where))
 
     out = Injection(headers=list(req.headers), path=req.path, body=req.body, resign=resign,
-                    sign_hmac=sign_hmac)  # fmt: skip
-    if resign is not None and sign_hmac is not None:
-        return _signed_refusal(sign_hmac.name)
+                    sign_hmac=sign_hmac, sign_azure=sign_azure)  # fmt: skip
+    signers = [s for s in (resign and resign[0], sign_hmac, sign_azure) if s]
+    if len(signers) > 1:
+        return _signed_refusal(signers[-1].name)
     if resign is not None and to_inject:
         return _signed_refusal(to_inject[0][0].name)
     for spec, value, where in to_inject:

@@ -46,6 +46,8 @@ class Injection:
     # An hmac secret whose placeholder is the signature header's value: the addon writes
     # the signature once the body is in (egress.hmacsign).
     sign_hmac: SecretSpec | None = None
+    # An azure_shared_key secret whose account the request's SharedKey names: signed again.
+    sign_azure: SecretSpec | None = None
 
 
 def utc_now() -> datetime:

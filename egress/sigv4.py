@@ -47,6 +47,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # (resign_chunks, checked against AWS's published example). The trailer variant
 # (...-PAYLOAD-TRAILER) is refused: no verifier here for its trailer signature.
 SIGNED_CHUNKS = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+MIN_CHUNK = 8192  # S3's smallest chunk but the last: bounds the signatures per body
 _KEEP_PAYLOAD = ("UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER", SIGNED_CHUNKS)
 # The query parameters of a presigned URL that carry its signature: replaced as a whole.
 _QUERY_AUTH = frozenset({"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
@@ -404,7 +405,11 @@ def chunk_layout(body: bytes) -> list[tuple[int, int, int]]:
         if end < 0:
             raise ValueError("a chunk header egress cannot read")
         size_hex, sep, ext = body[pos:end].partition(b";")
-        if not sep or not ext.startswith(b"chunk-signature=") or len(ext) != 80:
+        if (
+            not sep
+            or not ext.startswith(b"chunk-signature=")
+            or not _HEX64.match(ext[16:].decode("latin-1"))
+        ):
             raise ValueError("a chunk without its chunk-signature")
         if (
             not size_hex
@@ -421,6 +426,10 @@ def chunk_layout(body: bytes) -> list[tuple[int, int, int]]:
         if size == 0:
             if pos != len(body):
                 raise ValueError("bytes after the last chunk")
+            if any(end - start < MIN_CHUNK for _, start, end in out[:-2]):
+                raise ValueError(
+                    f"a chunk of less than {MIN_CHUNK} bytes before the last (S3 refuses it)"
+                )
             return out
 
 

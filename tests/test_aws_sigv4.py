@@ -395,13 +395,13 @@ def test_signed_chunks_through_egress(aws_proxy: RunningProxy, s3: S3Upstream) -
     strips the chunk framing (it does not check chunk signatures: tests/test_sigv4.py checks
     those against AWS's published example)."""
     s3.client("s3").create_bucket(Bucket="chunked")
-    data = [os.urandom(1000), os.urandom(24)]
+    data = [os.urandom(8192), os.urandom(24)]  # S3: 8 KiB at least but the last
     body = b"".join(
         f"{len(d):x};chunk-signature={'3' * 64}\r\n".encode() + d + b"\r\n" for d in [*data, b""]
     )
     host = f"{S3_HOST}:{s3.port}"
     names = "content-encoding;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length"
-    headers = {"Content-Encoding": "aws-chunked", "x-amz-decoded-content-length": "1024",
+    headers = {"Content-Encoding": "aws-chunked", "x-amz-decoded-content-length": "8216",
                "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
                "x-amz-date": "20261203T000000Z",
                "Authorization": f"AWS4-HMAC-SHA256 Credential={PH}/20261203/us-east-1/s3/aws4_request, "

@@ -194,3 +194,41 @@ def test_end_to_end(tmp_path: Path, upstream: Upstream, test_ca_file: Path) -> N
     assert [r["secrets"] for r in p.audit() if r.get("secrets")][:4] == [
         [f"hook{i}"] for i in range(4)
     ]
+
+
+FORMS = ["raw", "base64", "hex", "gzip", "big", "reason"]
+
+
+def test_an_echoed_signature_is_masked_in_every_form(tmp_path: Path, upstream: Upstream,
+                                                     test_ca_file: Path) -> None:  # fmt: skip
+    """An upstream that echoes the request would hand the agent a signature it could replay
+    without egress (with {body} alone, forever): masked in headers, the reason phrase,
+    buffered and streamed bodies, in the encodings the scrubber knows, whole or in part."""
+    cfg = base_config(tmp_path, test_ca_file, upstream.port)
+    cfg["secrets"].append({"name": "gh_hook", "scheme": "hmac", "hosts": [API], "placeholder": PH,
+                           "source": {"env": "HOOK_KEY"},
+                           "hmac": {"header": "Authorization", "value": "sha256={hex}"}})  # fmt: skip
+    p = start_proxy(write_config(tmp_path, cfg), tmp_path, env=proxy_env(HOOK_KEY=KEY))
+    try:
+        ctx = ssl.create_default_context(cafile=str(p.ca))
+        with httpx.Client(proxy=p.url, verify=ctx) as c:
+            for form in FORMS:
+                r = c.post(f"https://{API}:{upstream.port}/reflect?as={form}",
+                           content=f'{{"form": "{form}"}}'.encode(), headers={"Authorization": PH})  # fmt: skip
+                sent = upstream.requests[-1].headers["Authorization"]
+                mac_hex = sent.removeprefix("sha256=")
+                assert len(mac_hex) == 64  # the upstream did receive egress's signature
+                seen = (
+                    r.reason_phrase + "\n" + "\n".join(v for _, v in r.headers.multi_items()) + "\n"
+                )
+                decode = {"base64": lambda b: base64.b64decode(b).decode("utf-8", "replace"),
+                          "hex": lambda b: bytes.fromhex(b.decode()).decode("utf-8", "replace")}  # fmt: skip
+                seen += decode.get(form, lambda b: b.decode("utf-8", "replace"))(r.content)
+                for spelling in (
+                    mac_hex,
+                    mac_hex.upper(),
+                    base64.b64encode(bytes.fromhex(mac_hex)).decode(),
+                ):
+                    assert spelling not in seen, f"{form}: the signature reached the agent"
+    finally:
+        assert p.stop() == 0

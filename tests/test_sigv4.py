@@ -419,3 +419,14 @@ def test_signed_chunks_match_aws_published_example() -> None:
 def test_chunk_layout_refuses_what_it_cannot_sign(body: bytes) -> None:
     with pytest.raises(ValueError):
         sigv4.chunk_layout(body)
+
+
+def test_small_chunks_before_the_last_are_refused() -> None:
+    """S3 wants every chunk but the last to hold 8 KiB or more: that also bounds the
+    signatures egress computes per body (a body of 1-byte chunks cost seconds)."""
+    body = b"".join(
+        f"{len(d):x};chunk-signature={'0' * 64}\r\n".encode() + d + b"\r\n"
+        for d in (b"a", b"b", b"")
+    )
+    with pytest.raises(ValueError, match="less than 8192"):
+        sigv4.chunk_layout(body)

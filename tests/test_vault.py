@@ -405,9 +405,9 @@ def postgres() -> Any:
         server.stop()  # kills what is left of it and waits, whatever happened
 
 
-def test_dynamic_lease_renewed_and_revoked_on_shutdown(
-    tmp_path: Path, seeded: VaultServer, upstream: Upstream, test_ca_file: Path, postgres: Any
-) -> None:
+def _database_role(seeded: VaultServer, postgres: Any) -> str:
+    """The database engine on the real OpenBao, issuing Postgres roles for 6 s leases; a
+    token that may read them and renew and revoke its leases."""
     from tests.postgres_server import SUPERUSER_PASSWORD
 
     root = seeded.client()
@@ -427,33 +427,53 @@ path "database/creds/agent-ro" { capabilities = ["read"] }
 path "sys/leases/renew" { capabilities = ["update"] }
 path "sys/leases/revoke" { capabilities = ["update"] }
 """)  # fmt: skip
-    token = seeded.token(["egress-db"])
+    return seeded.token(["egress-db"])
+
+
+def test_dynamic_lease_renewed_and_revoked_on_shutdown(
+    tmp_path: Path, seeded: VaultServer, upstream: Upstream, test_ca_file: Path, postgres: Any
+) -> None:
+    token = _database_role(seeded, postgres)
     cfg = vault_config(tmp_path, test_ca_file, upstream.port, seeded, {"method": "token", "token_env": "T"},
                        max_stale_seconds=0)  # fmt: skip
     cfg["secrets"][0]["source"] = {
         "vault": {"engine": "read", "path": "database/creds/agent-ro", "key": "password"}
     }
+    # A secret of several parts (an aws_sigv4 secret whose parts are a database login: the
+    # shape of Vault's aws/creds answer, two keys under one lease) is one read, one lease.
+    cfg["allow"].append({"host": "s3.us-east-1.amazonaws.com"})
+    cfg["secrets"].append({"name": "aws_db", "scheme": "aws_sigv4", "hosts": ["s3.us-east-1.amazonaws.com"],
+                           "source": {"vault": {"engine": "read", "path": "database/creds/agent-ro",
+                                                "keys": {"access_key_id": "username",
+                                                         "secret_access_key": "password"}}}})  # fmt: skip
     p = start_proxy(write_config(tmp_path, cfg), tmp_path, proxy_env(T=token))
     try:
-        (role,) = postgres.dynamic_roles()  # made by Vault for this proxy, at start-up
+        roles = postgres.dynamic_roles()  # made by Vault for this proxy, at start-up
+        assert len(roles) == 2  # one per secret: the two-part one read once
         upstream.recorder.clear()
         assert (
             get(p, f"https://{API}:{upstream.port}/db", authorization=f"Bearer {PH}").status_code
             == 200
         )
         password = upstream.requests[0].headers["authorization"].removeprefix("Bearer ")
-        assert postgres.psql("SELECT 1", user=role, password=password).stdout.strip() == "1"
+        (role,) = [
+            r for r in roles if postgres.psql("SELECT 1", user=r, password=password).returncode == 0
+        ]
         # Past the 6 s lease: the proxy renewed it, so the same credential still works.
         time.sleep(8)
         assert postgres.psql("SELECT 1", user=role, password=password).stdout.strip() == "1"
+        valid = postgres.psql(
+            "SELECT bool_and(rolvaliduntil > now()) FROM pg_roles WHERE rolname LIKE 'v-%'"
+        )
+        assert valid.stdout.strip() == "t", valid  # both leases renewed, the two-part one too
         upstream.recorder.clear()
         assert (
             get(p, f"https://{API}:{upstream.port}/db2", authorization=f"Bearer {PH}").status_code
             == 200
         )
         assert upstream.requests[0].headers["authorization"] == f"Bearer {password}"
-        assert postgres.dynamic_roles() == [role]
-        # SIGTERM: the proxy revokes its lease; Vault drops the database role.
+        assert sorted(postgres.dynamic_roles()) == sorted(roles)  # renewed, never read again
+        # SIGTERM: the proxy revokes its leases; Vault drops the database roles.
         p.proc.send_signal(signal.SIGTERM)
         assert p.proc.wait(timeout=30) == 0
         assert postgres.dynamic_roles() == []
@@ -461,4 +481,5 @@ path "sys/leases/revoke" { capabilities = ["update"] }
     finally:
         p.stop()
     assert password not in p.outputs()
+    assert "revoked the lease of secret aws_db" in p.stderr_path.read_text()
     assert "revoked the lease of secret api_token" in p.stderr_path.read_text()

@@ -114,7 +114,7 @@ class VaultConfig:
     revoke_on_shutdown: bool
 
 
-SECRET_SCHEMES = ("static", "aws_sigv4", "hmac")
+SECRET_SCHEMES = ("static", "aws_sigv4", "hmac", "azure_shared_key")
 # The parts of a multi-part secret, per scheme: (required roles, optional roles).
 SCHEME_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "aws_sigv4": (("access_key_id", "secret_access_key"), ("session_token",)),
@@ -206,6 +206,7 @@ class SecretSpec:
     scheme: str = "static"
     aws: AwsSpec | None = None
     hmac: HmacSpec | None = None
+    azure_account: str | None = None  # azure_shared_key: the storage account it signs for
     # More variables for the agent (egress exec/env): (name, value) with no secret in it,
     # e.g. AWS_SECRET_ACCESS_KEY set to a dummy the agent's SDK signs with.
     agent_env: tuple[tuple[str, str], ...] = ()

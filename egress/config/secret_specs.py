@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import difflib
+import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +147,7 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
     known = (
         "name", "source", "hosts", "placeholder", "placeholder_prefix", "placeholder_length", "env",
         "inject", "body_max_bytes", "allow_http", "required", "require_placeholder", "auth_headers",
-        "allow_unscrubbable", "netrc", "scheme", "aws", "mint", "hmac",
+        "allow_unscrubbable", "netrc", "scheme", "aws", "mint", "hmac", "azure",
     )  # fmt: skip
     m = c.mapping(node, key, known, ("name", "source", "hosts"))
     if m is None:
@@ -192,9 +195,15 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
             )
         placeholder = auto_placeholder(prefix, length)
     if placeholder is None and name is not None:
-        placeholder = (
-            default_aws_placeholder(name) if scheme == "aws_sigv4" else default_placeholder(name)
-        )
+        placeholder = (default_aws_placeholder(name) if scheme == "aws_sigv4"
+                       else default_azure_placeholder(name) if scheme == "azure_shared_key"
+                       else default_placeholder(name))  # fmt: skip
+    elif scheme == "azure_shared_key" and placeholder is not None:
+        if not re.fullmatch(
+            r"(?:[A-Za-z0-9+/]{4}){4,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?", placeholder
+        ):
+            c.err(f"{key}.placeholder", "an azure_shared_key placeholder is the account key the "
+                  "agent's SDK signs with: base64 of at least 12 bytes")  # fmt: skip
     elif scheme == "aws_sigv4" and placeholder is not None:
         if not AWS_PLACEHOLDER.match(placeholder):
             c.err(
@@ -209,12 +218,12 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
             "request surface unencoded)",
         )
     env, agent_env = _parse_env(c, m, key, scheme)
-    if scheme in ("aws_sigv4", "hmac"):
+    if scheme in ("aws_sigv4", "hmac", "azure_shared_key"):
         for k in ("inject", "body_max_bytes", "auth_headers", "netrc"):
             if k in m:
                 c.err(f"{key}.{k}", f"does not go with scheme {scheme}: egress signs the "
                       "request, it substitutes nothing")  # fmt: skip
-    for block, owner in (("aws", "aws_sigv4"), ("hmac", "hmac")):
+    for block, owner in (("aws", "aws_sigv4"), ("hmac", "hmac"), ("azure", "azure_shared_key")):
         if block in m and scheme != owner:
             c.err(f"{key}.{block}", f"goes with 'scheme: {owner}' only")
     if scheme == "hmac" and "hmac" not in m:
@@ -223,6 +232,13 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
     hmac_spec = (
         parse_hmac(c, m["hmac"], f"{key}.hmac") if scheme == "hmac" and "hmac" in m else None
     )
+    azure_account = None
+    if scheme == "azure_shared_key":
+        a = c.mapping(m.get("azure"), f"{key}.azure", ("account",), ("account",))
+        azure_account = c.typed(a, f"{key}.azure", "account", str, None) if a is not None else None
+        if azure_account is not None and not re.fullmatch(r"[a-z0-9]{3,24}", azure_account):
+            c.err(f"{key}.azure.account", f"{azure_account!r} is not a storage account name "
+                  "(3-24 lower-case letters and digits)")  # fmt: skip
     surfaces = c.str_list(m, key, "inject") or ["headers"]
     for j, s in enumerate(surfaces):
         if s not in SURFACES:
@@ -237,6 +253,8 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
     default_auth = (["authorization"] if scheme == "aws_sigv4"
                     else [hmac_spec.header] if hmac_spec else ["authorization", "x-api-key"])  # fmt: skip
     auth_headers = [fold_name(h) for h in c.str_list(m, key, "auth_headers") or default_auth]
+    if scheme == "azure_shared_key":
+        auth_headers = []  # its Authorization names the account, not the placeholder
     if len(c.problems) > start or name is None or source is None or placeholder is None:
         return None
     assert scheme is not None
@@ -258,9 +276,17 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
         scheme=scheme,
         aws=aws,
         hmac=hmac_spec,
+        azure_account=azure_account,
         agent_env=agent_env,
         mint=mint,
     )
+
+
+def default_azure_placeholder(name: str) -> str:
+    """A base64 account key (the SDKs decode it to sign), the same for the same name."""
+    return base64.b64encode(
+        hashlib.sha256(f"egress-azure-placeholder-{name}".encode()).digest()
+    ).decode()
 
 
 def _check_roles(c: Checker, source: SourceSpec, scheme: str, key: str) -> None:

@@ -71,7 +71,7 @@ def credential_kind(spec: SecretSpec) -> str:
 
 
 def surfaces(spec: SecretSpec, rule: Rule) -> tuple[str, ...]:
-    if spec.scheme in ("aws_sigv4", "hmac"):
+    if spec.scheme in ("aws_sigv4", "hmac", "azure_shared_key"):
         return ("signature",)  # nothing substituted: egress signs the request
     got = set(spec.surfaces)
     if rule.websocket and got & {"headers", "query"}:
