@@ -157,3 +157,16 @@ def test_egress_check_shows_the_re_signing(
     assert expected in run.stdout
     assert "AKIAREALKEY000000001" not in run.stdout + run.stderr
     assert "real-secret-key-value" not in run.stdout + run.stderr
+
+
+def test_the_credentials_example_loads() -> None:
+    """config/egress-credentials.yaml shows every scheme of docs/credentials.md."""
+    from egress import config
+
+    cfg = config.load(Path(__file__).resolve().parents[1] / "config" / "egress-credentials.yaml")
+    kinds = {s.name: (s.scheme, s.mint.type if s.mint else None) for s in cfg.secrets}
+    assert kinds == {
+        "aws_data": ("aws_sigv4", None), "github": ("static", "github_app"),
+        "gcs": ("static", "google_service_account"), "crm": ("static", "oauth_client_credentials"),
+        "partner_hooks": ("hmac", None), "blob_store": ("azure_shared_key", None),
+    }  # fmt: skip
