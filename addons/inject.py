@@ -210,7 +210,10 @@ class SecretInjector(EgressAddon):
             [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
              for k, v in new]
         )  # fmt: skip
-        m["scrub_extra"] = [*m.get("scrub_extra", []), signature.encode()]
+        m["scrub_extra"] = [
+            *m.get("scrub_extra", []),
+            *(v.encode() for v in azuresign.masks(signature)),
+        ]
         m["secrets"] = [*m.get("secrets", []), spec.name]
 
     def _hmac_wait(self, flow: http.HTTPFlow, spec: SecretSpec) -> None:

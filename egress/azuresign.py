@@ -34,6 +34,8 @@ STANDARD = ("content-encoding", "content-language", "content-length", "content-m
             "content-type", "date", "if-modified-since", "if-match", "if-none-match",
             "if-unmodified-since", "range")  # fmt: skip
 _VALUE = re.compile(r"^[\x20-\x7e]*$")
+_MS_NAME = re.compile(r"^x-ms-[a-z0-9-]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def signed_account(headers: list[Header] | tuple[Header, ...]) -> str | None | bool:
@@ -57,20 +59,33 @@ def key_problem(value: SecretValue) -> str | None:
 
 
 def ambiguous(headers: list[Header] | tuple[Header, ...], path: str) -> str | None:
-    """Why a request could read differently to egress and to Azure, or None."""
+    """Why a request could read differently to egress and to Azure (or two requests give
+    one string to sign), or None."""
     for k, v in headers:
         name = k.lower()
+        if name.startswith("x-ms-") and not _MS_NAME.match(name):
+            return f"the header name {k!r} has characters other than a-z, 0-9 and '-'"
         if (name in STANDARD or name.startswith("x-ms-")) and not _VALUE.match(v):
             return f"the {k} header of a request egress signs has characters other than printable ASCII"
-    names = [k.lower() for k, _ in headers if k.lower() in STANDARD]
+    names = [
+        k.lower() for k, _ in headers if k.lower() in STANDARD or k.lower().startswith("x-ms-")
+    ]
     if len(names) != len(set(names)):
         return "a header the signature covers is sent twice"
-    _, _, query = path.partition("?")
+    base, _, query = path.partition("?")
+    try:
+        base.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the path of a request egress signs is not UTF-8"
     if "+" in query:
         return "a '+' in the query of a request egress signs (a space to some parsers)"
     try:
         for part in query.split("&"):
-            unquote(part, errors="strict")
+            name, _, value = part.partition("=")
+            name, value = unquote(name, errors="strict"), unquote(value, errors="strict")
+            if ":" in name or _CONTROL.search(name + value):
+                return ("a query parameter whose decoded name holds ':' or whose decoded name or "
+                        "value holds a control character (it would read as another line)")  # fmt: skip
     except UnicodeDecodeError:
         return "%XX escapes that are not UTF-8 in the query of a request egress signs"
     return None
@@ -109,3 +124,11 @@ def sign(value: SecretValue, account: str, method: str, path: str, headers: list
     key = base64.b64decode(value.reveal())
     signature = base64.b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode()
     return [*kept, ("Authorization", f"SharedKey {account}:{signature}")], signature
+
+
+def masks(signature: str) -> tuple[str, ...]:
+    """The signature's spellings to mask where an upstream echoes it: as sent, unpadded,
+    URL-safe, and the MAC in hex."""
+    mac = base64.b64decode(signature)
+    return (signature, signature.rstrip("="), base64.urlsafe_b64encode(mac).decode().rstrip("="),
+            mac.hex(), mac.hex().upper())  # fmt: skip

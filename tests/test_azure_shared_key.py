@@ -95,9 +95,53 @@ PLAN = [
     ("SharedKeyLite", (("Authorization", f"SharedKeyLite {ACCOUNT}:{SIG}"),), HOST, Reason.SIGNATURE_SCHEME_UNSUPPORTED),
     ("two Authorization", (("Authorization", f"SharedKey {ACCOUNT}:{SIG}"),) * 2, HOST, Reason.SIGNATURE_SCHEME_UNSUPPORTED),
     ("a signed header not ASCII", (("Authorization", f"SharedKey {ACCOUNT}:{SIG}"), ("x-ms-meta-a", "é")), HOST, Reason.MALFORMED_REQUEST),
+    ("an x-ms header twice", (("Authorization", f"SharedKey {ACCOUNT}:{SIG}"), ("x-ms-meta-a", "1"), ("x-ms-meta-a", "2")), HOST, Reason.MALFORMED_REQUEST),
+    ("an x-ms header name outside a-z0-9-", (("Authorization", f"SharedKey {ACCOUNT}:{SIG}"), ("x-ms-meta.a", "1")), HOST, Reason.MALFORMED_REQUEST),
     ("no signature: nothing to do", (), HOST, "nothing"),
     ("unbound host: not egress's to sign", (("Authorization", f"SharedKey {ACCOUNT}:{SIG}"),), "other.blob.core.windows.net", "nothing"),
 ]  # fmt: skip
+
+
+QUERIES = [
+    ("/cont1?comp=list", "sign"),
+    ("/cont1?a=1%0Ab:2", Reason.MALFORMED_REQUEST),  # would read as a second line a:1 / b:2
+    ("/cont1?a%3Ab=c", Reason.MALFORMED_REQUEST),  # name a:b
+    ("/cont1?a=%ff", Reason.MALFORMED_REQUEST),
+    ("/cont1?a=b+c", Reason.MALFORMED_REQUEST),
+    (
+        "/cont\udcff1",
+        Reason.MALFORMED_REQUEST,
+    ),  # bytes that are not UTF-8 (as mitmproxy gives them)
+]
+
+
+@pytest.mark.parametrize("path,expected", QUERIES)
+def test_paths_and_queries_that_would_read_twice(path: str, expected: object) -> None:
+    got = plan(RequestParts("https", HOST, "GET", path, (("Authorization", f"SharedKey {ACCOUNT}:{SIG}"),), None),
+               [(CFG.secrets[0], SecretValue(REAL_KEY))])  # fmt: skip
+    if expected == "sign":
+        assert isinstance(got, Injection) and got.sign_azure is not None
+    else:
+        assert isinstance(got, Denial) and got.reason == expected, got
+
+
+def test_hosts_must_be_the_accounts_own_endpoints() -> None:
+    """Shared Key does not cover the host: a signature made for any bound host works at the
+    account's endpoints, so only those may be bound unless azure.other_hosts says so."""
+    from egress.errors import ConfigError
+
+    secret = {"name": "az", "scheme": "azure_shared_key", "hosts": ["attacker.example"], "source": {"env": "K"},
+              "azure": {"account": ACCOUNT}}  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"secrets\[0\]\.hosts\[0\]: 'attacker.example' is not an endpoint"
+    ):
+        parse({"allow": ["attacker.example"], "secrets": [secret]}, "t.yaml", Path("/"))
+    secret["azure"] = {"account": ACCOUNT, "other_hosts": True}
+    assert (
+        parse({"allow": ["attacker.example"], "secrets": [secret]}, "t.yaml", Path("/"))
+        .secrets[0]
+        .azure_account
+    )
 
 
 @pytest.mark.parametrize("headers,host,expected", [c[1:] for c in PLAN], ids=[c[0] for c in PLAN])

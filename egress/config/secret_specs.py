@@ -234,11 +234,28 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
     )
     azure_account = None
     if scheme == "azure_shared_key":
-        a = c.mapping(m.get("azure"), f"{key}.azure", ("account",), ("account",))
+        a = c.mapping(m.get("azure"), f"{key}.azure", ("account", "other_hosts"), ("account",))
         azure_account = c.typed(a, f"{key}.azure", "account", str, None) if a is not None else None
         if azure_account is not None and not re.fullmatch(r"[a-z0-9]{3,24}", azure_account):
             c.err(f"{key}.azure.account", f"{azure_account!r} is not a storage account name "
                   "(3-24 lower-case letters and digits)")  # fmt: skip
+        elif (
+            azure_account is not None
+            and a is not None
+            and not c.typed(a, f"{key}.azure", "other_hosts", bool, False)
+        ):
+            # Shared Key does not cover the host: a signature made for any bound host works
+            # at the account's own endpoints. Only those, unless said otherwise.
+            for j, h in enumerate(c.str_list(m, key, "hosts") or []):
+                own = re.match(
+                    r"^([a-z0-9]{3,24})\.(?:blob|file|queue|table|dfs)(?:-secondary)?\.core\.windows\.net$",
+                    h.lower(),
+                )
+                if own is None or own.group(1) != azure_account:
+                    c.err(f"{key}.hosts[{j}]", f"{h!r} is not an endpoint of account {azure_account!r} "
+                          f"({azure_account}.blob.core.windows.net...): a Shared Key signature made for it "
+                          "works at the account's endpoints; for an emulator, a custom domain or a "
+                          "private endpoint set azure.other_hosts: true")  # fmt: skip
     surfaces = c.str_list(m, key, "inject") or ["headers"]
     for j, s in enumerate(surfaces):
         if s not in SURFACES:
