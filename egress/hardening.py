@@ -14,6 +14,7 @@ reads (a secrets file, a Vault token file), and send signals.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -30,6 +31,26 @@ def _libc() -> ctypes.CDLL | None:
         return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     except OSError:
         return None
+
+
+def _environ_block() -> ctypes._Pointer[ctypes.c_void_p] | None:
+    """The process's ``environ`` array, or None. Looked up in the global namespace first: a
+    Python executable that holds its own copy of ``environ`` (Debian's python3 does, by copy
+    relocation) leaves libc's symbol NULL, and reading that raised "NULL pointer access"
+    at start-up in the container image."""
+    candidates = []
+    with contextlib.suppress(OSError):
+        candidates.append(ctypes.CDLL(None))
+    if (libc := _libc()) is not None:
+        candidates.append(libc)
+    for lib in candidates:
+        try:
+            block = ctypes.POINTER(ctypes.c_void_p).in_dll(lib, "environ")
+        except ValueError:
+            continue
+        if block:  # a NULL pointer is false
+            return block
+    return None
 
 
 def make_undumpable() -> bool:
@@ -59,12 +80,8 @@ def scrub_environ(names: Iterable[str]) -> list[str]:
     them from os.environ. Returns the names that were present."""
     wanted = {n.encode() for n in names if n}
     scrubbed: list[str] = []
-    libc = _libc()
-    if libc is not None and wanted:
-        try:
-            environ = ctypes.POINTER(ctypes.c_void_p).in_dll(libc, "environ")
-        except ValueError:
-            environ = None
+    if wanted:
+        environ = _environ_block()
         i = 0
         while environ is not None and environ[i]:
             address = environ[i]

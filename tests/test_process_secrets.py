@@ -5,6 +5,7 @@ capabilities (root without CAP_SYS_PTRACE obeys the same ptrace rules as any use
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -125,3 +126,27 @@ def test_the_vault_token_variable_is_egress_secret_material(tmp_path: Path) -> N
     for text, expected in cases:
         (tmp_path / "e.yaml").write_text(text + "allow: [a.example]\n")
         assert secret_env_vars(config.load(tmp_path / "e.yaml"), Rt()) == expected  # type: ignore[arg-type]
+
+
+def test_scrub_environ_with_no_environ_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no environ array can be read (Debian's python3 keeps its own copy, leaving
+    libc's symbol NULL: reading it raised at start-up in the container image), the values
+    still leave os.environ and nothing raises. The block itself is overwritten where found
+    (the test above)."""
+    import ctypes
+
+    from egress import hardening
+
+    null = ctypes.POINTER(ctypes.c_void_p)()
+    assert not null  # what in_dll gave on that Python
+    monkeypatch.setattr(hardening, "_environ_block", lambda: None)
+    monkeypatch.setenv("SCRUB_ME_TOO", "another-value")
+    assert hardening.scrub_environ(["SCRUB_ME_TOO"]) == []
+    assert "SCRUB_ME_TOO" not in os.environ
+
+
+def test_the_environ_block_is_the_one_the_process_uses() -> None:
+    from egress import hardening
+
+    block = hardening._environ_block()
+    assert block is not None and block[0] is not None  # a readable, non-empty array here
