@@ -6,7 +6,7 @@ from __future__ import annotations
 from egress import sigv4
 from egress.config import SecretSpec
 from egress.reasons import Reason
-from egress.requestparts import Denial, Header, RequestParts, utc_now
+from egress.requestparts import Denial, Header, RequestParts, https_only, unavailable, utc_now
 from egress.secretindex import SecretIndex
 from egress.secrets import SecretValue
 
@@ -110,16 +110,4 @@ def resign_check(
                 f"{problem}",
                 spec.name,
             )
-    if req.scheme != "https" and (req.transparent or not spec.allow_http):
-        return Denial(
-            Reason.PLAINTEXT_INJECTION,
-            f"secret {spec.name!r} signs only requests sent over HTTPS; use https://",
-            spec.name,
-        )
-    if value is None:
-        return Denial(
-            Reason.SECRET_UNAVAILABLE,
-            f"secret {spec.name!r} is not loaded, so the request was not sent",
-            spec.name,
-        )
-    return signed
+    return https_only(req, spec) or unavailable(spec, value is not None) or signed

@@ -29,7 +29,15 @@ from egress.reasons import Reason
 
 # The request's parts and the answers live in egress.requestparts (egress.awsplan needs
 # them too); they are imported from here as well.
-from egress.requestparts import Denial, Header, Injection, RequestParts, utc_now  # noqa: F401
+from egress.requestparts import (  # noqa: F401
+    Denial,
+    Header,
+    Injection,
+    RequestParts,
+    https_only,
+    unavailable,
+    utc_now,
+)
 from egress.secretindex import SecretIndex
 from egress.secrets import SecretValue
 
@@ -260,15 +268,10 @@ def _hmac_check(
             "in this request",
             spec.name,
         )
-    if req.scheme != "https" and (req.transparent or not spec.allow_http):
-        return Denial(Reason.PLAINTEXT_INJECTION,
-                      f"secret {spec.name!r} signs only requests sent over HTTPS; use https://",
-                      spec.name)  # fmt: skip
-    if value is None or hmacsign.key_problem(value, spec.hmac.key_encoding):
-        why = "is not loaded" if value is None else f"is not a {spec.hmac.key_encoding} key"
-        return Denial(Reason.SECRET_UNAVAILABLE,
-                      f"secret {spec.name!r} {why}, so the request was not sent", spec.name)  # fmt: skip
-    return None
+    bad_key = value is not None and hmacsign.key_problem(value, spec.hmac.key_encoding)
+    return https_only(req, spec) or unavailable(
+        spec, value is not None, f"is not a {spec.hmac.key_encoding} key" if bad_key else None
+    )
 
 
 def _azure_check(
@@ -293,19 +296,18 @@ def _azure_check(
                       f"the request is signed with Shared Key for account {account!r}, which no "
                       f"secret bound to {req.host!r} holds ({', '.join(s.name for s in specs)})",
                       specs[0].name)  # fmt: skip
-    if req.scheme != "https" and (req.transparent or not spec.allow_http):
-        return Denial(Reason.PLAINTEXT_INJECTION,
-                      f"secret {spec.name!r} signs only requests sent over HTTPS; use https://",
-                      spec.name)  # fmt: skip
+    refused = https_only(req, spec)
+    if refused is not None:
+        return refused
     problem = azuresign.ambiguous(req.headers, req.path)
     if problem:
         return Denial(Reason.MALFORMED_REQUEST, f"{problem} (secret {spec.name!r})", spec.name)
     value = index.values.get(spec.name)
-    if value is None or azuresign.key_problem(value):
-        why = "is not loaded" if value is None else "is not a base64 account key"
-        return Denial(Reason.SECRET_UNAVAILABLE,
-                      f"secret {spec.name!r} {why}, so the request was not sent", spec.name)  # fmt: skip
-    return spec
+    bad_key = value is not None and azuresign.key_problem(value)
+    return (
+        unavailable(spec, value is not None, "is not a base64 account key" if bad_key else None)
+        or spec
+    )
 
 
 def _signed_refusal(name: str) -> Denial:

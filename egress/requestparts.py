@@ -52,3 +52,22 @@ class Injection:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def https_only(req: RequestParts, spec: SecretSpec) -> Denial | None:
+    """A signing secret (aws_sigv4, hmac, azure_shared_key) signs over HTTPS only (plain
+    HTTP with allow_http, never in transparent mode)."""
+    if req.scheme != "https" and (req.transparent or not spec.allow_http):
+        return Denial(Reason.PLAINTEXT_INJECTION,
+                      f"secret {spec.name!r} signs only requests sent over HTTPS; use https://",
+                      spec.name)  # fmt: skip
+    return None
+
+
+def unavailable(spec: SecretSpec, loaded: bool, key_problem: str | None = None) -> Denial | None:
+    """A secret that is not loaded, or whose key cannot sign: the request is not sent."""
+    if loaded and key_problem is None:
+        return None
+    why = "is not loaded" if not loaded else key_problem
+    return Denial(Reason.SECRET_UNAVAILABLE,
+                  f"secret {spec.name!r} {why}, so the request was not sent", spec.name)  # fmt: skip
