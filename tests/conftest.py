@@ -105,6 +105,10 @@ def base_config(
         ],
         "audit": {"path": str(tmp / "audit.jsonl")},
         "limits": {"max_body_bytes": 65536},
+        # One process per test proxy: starting a worker per CPU for every test costs the
+        # suite time. The module-scoped `proxy` fixture below, which most end-to-end tests
+        # share, runs the default (one per CPU), as does every test of workers itself.
+        "workers": 1,
     }
 
 
@@ -200,8 +204,9 @@ def start_proxy(
 def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, plain_upstream: Upstream,
           test_ca_file: Path) -> Iterator[RunningProxy]:  # fmt: skip
     tmp = tmp_path_factory.mktemp("egress")
-    cfg = write_config(tmp, base_config(tmp, test_ca_file, upstream.port, plain_upstream.port))
-    p = start_proxy(cfg, tmp)
+    cfg = base_config(tmp, test_ca_file, upstream.port, plain_upstream.port)
+    del cfg["workers"]  # the production default: one worker per CPU
+    p = start_proxy(write_config(tmp, cfg), tmp)
     yield p
     code = p.stop()
     assert code == 0, p.stderr_path.read_text()

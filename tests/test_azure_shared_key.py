@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -192,12 +193,10 @@ def azurite(tmp_path_factory: pytest.TempPathFactory, test_ca: trustme.CA) -> It
                 time.sleep(0.2)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        # Its data is throwaway, and a graceful stop waits out the SDK's kept-alive
+        # connections (15 s): kill its process group.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
