@@ -263,3 +263,18 @@ def canary_audit() -> Iterator[None]:
             if found:
                 hits.append(f"{path}: {found[1]}")
     assert not hits, "secret values leaked into proxy output:\n" + "\n".join(hits)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start building the container image in the background as soon as a collected test
+    needs it, so the build overlaps the tests that run before it (tests/image_build.py)."""
+    from tests.image_build import BUILD_ONCE
+
+    if any("image" in getattr(item, "fixturenames", ()) for item in session.items):
+        BUILD_ONCE.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests.image_build import BUILD_ONCE
+
+    BUILD_ONCE.stop()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,3 +76,108 @@ def test_entrypoint_runs_with_state_only_in_volumes(
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=15)
     assert proc.returncode == 0
+
+
+# --- the dependency locks the image installs from (deploy/image/) ----------------------
+
+LOCKS = sorted((DOCKERFILE.parent / "deploy" / "image").glob("requirements-py*.txt"))
+
+
+def _pins(lock: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes), from a `uv pip compile --generate-hashes` lock."""
+    pins = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", lock.read_text()):
+        m = re.match(r"([A-Za-z0-9_.-]+)==(\S+)", block)
+        if m:
+            pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = (
+                m.group(2),
+                re.findall(r"--hash=sha256:([0-9a-f]{64})", block),
+            )
+    return pins
+
+
+def test_there_is_a_lock_for_each_python_the_dockerfile_meets() -> None:
+    assert [p.name for p in LOCKS] == ["requirements-py311.txt", "requirements-py312.txt"]
+    assert "requirements-py${py}.txt" in DOCKERFILE.read_text()
+    assert "--require-hashes" in DOCKERFILE.read_text()
+
+
+@pytest.mark.parametrize("lock", LOCKS, ids=lambda p: p.name)
+def test_each_lock_pins_every_dependency_with_hashes_and_satisfies_pyproject(lock: Path) -> None:
+    """Re-lock with deploy/image/lock.sh after changing [project.dependencies]."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    py = re.search(r"py3(\d+)", lock.name).group(1)  # type: ignore[union-attr]
+    env = {"python_version": f"3.{py}", "python_full_version": f"3.{py}.0", "sys_platform": "linux",
+           "platform_system": "Linux", "implementation_name": "cpython", "os_name": "posix"}  # fmt: skip
+    pins = _pins(lock)
+    assert pins and all(hashes for _, hashes in pins.values()), "every pin needs a hash"
+    deps = tomllib.loads((DOCKERFILE.parent / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    for dep in map(Requirement, deps):
+        if dep.marker and not dep.marker.evaluate(env):
+            continue
+        name = re.sub(r"[-_.]+", "-", dep.name).lower()
+        assert name in pins, f"{lock.name} lacks {dep}: run deploy/image/lock.sh"
+        assert dep.specifier.contains(pins[name][0], prereleases=True), (
+            f"{lock.name} pins {name}=={pins[name][0]}, outside {dep}: run deploy/image/lock.sh"
+        )
+
+
+# --- the vulnerability scan's verdicts (deploy/image/vulnscan.py) -----------------------
+
+
+def _vulnscan() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "egress_vulnscan", DOCKERFILE.parent / "deploy/image/vulnscan.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _report(*deps: dict[str, Any]) -> str:
+    return json.dumps({"dependencies": list(deps), "fixes": []})
+
+
+OK = {"name": "idna", "version": "3.10", "vulns": []}
+VULN = {
+    "name": "idna",
+    "version": "3.6",
+    "vulns": [{"id": "PYSEC-2024-60", "fix_versions": ["3.7"]}],
+}
+NOT_FOUND = {
+    "name": "x",
+    "version": "1",
+    "skip_reason": "Dependency not found on PyPI and could not be audited: x (1)",
+}
+
+
+@pytest.mark.parametrize(
+    "code, stdout, stderr, verdict, says",
+    [
+        (0, _report(OK, OK), "", "clean", "2 packages, no known vulnerability"),
+        (1, _report(OK, VULN), "", "vulnerable", "PYSEC-2024-60 (fixed in 3.7)"),
+        # The service answered for some packages but not for one: not a pass.
+        (0, _report(OK, NOT_FOUND), "", "vulnerable", "could not be audited"),
+        # It answered nothing at all: skipped, said so, never a pass.
+        (0, _report(NOT_FOUND, NOT_FOUND), "", "unreachable", "not found on PyPI"),
+        (1, "", "requests.exceptions.ConnectionError: Max retries exceeded", "unreachable", "Max retries"),
+        # Anything else that is not a report fails closed.
+        (1, "", "ResolutionImpossible", "vulnerable", "pip-audit failed"),
+        (0, "", "", "vulnerable", "pip-audit failed"),
+        (0, _report(), "", "vulnerable", "no packages at all"),
+        (0, "[]", "", "vulnerable", "pip-audit failed"),
+    ],
+)  # fmt: skip
+def test_vulnerability_scan_fails_closed(
+    code: int, stdout: str, stderr: str, verdict: str, says: str
+) -> None:
+    got, lines = _vulnscan().classify("osv", code, stdout, stderr)
+    assert got == verdict and says in "\n".join(lines), (got, lines)
