@@ -9,37 +9,46 @@
 ARG BASE=python:3.12-slim
 
 FROM ${BASE} AS build
-# PIP_CERT: an optional CA bundle for pip, for a build machine behind a TLS-intercepting
-# proxy; bind it for the build only (deploy/image/build.sh), so nothing lands in the image.
-ARG PIP_CERT
 WORKDIR /src
 # A venv works on both bases (Debian's own python3 is "externally managed" and has no pip).
-# Dependencies first, from a lock with hashes, one per Python minor version (mitmproxy 11
-# on 3.11, 12 on 3.12): a layer that a change to egress's code does not rebuild.
-COPY deploy/image/requirements-py*.txt ./
-RUN python3 -m venv /opt/egress \
+# Everything pip installs comes from locks with hashes, in a layer a change to egress's code
+# does not rebuild: the dependencies (one lock per Python minor version: mitmproxy 11 on
+# 3.11, 12 on 3.12) into the venv, and what builds egress (setuptools, wheel) beside it, so
+# that egress builds with no build isolation (which would fetch those unpinned) and no
+# index (an sdist among the dependencies, pyperclip, builds the same way). pip check proves
+# the set is whole; then pip and the venv's own setuptools leave it.
+# A build machine behind a TLS-intercepting proxy passes its CA bundle as the build secret
+# "pipcert" (deploy/image/build.sh does): mounted for these steps only, never in a layer.
+COPY deploy/image/requirements-py*.txt deploy/image/build-requirements.txt ./
+RUN --mount=type=secret,id=pipcert \
+    if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
+    && python3 -m venv /opt/egress \
     && py="$(python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')" \
     && test -f "requirements-py${py}.txt" \
     && /opt/egress/bin/pip install --no-cache-dir --disable-pip-version-check \
-        --require-hashes --no-deps -r "requirements-py${py}.txt"
-# Then egress itself, without dependencies; pip check proves the set is whole; pip,
-# setuptools and wheel leave the venv.
+        --require-hashes --no-deps --target /opt/build-deps -r build-requirements.txt \
+    && PYTHONPATH=/opt/build-deps /opt/egress/bin/pip install --no-cache-dir \
+        --disable-pip-version-check --require-hashes --no-deps --no-build-isolation \
+        -r "requirements-py${py}.txt"
 COPY pyproject.toml README.md ./
 COPY egress ./egress
 COPY addons ./addons
-RUN /opt/egress/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps . \
+RUN PYTHONPATH=/opt/build-deps /opt/egress/bin/pip install --no-cache-dir \
+        --disable-pip-version-check --no-index --no-deps --no-build-isolation . \
     && /opt/egress/bin/pip check \
-    && /opt/egress/bin/pip uninstall -q -y pip setuptools wheel
+    && /opt/egress/bin/pip uninstall -q -y pip setuptools
 
 FROM ${BASE}
 # iptables/nftables for the redirect init container (same image, run with NET_ADMIN as root).
-# The mount points are made here: buildah's VOLUME does not create them, and a read-only
-# root cannot get them later.
+# No setuid or setgid program stays (su, mount, passwd...): nothing in the image may gain
+# privileges, whatever the runtime allows. The mount points are made here: buildah's
+# VOLUME does not create them, and a read-only root cannot get them later.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends iptables nftables \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log \
+    && find / -xdev -type f -perm /6000 -exec chmod ug-s {} + \
     && mkdir -p /etc/egress /var/run/egress \
     && groupadd --gid 1337 egress \
     && useradd --uid 1337 --gid 1337 --no-create-home --shell /usr/sbin/nologin egress

@@ -24,6 +24,7 @@ from typing import Any
 ROOT = Path(__file__).parent.parent
 BUILD = ROOT / "deploy" / "image" / "build.sh"
 TAG = "localhost/egress:test"
+PREFIX = "egress-image-"
 TOOLS = ("podman", "debootstrap", "bwrap", "setpriv", "tar")
 
 
@@ -84,13 +85,16 @@ class Build:
     def start(self) -> None:
         if self.proc is not None or os.environ.get("EGRESS_IMAGE_DIR") or missing():
             return
-        self.dir = Path(tempfile.mkdtemp(prefix="egress-image-"))
+        _sweep()
+        self.dir = Path(tempfile.mkdtemp(prefix=PREFIX))
         self.dir.chmod(0o755)  # the image runs as UID 1337, which must reach rootfs/
+        (self.dir / "owner.pid").write_text(str(os.getpid()))
         self.log = self.dir / "build.log"
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             ["bash", str(BUILD), "--tag", TAG, "--export", str(self.dir)],
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )  # fmt: skip
 
     def wait(self, timeout: float = 900) -> Image:
@@ -125,6 +129,24 @@ class Build:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+
+def _die_with_parent() -> None:
+    """In the build's process: SIGTERM when pytest dies, however it dies (build.sh then
+    stops podman and unmounts)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _sweep() -> None:
+    """Remove exports left by test runs that were killed (their owner is gone): ~400 MB each."""
+    for d in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
+        try:
+            owner = int((d / "owner.pid").read_text())
+            os.kill(owner, 0)
+        except (OSError, ValueError):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 BUILD_ONCE = Build()

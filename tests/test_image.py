@@ -81,6 +81,7 @@ def test_entrypoint_runs_with_state_only_in_volumes(
 # --- the dependency locks the image installs from (deploy/image/) ----------------------
 
 LOCKS = sorted((DOCKERFILE.parent / "deploy" / "image").glob("requirements-py*.txt"))
+BUILD_LOCK = DOCKERFILE.parent / "deploy" / "image" / "build-requirements.txt"
 
 
 def _pins(lock: Path) -> dict[str, tuple[str, list[str]]]:
@@ -98,8 +99,27 @@ def _pins(lock: Path) -> dict[str, tuple[str, list[str]]]:
 
 def test_there_is_a_lock_for_each_python_the_dockerfile_meets() -> None:
     assert [p.name for p in LOCKS] == ["requirements-py311.txt", "requirements-py312.txt"]
-    assert "requirements-py${py}.txt" in DOCKERFILE.read_text()
-    assert "--require-hashes" in DOCKERFILE.read_text()
+    text = DOCKERFILE.read_text()
+    assert "requirements-py${py}.txt" in text and "build-requirements.txt" in text
+    # Every pip install takes hashes or installs from no index; none builds in isolation
+    # (which fetches setuptools unpinned).
+    installs = re.findall(r"pip install ([^&\n]*)", text.replace("\\\n", " "))
+    assert len(installs) == 3, installs
+    for args in installs:
+        assert "--no-deps" in args and ("--require-hashes" in args or "--no-index" in args), args
+    assert text.count("--no-build-isolation") == 2
+
+
+def test_the_build_lock_pins_what_builds_egress() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pins = _pins(BUILD_LOCK)
+    assert pins and all(hashes for _, hashes in pins.values())
+    build = tomllib.loads((DOCKERFILE.parent / "pyproject.toml").read_text())["build-system"]
+    for dep in map(Requirement, build["requires"]):
+        assert dep.name in pins and dep.specifier.contains(pins[dep.name][0]), dep
 
 
 @pytest.mark.parametrize("lock", LOCKS, ids=lambda p: p.name)
@@ -168,7 +188,11 @@ NOT_FOUND = {
         (0, _report(OK, NOT_FOUND), "", "vulnerable", "could not be audited"),
         # It answered nothing at all: skipped, said so, never a pass.
         (0, _report(NOT_FOUND, NOT_FOUND), "", "unreachable", "not found on PyPI"),
-        (1, "", "requests.exceptions.ConnectionError: Max retries exceeded", "unreachable", "Max retries"),
+        (1, "", "Traceback ...\nrequests.exceptions.ConnectionError: Max retries exceeded", "unreachable", "Max retries"),
+        # A timeout somewhere in a message is not an unreachable service.
+        (1, "", "ERROR: resolving timed out, Max retries exceeded\nResolutionImpossible", "vulnerable", "failed"),
+        # Every package skipped, but not because the service never answered.
+        (0, _report({**NOT_FOUND, "skip_reason": "Dependency not in the lock"}), "", "vulnerable", "could not"),
         # Anything else that is not a report fails closed.
         (1, "", "ResolutionImpossible", "vulnerable", "pip-audit failed"),
         (0, "", "", "vulnerable", "pip-audit failed"),

@@ -94,12 +94,36 @@ def test_image_config_matches_the_pod_manifest(image: Image) -> None:
         ("pip in the egress environment", "opt/egress/bin/pip*"),
         ("pip in the egress environment", "opt/egress/lib/python3*/site-packages/pip"),
         ("setuptools in the egress environment", "opt/egress/lib/python3*/site-packages/setuptools"),
+        ("the build's own dependencies", "opt/build-deps"),
+        ("the build's CA bundle mount point", "run/build-ca.crt"),
+        ("the build's secrets", "run/secrets/*"),
         ("the build's source tree", "src"),
     ],
 )  # fmt: skip
 def test_image_holds_no_build_tools_or_caches(image: Image, what: str, glob: str) -> None:
     found = sorted(str(p.relative_to(image.rootfs)) for p in image.rootfs.glob(glob))
     assert found == [], f"the image holds {what}: {found}"
+
+
+def test_image_has_no_setuid_program_file_capability_or_build_machine_data(image: Image) -> None:
+    privileged, capable = [], []
+    for path in image.rootfs.rglob("*"):
+        if path.is_symlink() or not path.is_file():
+            continue
+        if path.stat().st_mode & 0o6000:
+            privileged.append(str(path.relative_to(image.rootfs)))
+        if "security.capability" in os.listxattr(path, follow_symlinks=False):
+            capable.append(str(path.relative_to(image.rootfs)))
+    assert privileged == [] and capable == []
+    # debootstrap copies these from the build machine; the runtime provides its own.
+    for name in ("etc/resolv.conf", "etc/hostname"):
+        path = image.rootfs / name
+        assert not path.exists() or path.stat().st_size == 0, f"{name} holds the build machine's"
+    # No file in the image belongs to egress's user: outside its volumes it owns nothing.
+    owned = [
+        str(p) for p in image.rootfs.rglob("*") if not p.is_symlink() and p.stat().st_uid == UID
+    ]
+    assert owned == []
 
 
 def _installed(image: Image) -> dict[str, str]:
@@ -170,13 +194,38 @@ class Pod:
     proc: subprocess.Popen[bytes]
     stdout: Path
     stderr: Path
+    read_only: bool
+    trace: Path | None = None  # strace's record of failed file-system writes
 
     @property
     def egress_pid(self) -> int:
-        """egress itself: bubblewrap's child, PID 1 of the pod's PID namespace."""
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        assert len(children) == 1, children
-        return int(children[0])
+        """egress itself (bubblewrap's child, PID 1 of the pod's PID namespace): the first
+        process under ours, breadth first, that runs /opt/egress/bin/egress."""
+        queue = [self.proc.pid]
+        while queue:
+            pid = queue.pop(0)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"/opt/egress/bin/egress" in cmdline[:2]:
+                return pid
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                queue += [int(c) for c in (task / "children").read_text().split()]
+        raise AssertionError("no egress process under the pod")
+
+    def refused_writes(self) -> list[str]:
+        """Writes the kernel refused (strace), outside the volumes: none may be tried."""
+        if self.trace is None:
+            return []
+        refused = []
+        write_open = re.compile(r"O_(WRONLY|RDWR|CREAT|TRUNC|APPEND)")
+        for line in self.trace.read_text().splitlines():
+            m = re.search(r"^\d+\s+(\w+)\((.*)\) = -1 (EROFS|EACCES|EPERM)\b", line)
+            if not m:
+                continue
+            call, args = m.group(1), m.group(2)
+            if call in ("open", "openat") and not write_open.search(args):
+                continue
+            refused.append(line)
+        return refused
 
     def wait_ready(self, timeout: float = 60) -> str:
         """egress's standard error once it says it is ready."""
@@ -244,7 +293,7 @@ def _sidecar_config(upstream_port: int) -> dict[str, Any]:
 
 def _run_sidecar(
     image: Image, root: Path, volumes: dict[str, Path], out: Path, *, read_only: bool,
-    prefix: tuple[str, ...] = (),
+    prefix: tuple[str, ...] = (), strace: bool = False,
 ) -> Pod:  # fmt: skip
     env = {**image.env, "EGRESS_TEST_API_TOKEN": SECRET}
     binds = []
@@ -262,8 +311,17 @@ def _run_sidecar(
     ]  # fmt: skip
     stdout, stderr = out / "egress.stdout", out / "egress.stderr"
     OUTPUTS.extend([stdout, stderr])
+    trace = None
+    if strace and shutil.which("strace"):
+        # Every write the process tries and the kernel refuses: a read-only root would
+        # refuse them silently, and egress might carry on without the file.
+        trace = out / "strace.out"
+        argv = ["strace", "-f", "-qq", "-o", str(trace), "-e", "status=failed",
+                "-e", "trace=openat,open,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,"
+                "unlinkat,rmdir,symlink,symlinkat,link,linkat,truncate,chmod,fchmodat,chown,fchownat,utimensat",
+                *argv]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=stdout.open("wb"), stderr=stderr.open("wb"))
-    return Pod(image, root, volumes, proc, stdout, stderr)
+    return Pod(image, root, volumes, proc, stdout, stderr, read_only, trace)
 
 
 def _stop(pod: Pod) -> None:
@@ -312,6 +370,7 @@ def _exercise(pod: Pod, upstream: Upstream) -> None:
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert cmdline[-5:-1] == [b"/opt/egress/bin/egress", *map(str.encode, SIDECAR["args"])], cmdline
     mounts = _mounts(pid)
+    assert mounts["/"].startswith("ro" if pod.read_only else "rw")
     assert mounts["/etc/egress"].startswith("ro") and mounts["/tmp"].startswith("rw")
     assert mounts[pod.image.path("/var/run/egress")].startswith("rw")
 
@@ -368,11 +427,12 @@ def test_sidecar_runs_read_only_as_uid_1337(
     image: Image, host_dir: Path, upstream: Upstream, test_ca_file: Path
 ) -> None:
     volumes = _volumes(host_dir, test_ca_file, _sidecar_config(upstream.port))
-    pod = _run_sidecar(image, image.rootfs, volumes, host_dir, read_only=True)
+    pod = _run_sidecar(image, image.rootfs, volumes, host_dir, read_only=True, strace=True)
     try:
         _exercise(pod, upstream)
     finally:
         _stop(pod)
+    assert pod.refused_writes() == []
 
 
 def test_sidecar_writes_nothing_outside_its_volumes(
@@ -534,6 +594,17 @@ def test_sbom_validation_refuses_an_invalid_document(image: Image) -> None:
 # --- the whole pod: init container, sidecar and agent in one network namespace ----------
 
 
+def _in_pod(image: Image, ns: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """A command run in the sidecar container (its root, user and network namespace)."""
+    cmd = [
+        "ip", "netns", "exec", ns, "setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups",
+        "bwrap", "--ro-bind", str(image.rootfs), "/", "--proc", "/proc", "--dev", "/dev",
+        "--unshare-all", "--share-net", "--die-with-parent", "--cap-drop", "ALL", "--clearenv",
+        *[a for k, v in image.env.items() for a in ("--setenv", k, v)], "--", *argv,
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
 def test_the_pod_from_the_image_end_to_end(
     image: Image, host_dir: Path, test_ca: trustme.CA
 ) -> None:
@@ -579,9 +650,13 @@ def test_the_pod_from_the_image_end_to_end(
         )
         pod.wait_ready()
 
-        # The kubelet probes the pod IP on the admin port, from outside the pod.
+        # The kubelet probes the pod IP on the admin port, from outside the pod; Docker runs
+        # the image's HEALTHCHECK inside it.
         probe = call_in(pair.upstream, lambda: _get(f"http://{pair.agent_ip}:9901/readyz"))
         assert probe == (200, "ready\n")
+        healthcheck = image.inspect["Healthcheck"]["Test"]
+        assert healthcheck[0] == "CMD"
+        assert _in_pod(image, pair.agent, healthcheck[1:]).returncode == 0
 
         agent_dir = volumes["/var/run/egress"]
         placeholder = dict(line.split("=", 1) for line in (agent_dir / "egress.env").read_text().splitlines()
@@ -609,9 +684,30 @@ def test_the_pod_from_the_image_end_to_end(
         os.kill(pod.egress_pid, signal.SIGTERM)
         assert pod.proc.wait(timeout=30) == 0, pod.outputs()
         assert_no_secret(pod.outputs())
+        assert _in_pod(image, pair.agent, healthcheck[1:]).returncode == 1  # nothing answers
     finally:
         if pod is not None:
             _stop(pod)
         for up in servers:
             up.__exit__(None, None, None)
         pair.remove()
+
+
+@pytest.mark.parametrize(
+    "line, refused",
+    [
+        ('7 openat(AT_FDCWD, "/etc/x", O_WRONLY|O_CREAT|O_CLOEXEC, 0644) = -1 EROFS (Read-only file system)', True),
+        ('7 openat(AT_FDCWD, "/var/tmp/x", O_RDWR, 0600) = -1 EACCES (Permission denied)', True),
+        ('7 mkdir("/opt/egress/cache", 0777) = -1 EROFS (Read-only file system)', True),
+        ('7 unlink("/etc/x") = -1 EPERM (Operation not permitted)', True),
+        ('7 openat(AT_FDCWD, "/etc/x", O_RDONLY|O_CLOEXEC) = -1 EACCES (Permission denied)', False),
+        ('7 openat(AT_FDCWD, "/usr/lib/locale/x", O_RDONLY|O_CLOEXEC) = -1 ENOENT (No such file)', False),
+        ('7 mkdir("/var/run/egress", 0700) = -1 EEXIST (File exists)', False),
+    ],
+)  # fmt: skip
+def test_refused_writes_are_read_from_the_trace(tmp_path: Path, line: str, refused: bool) -> None:
+    """The strace reading behind the read-only run's "no refused write" check."""
+    trace = tmp_path / "strace.out"
+    trace.write_text(line + "\n")
+    pod = Pod(None, tmp_path, {}, None, tmp_path, tmp_path, True, trace)  # type: ignore[arg-type]
+    assert pod.refused_writes() == ([line] if refused else [])

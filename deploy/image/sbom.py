@@ -24,8 +24,10 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -47,10 +49,17 @@ def tools(python: str) -> Path:
     """cyclonedx-bom installed for the image's Python and this machine's architecture."""
     target = CACHE / "tools" / f"{GENERATOR.replace('==', '-')}-py{python}-{platform.machine()}"
     if not (target / "cyclonedx_py").is_dir():
-        part = target.with_name(target.name + ".part")
-        subprocess.run(["uv", "pip", "install", "-q", "--target", str(part), "--python-version", python,
-                        "--python-platform", f"{platform.machine()}-manylinux_2_28", GENERATOR], check=True)  # fmt: skip
-        part.rename(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".part"))
+        try:
+            subprocess.run(["uv", "pip", "install", "-q", "--target", str(part), "--python-version", python,
+                            "--python-platform", f"{platform.machine()}-manylinux_2_28", GENERATOR], check=True)  # fmt: skip
+            part.rename(target)
+        except OSError:  # another run installed it first
+            if not (target / "cyclonedx_py").is_dir():
+                raise
+        finally:
+            shutil.rmtree(part, ignore_errors=True)
     return target
 
 
@@ -105,7 +114,9 @@ def debian_packages(rootfs: Path, tool_dir: Path) -> list[dict[str, str]]:
     packages = []
     for line in out.splitlines():
         name, version, arch, status = line.split("\t")
-        if status.startswith("ii"):  # installed, not merely known
+        # Every package with files on disk: installed, held, half-installed, half-configured,
+        # awaiting triggers; not those removed (n) or with only config files left (c).
+        if len(status) > 1 and status[1] not in "nc":
             packages.append({"name": name, "version": version, "arch": arch})
     return packages
 

@@ -26,14 +26,21 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
 AUDITOR = "pip-audit==2.10.1"
 CACHE = Path(os.environ.get("EGRESS_IMAGE_CACHE", "/var/cache/egress-image"))
-UNREACHABLE = ("ConnectionError", "NameResolutionError", "Max retries exceeded", "timed out")
+# How pip-audit's last line reads when the service never answered (a traceback's last line).
+UNREACHABLE = re.compile(
+    r"^requests\.exceptions\.(ConnectionError|ConnectTimeout|ReadTimeout|SSLError)\b"
+)
+NOT_FOUND = "Dependency not found on PyPI"
 
 
 def auditor() -> Path:
@@ -41,12 +48,29 @@ def auditor() -> Path:
     v = f"{sys.version_info.major}.{sys.version_info.minor}"
     target = CACHE / "tools" / f"{AUDITOR.replace('==', '-')}-py{v}-{platform.machine()}"
     if not (target / "pip_audit").is_dir():
-        part = target.with_name(target.name + ".part")
-        subprocess.run(
-            ["uv", "pip", "install", "-q", "--target", str(part), "--python-version", v, AUDITOR],
-            check=True,
-        )
-        part.rename(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".part"))
+        try:
+            subprocess.run(
+                [
+                    "uv",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--target",
+                    str(part),
+                    "--python-version",
+                    v,
+                    AUDITOR,
+                ],
+                check=True,
+            )
+            part.rename(target)
+        except OSError:  # another run installed it first
+            if not (target / "pip_audit").is_dir():
+                raise
+        finally:
+            shutil.rmtree(part, ignore_errors=True)
     return target
 
 
@@ -69,7 +93,7 @@ def classify(service: str, code: int, stdout: str, stderr: str) -> tuple[str, li
         report = None
     if not isinstance(report, dict):
         last = stderr.strip().splitlines()[-1][:300] if stderr.strip() else f"exit {code}"
-        if any(marker in stderr for marker in UNREACHABLE):
+        if UNREACHABLE.match(last):
             return "unreachable", [f"{service}: {last}"]
         return "vulnerable", [f"{service}: pip-audit failed: {last}"]
     deps = report.get("dependencies", [])
@@ -79,7 +103,7 @@ def classify(service: str, code: int, stdout: str, stderr: str) -> tuple[str, li
             fixed = ", ".join(vuln.get("fix_versions", [])) or "no fix yet"
             found.append(f"{dep['name']} {dep['version']}: {vuln['id']} (fixed in {fixed})")
     skipped = [d for d in deps if d.get("skip_reason")]
-    if deps and len(skipped) == len(deps):
+    if deps and all(NOT_FOUND in d["skip_reason"] for d in skipped) and len(skipped) == len(deps):
         # Every package "not found": the service answers nothing here (PyPI's JSON API is
         # not served through this machine's registry mirror), not a verdict.
         return "unreachable", [f"{service}: {skipped[0]['skip_reason'][:200]}"]
