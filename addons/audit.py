@@ -44,6 +44,7 @@ class AuditLog(EgressAddon):
                 host=tunnel.host if tunnel else "", port=tunnel.port if tunnel else 0, path="",
                 decision=decision, reason=data.reason.value, rule=None,
                 status=http_status(data.reason), detail=data.detail,
+                agent=self.runtime.client_agent(data.client.id),
             )
         )  # fmt: skip
 
@@ -96,6 +97,7 @@ class AuditLog(EgressAddon):
                 decision=decision,
                 reason=refused.reason.value, rule=refused.rule, status=None,
                 detail=self.runtime.redact(refused.detail),
+                agent=self.runtime.client_agent(nextlayer.context.client.id),
             )
         )  # fmt: skip
 
@@ -169,8 +171,12 @@ class AuditLog(EgressAddon):
             bytes_out=len(resp.raw_content or b"") if resp else 0,
             duration_ms=round((end - req.timestamp_start) * 1000, 2),
             detail=detail,
+            agent=m.get("agent"),
         )
         self.runtime.audit.write(record)
+        if self.runtime.config.agents:
+            self.runtime.metrics.agent_requests.labels(record.agent or "unidentified",
+                                                       record.decision).inc()  # fmt: skip
         self.runtime.metrics.record(record.decision, record.reason, record.secrets, record.scrubbed,
                                     (record.duration_ms or 0) / 1000)  # fmt: skip
 
@@ -191,6 +197,6 @@ def record_websocket(flow: http.HTTPFlow, runtime: Runtime, reason: Reason, deta
             scheme=m.get("scheme", flow.request.scheme), host=m.get("host", flow.request.host),
             port=m.get("port", flow.request.port), path=m.get("path", ""), decision=decision,
             reason=reason.value, rule=m.get("rule"), secrets=[secret] if secret else [],
-            status=None, detail=runtime.redact(detail),
+            status=None, detail=runtime.redact(detail), agent=m.get("agent"),
         )
     )  # fmt: skip

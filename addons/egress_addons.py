@@ -2,11 +2,12 @@
 
     mitmdump -s addons/egress_addons.py --set egress_config=config/egress.yaml --set confdir=<private dir>
 
-Order matters: the allowlist decides first, injection only touches allowed requests, and
+Order matters: the agent is identified first, the allowlist decides next, injection only touches allowed requests, and
 the audit addon records what the others decided.
 """
 
 from egress.addons.audit import AuditLog
+from egress.addons.identity import AgentIdentity
 from egress.addons.inject import SecretInjector, StaleTokens
 from egress.addons.policy import Allowlist
 from egress.addons.protocol import ProtocolGuard
@@ -15,6 +16,7 @@ from egress.addons.tls import EgressTls
 
 addons = [
     EgressTls(),
+    AgentIdentity(),
     Allowlist(),
     ProtocolGuard(),
     SecretInjector(),

@@ -50,7 +50,10 @@ class SecretInjector(EgressAddon):
     def _plan(
         self, flow: http.HTTPFlow, parts: RequestParts, pause: Pause = no_pause
     ) -> Denial | Injection:
-        return plan(parts, None, self.runtime.index(), pause)
+        view = self.runtime.view(meta(flow).get("agent"))
+        if view is None:  # agents are configured and none was identified: inject nothing
+            return Denial(Reason.PROXY_AUTH_REQUIRED, "no agent was identified")
+        return plan(parts, None, self.runtime.index(), pause, view.granted)
 
     def _parts(self, flow: http.HTTPFlow, headers: bool, body: bytes | None) -> RequestParts:
         m, req = meta(flow), flow.request

@@ -43,7 +43,7 @@ from egress.request_checks import (
 )
 from egress.resolver import Refused
 from egress.routing import body_override_methods, is_form, override_methods
-from egress.runtime import Tunnel
+from egress.runtime import AgentView, Tunnel
 
 # Real ClientHellos are a few hundred bytes to a few KiB (post-quantum key shares included);
 # the length field allows 16 MiB, which egress would otherwise buffer per connection.
@@ -54,6 +54,11 @@ class Allowlist(EgressAddon):
     @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         rt = self.runtime
+        if flow.response is not None:  # refused already (AgentIdentity)
+            return
+        view = self._view(flow)
+        if view is None:
+            return
         port = flow.request.port
         try:
             host = canonical_host(flow.request.host)
@@ -66,12 +71,12 @@ class Allowlist(EgressAddon):
         if leak is not None:
             deny(flow, rt, leak.reason, leak.detail, secret=leak.secret)
             return
-        d = rt.allowlist.decide_connect(host, port)
-        if not d.allowed and self._enforce(flow, d):
+        d = view.allowlist.decide_connect(host, port)
+        if not d.allowed and self._enforce(flow, d, view):
             hint = how_to_allow(d.reason, host, port, "https", "CONNECT", "/", d.rule)
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
             return
-        picked = await rt.resolver.pick(host, port)
+        picked = await rt.resolver.pick(host, port, allowed=view.private)
         if isinstance(picked, Refused):
             deny(flow, rt, picked.reason, picked.detail, rule=d.rule_label)
             return
@@ -83,13 +88,24 @@ class Allowlist(EgressAddon):
         # The runtime's index: built once per set of secret values, never per connection.
         return host_leak([raw, host], host, list(rt.config.secrets), rt.index())
 
-    def _enforce(self, flow: http.HTTPFlow, d: Decision) -> bool:
-        """In report mode an allowlist denial is recorded as would_deny and not enforced.
-        Identity, address and secret checks are enforced in both modes."""
-        if self.runtime.config.mode != "report":
+    def _enforce(self, flow: http.HTTPFlow, d: Decision, view: AgentView) -> bool:
+        """In report mode (the config's, or the agent's own) an allowlist denial is recorded
+        as would_deny and not enforced. Identity, address and secret checks are enforced in
+        both modes."""
+        if view.mode != "report":
             return True
         meta(flow).update(would_deny=d.reason.value, detail=d.detail)
         return False
+
+    def _view(self, flow: http.HTTPFlow) -> AgentView | None:
+        """The view this request is decided with (egress.runtime.AgentView); refused when
+        agents are configured and no agent was identified (AgentIdentity runs first, so
+        this is a last guard, never the usual path)."""
+        view = self.runtime.view(meta(flow).get("agent"))
+        if view is None:
+            deny(flow, self.runtime, Reason.PROXY_AUTH_REQUIRED,
+                 "this egress serves several agents and no agent was identified")  # fmt: skip
+        return view
 
     @fail_closed
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
@@ -117,6 +133,9 @@ class Allowlist(EgressAddon):
         rt = self.runtime
         req = flow.request
         m = meta(flow)
+        view = self._view(flow)
+        if view is None:
+            return
         tunnel = rt.tunnels.get(flow.client_conn.id)
         scheme = req.scheme
         transparent = is_transparent(flow.client_conn)
@@ -177,29 +196,32 @@ class Allowlist(EgressAddon):
             return
         websocket = upgrade == ["websocket"]
         overrides = override_methods(req.headers.items(multi=True), req.path)
-        d = rt.allowlist.decide(scheme, host, port, req.method, req.path, websocket, overrides)
-        if not d.allowed and self._enforce(flow, d):
+        d = view.allowlist.decide(scheme, host, port, req.method, req.path, websocket, overrides)
+        if not d.allowed and self._enforce(flow, d, view):
             hint = how_to_allow(d.reason, host, port, scheme, req.method, req.path, d.rule)
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
             return
         if tunnel is None and transparent:
-            picked = await rt.resolver.pick(host, port, prefer=_original_ip(flow.client_conn))
+            picked = await rt.resolver.pick(host, port, prefer=_original_ip(flow.client_conn),
+                                            allowed=view.private)  # fmt: skip
             if isinstance(picked, Refused):
                 deny(flow, rt, picked.reason, picked.detail, rule=d.rule_label)
                 return
             rt.tunnels[flow.client_conn.id] = Tunnel(host, port, picked.address)
         elif tunnel is None:  # a plain-HTTP proxy request: check where it would go, once
-            picked = await rt.resolver.pick(host, port)
+            picked = await rt.resolver.pick(host, port, allowed=view.private)
             if isinstance(picked, Refused):
                 deny(flow, rt, picked.reason, picked.detail, rule=d.rule_label)
                 return
             rt.dial[(flow.client_conn.id, host, port)] = picked.address
+            if view.name is not None:
+                rt.dial_agents[(flow.client_conn.id, host, port)] = view.name
         if websocket:
             # No permessage-deflate: what the agent sends is checked as sent, and nothing is
             # inflated past what went over the wire.
             req.headers.pop("sec-websocket-extensions", None)
         problem = unreadable_form(bool(req.stream), req.headers.get("content-type", ""),
-                                  rt.allowlist, host, rt.config.max_body_bytes)  # fmt: skip
+                                  view.allowlist, host, rt.config.max_body_bytes)  # fmt: skip
         if problem is not None:
             deny(flow, rt, *problem, rule=d.rule_label)
             return
@@ -212,7 +234,10 @@ class Allowlist(EgressAddon):
         if flow.response is not None or m.get("decision") != "allow" or not req.raw_content:
             return
         content_type = req.headers.get("content-type", "")
-        if not is_form(content_type) or not rt.allowlist.restricts_methods(m["host"]):
+        view = self._view(flow)
+        if view is None:
+            return
+        if not is_form(content_type) or not view.allowlist.restricts_methods(m["host"]):
             return
         body = decoded_body(req, rt.config.max_body_bytes)
         if body is None:
@@ -222,9 +247,9 @@ class Allowlist(EgressAddon):
         if not in_body:
             return
         overrides = [*override_methods(req.headers.items(multi=True), req.path), *in_body]
-        d = rt.allowlist.decide(m["scheme"], m["host"], m["port"], req.method, req.path,
-                                False, overrides)  # fmt: skip
-        if not d.allowed and self._enforce(flow, d):
+        d = view.allowlist.decide(m["scheme"], m["host"], m["port"], req.method, req.path,
+                                  False, overrides)  # fmt: skip
+        if not d.allowed and self._enforce(flow, d, view):
             hint = how_to_allow(d.reason, m["host"], m["port"], m["scheme"], in_body[0], req.path,
                                 d.rule)  # fmt: skip
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
@@ -259,8 +284,15 @@ class Allowlist(EgressAddon):
         except InvalidHost as e:
             server.error = f"egress {Reason.INVALID_HOST.value}: {e}"
             return
-        d = rt.allowlist.decide_connect(host, port)
-        if not d.allowed and rt.config.mode != "report":
+        # The agent of the connection (its CONNECT, or the fixed one), else the agent of the
+        # plain-HTTP request this dial is for.
+        agent = rt.client_agent(data.client.id) or rt.dial_agents.get((data.client.id, host, port))
+        view = rt.view(agent)
+        if view is None:
+            server.error = f"egress {Reason.PROXY_AUTH_REQUIRED.value}: no agent was identified"
+            return
+        d = view.allowlist.decide_connect(host, port)
+        if not d.allowed and view.mode != "report":
             server.error = f"egress {d.reason.value}: {d.detail}"
             return
         if tunnel is not None and (tunnel.host, tunnel.port) == (host, port):
@@ -268,7 +300,7 @@ class Allowlist(EgressAddon):
         elif (data.client.id, host, port) in rt.dial:
             address = rt.dial[(data.client.id, host, port)]
         else:
-            picked = await rt.resolver.pick(host, port)
+            picked = await rt.resolver.pick(host, port, allowed=view.private)
             if isinstance(picked, Refused):
                 server.error = f"egress {picked.reason.value}: {picked.detail}"
                 return
@@ -338,12 +370,16 @@ class Allowlist(EgressAddon):
         if leak is not None:
             refuse(leak.reason, leak.detail, rt.redact(host))
             return
-        d = rt.allowlist.decide_connect(host, port)
-        if not d.allowed and rt.config.mode != "report":
+        view = rt.client_view(context.client.id)
+        if view is None:
+            refuse(Reason.PROXY_AUTH_REQUIRED, "no agent was identified", host)
+            return
+        d = view.allowlist.decide_connect(host, port)
+        if not d.allowed and view.mode != "report":
             hint = how_to_allow(d.reason, host, port, "https", "CONNECT", "/", d.rule)
             refuse(d.reason, f"{d.detail}. {hint}" if hint else d.detail, host, d.rule_label)
             return
-        picked = await rt.resolver.pick(host, port, prefer=original)
+        picked = await rt.resolver.pick(host, port, prefer=original, allowed=view.private)
         if isinstance(picked, Refused):
             refuse(picked.reason, picked.detail, host, d.rule_label)
             return
@@ -354,6 +390,7 @@ class Allowlist(EgressAddon):
         rt.tunnels.pop(client.id, None)
         for key in [k for k in rt.dial if k[0] == client.id]:
             del rt.dial[key]
+            rt.dial_agents.pop(key, None)
 
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:

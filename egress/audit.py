@@ -63,6 +63,7 @@ class AuditRecord:
     bytes_out: int = 0  # response body bytes to the client
     duration_ms: float | None = None
     detail: str | None = None
+    agent: str | None = None  # the agent that sent it (docs/agents.md); None: no agents
 
     def to_dict(self) -> dict[str, Any]:
         """The record as ``dataclasses.asdict`` gives it (the fields in their order, a copy
@@ -76,6 +77,7 @@ class AuditRecord:
             "would_deny": self.would_deny, "secrets": list(self.secrets),
             "scrubbed": self.scrubbed, "status": self.status, "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out, "duration_ms": self.duration_ms, "detail": self.detail,
+            "agent": self.agent,
         }  # fmt: skip
 
     def to_json(self) -> str:

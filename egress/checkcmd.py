@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from egress.addresses import AddressPolicy
 from egress.audit import AuditWriter
-from egress.config import Config, SecretSpec
+from egress.config import Config, Rule, SecretSpec
 from egress.decide import (
     ALLOWLIST_REASONS,
     Request,
@@ -86,6 +86,11 @@ def add_arguments(ck: argparse.ArgumentParser, cfg_help: str) -> None:
         "--explain", action="store_true",
         help="list every check in the proxy's order, every rule and every secret, and why each "
         "matched or not",
+    )  # fmt: skip
+    ck.add_argument(
+        "--agent", metavar="NAME",
+        help="decide as this agent (agents: in the config): the shared rules and its own, and "
+        "only the secrets granted to it. Required when the config defines agents",
     )  # fmt: skip
     ck.add_argument("--format", choices=["text", "json"], default="text")
     ck.add_argument(
@@ -203,8 +208,27 @@ def static_resolve(cfg: Config) -> Callable[[str, int], Picked | Refused | None]
     return resolve
 
 
+def agent_rules(cfg: Config, name: str | None) -> tuple[tuple[Rule, ...], frozenset[str] | None]:
+    """The rules and granted secrets to decide with: the agent's, or everything when the
+    config has no agents. Raises UsageError when the agent is missing or unknown."""
+    if not cfg.agents:
+        if name is not None:
+            raise UsageError(f"--agent {name}: {cfg.path} defines no agents")
+        return cfg.rules, None
+    names = ", ".join(a.name for a in cfg.agents)
+    if name is None:
+        raise UsageError(
+            f"{cfg.path} defines agents ({names}): say which one asks with --agent NAME"
+        )
+    agent = cfg.agent(name)
+    if agent is None:
+        raise UsageError(f"--agent {name}: not an agent of {cfg.path} (agents: {names})")
+    return cfg.rules + agent.rules, agent.secrets
+
+
 def run(cfg: Config, args: argparse.Namespace) -> int:
     asked = requests_from(args)
+    rules, granted = agent_rules(cfg, getattr(args, "agent", None))
     rt: Runtime | None = None
     if not args.no_secrets:
         # As egress exec starts: every secret loaded (Vault too) or the same error, a CA that
@@ -221,7 +245,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             forms = SecretIndex([], cfg.secrets, {s.name: v for s, v in secrets})
             redact = _same
         resolve = static_resolve(cfg)
-        allowlist = Allowlist(cfg.rules)
+        allowlist = Allowlist(rules)
         verdicts = [
             decide_request(
                 a.request,
@@ -231,6 +255,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 max_body_bytes=cfg.max_body_bytes,
                 resolve=resolve,
                 transparent=cfg.listen_mode == "transparent",
+                granted=granted,
             )
             for a in asked
         ]

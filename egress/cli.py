@@ -73,6 +73,9 @@ def secret_env_vars(cfg: Config, rt: Runtime) -> set[str]:
         and cfg.vault.auth.token_file is None
     ):
         names.add(cfg.vault.auth.token_env or "VAULT_TOKEN")
+    for agent in cfg.agents:  # agents' proxy credentials (their digests are kept)
+        if agent.token is not None and agent.token.env:
+            names.add(agent.token.env)
     return names
 
 

@@ -277,10 +277,12 @@ def decide_request(
     max_body_bytes: int,
     resolve: Resolve,
     transparent: bool = False,
+    granted: frozenset[str] | None = None,
 ) -> Verdict:
     """Decide one request the way the proxy does, every check in the proxy's order, and
     record each one. ``secrets``: each secret and its value (None: not loaded); the leak
-    guard looks for the ``forms`` given (none: placeholders only). Pure but for ``resolve``.
+    guard looks for the ``forms`` given (none: placeholders only). ``allowlist`` and
+    ``granted``: the requesting agent's (egress.runtime.AgentView). Pure but for ``resolve``.
     """
     parts = urlsplit(req.url)
     scheme = parts.scheme.lower()
@@ -400,7 +402,7 @@ def decide_request(
         sent = tuple((k, val) for k, val in headers if fold_name(k) not in PROXY_ONLY_HEADERS)
         first = RequestParts(scheme, v.host, method, path, sent, None, content_type, transparent)
         state["signed"] = is_signed(first)
-        result = plan(first, list(secrets), forms)
+        result = plan(first, list(secrets), forms, granted=granted)
         if isinstance(result, Denial):
             refuse(result.reason, result.detail, result.secret)
         if result.resign is not None:
@@ -456,7 +458,8 @@ def decide_request(
         if not decoded:
             return "no body read"
         second = RequestParts(scheme, v.host, method, "/", (), decoded, content_type, transparent)
-        result = refuse_signed_body(plan(second, list(secrets), forms), state.get("signed", False))
+        result = refuse_signed_body(plan(second, list(secrets), forms, granted=granted),
+                                    state.get("signed", False))  # fmt: skip
         if isinstance(result, Denial):
             refuse(result.reason, result.detail, result.secret)
         v.injected += result.injected

@@ -326,12 +326,14 @@ def plan(
     secrets: list[tuple[SecretSpec, SecretValue | None]] | None,
     forms: dict[str, list[SecretForms]] | SecretIndex | None = None,
     pause: Pause = no_pause,
+    granted: frozenset[str] | None = None,
 ) -> Denial | Injection:
     """Check a request against every secret and return what to send, or why not to.
 
     ``forms``: the proxy's SecretIndex (its specs and values are then the ones checked, and
     ``secrets`` may be None), or each secret's encoded forms (current and previous values)
-    for the leak guard; by default made from ``secrets``."""
+    for the leak guard; by default made from ``secrets``. ``granted``: the secrets the
+    requesting agent may have injected (None: all, when no agents are configured)."""
     if isinstance(forms, SecretIndex):
         index = forms
     else:
@@ -358,6 +360,18 @@ def plan(
                 f"to {req.host!r}, but {spec.name!r} is bound only to "
                 f"{', '.join(h.text for h in spec.hosts)}. If {req.host!r} should receive "
                 f"it, add it to secrets[{spec.index}].hosts",
+                spec.name,
+            )
+    # 1b. An agent gets only the secrets granted to it, even on their bound hosts
+    # (placeholders are no secret: another agent's may be known or guessed).
+    for k in found if granted is not None else ():
+        spec = index.specs[k]
+        if spec.name not in granted:  # type: ignore[operator]
+            return Denial(
+                Reason.SECRET_NOT_GRANTED,
+                f"the placeholder of secret {spec.name!r} is in the {placeholders[k][0]} of the "
+                f"request, but {spec.name!r} is not granted to this agent; if it should be, add "
+                f"{spec.name!r} to the agent's secrets: in the config",
                 spec.name,
             )
     leaked = _leaked(req, index, view.guard, pause)

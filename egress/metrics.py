@@ -23,6 +23,10 @@ class Metrics:
         r = self.registry
         self.requests = Counter("egress_requests", "Decided requests and refused tunnels",
                                 ["decision", "reason"], registry=r)  # fmt: skip
+        # Per agent (docs/agents.md): the label takes configured agent names only, and
+        # "unidentified" for a request no agent proved: bounded by the config.
+        self.agent_requests = Counter("egress_agent_requests", "Decided requests by agent",
+                                      ["agent", "decision"], registry=r)  # fmt: skip
         self.injected = Counter("egress_secrets_injected", "Requests a secret was injected into", ["secret"],
                                 registry=r)  # fmt: skip
         self.scrubbed = Counter(

@@ -49,6 +49,7 @@ from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver  # noqa:
 from mitmproxy.master import Master  # noqa: E402
 
 from egress.addons.audit import AuditLog  # noqa: E402
+from egress.addons.identity import AgentIdentity  # noqa: E402
 from egress.addons.inject import SecretInjector, StaleTokens  # noqa: E402
 from egress.addons.policy import Allowlist  # noqa: E402
 from egress.addons.protocol import ProtocolGuard  # noqa: E402
@@ -166,6 +167,7 @@ class EmbeddedProxy:
             next_layer.NextLayer(),
             disable_h2c.DisableH2C(),
             EgressTls(rt),
+            AgentIdentity(rt),
             Allowlist(rt),
             ProtocolGuard(rt),
             SecretInjector(rt),

@@ -32,6 +32,9 @@ class Reason(StrEnum):
     UPGRADE_NOT_ALLOWED = "upgrade_not_allowed"
     HOST_HEADER_MISMATCH = "host_header_mismatch"
     SNI_MISMATCH = "sni_mismatch"
+    # the agent is not identified (docs/agents.md)
+    PROXY_AUTH_REQUIRED = "proxy_auth_required"
+    PROXY_AUTH_FAILED = "proxy_auth_failed"
     # denied by the secret guards
     PLACEHOLDER_TO_UNBOUND_HOST = "placeholder_to_unbound_host"
     SECRET_TO_UNBOUND_HOST = "secret_to_unbound_host"
@@ -42,6 +45,7 @@ class Reason(StrEnum):
     AWS_SCOPE_MISMATCH = "aws_scope_mismatch"
     PRESIGN_EXPIRED = "presign_expired"
     AWS_CREDENTIAL_ACTION = "aws_credential_action"
+    SECRET_NOT_GRANTED = "secret_not_granted"
     BODY_TOO_LARGE = "body_too_large"
     # refused below HTTP: a limit on what one client may make the proxy hold or do
     HEAD_TOO_LARGE = "head_too_large"
@@ -75,6 +79,8 @@ _STATUS: dict[Reason, int] = {
     Reason.UPGRADE_NOT_ALLOWED: 403,
     Reason.HOST_HEADER_MISMATCH: 403,
     Reason.SNI_MISMATCH: 403,
+    Reason.PROXY_AUTH_REQUIRED: 407,
+    Reason.PROXY_AUTH_FAILED: 407,
     Reason.PLACEHOLDER_TO_UNBOUND_HOST: 403,
     Reason.SECRET_TO_UNBOUND_HOST: 403,
     Reason.PLACEHOLDER_SURFACE_NOT_ALLOWED: 403,
@@ -84,6 +90,7 @@ _STATUS: dict[Reason, int] = {
     Reason.AWS_SCOPE_MISMATCH: 403,
     Reason.PRESIGN_EXPIRED: 403,
     Reason.AWS_CREDENTIAL_ACTION: 403,
+    Reason.SECRET_NOT_GRANTED: 403,
     Reason.BODY_TOO_LARGE: 413,
     Reason.HEAD_TOO_LARGE: 431,
     Reason.STREAM_FLOOD: 429,

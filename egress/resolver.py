@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass
 
 from egress.addresses import AddressPolicy
-from egress.hostnames import IPAddress, is_ip
+from egress.hostnames import IPAddress, IPNetwork, is_ip
 from egress.reasons import Reason
 
 
@@ -60,10 +60,14 @@ class Resolver:
             seen.setdefault(ipaddress.ip_address(info[4][0].split("%", 1)[0]), None)
         return list(seen)
 
-    async def pick(self, host: str, port: int, prefer: IPAddress | None = None) -> Picked | Refused:
+    async def pick(
+        self, host: str, port: int, prefer: IPAddress | None = None,
+        allowed: tuple[IPNetwork, ...] | None = None,
+    ) -> Picked | Refused:  # fmt: skip
         """Resolve ``host`` and pick an address egress may dial: ``prefer`` (a redirected
         connection's original destination) when it is among the usable answers, else the
-        first usable answer. ``prefer`` alone is never trusted."""
+        first usable answer. ``prefer`` alone is never trusted. ``allowed``: the private
+        ranges this request may reach (an agent's own), instead of the policy's."""
         try:
             addrs = await self.lookup(host)
         except (TimeoutError, OSError) as e:
@@ -71,7 +75,8 @@ class Resolver:
             return Refused(Reason.DNS_FAILURE, f"cannot resolve {host!r}: {why}")
         if not addrs:
             return Refused(Reason.DNS_FAILURE, f"{host!r} has no address")
-        ok, refused = self.policy.usable(addrs, port)
+        policy = self.policy if allowed is None else AddressPolicy(allowed, self.policy.own)
+        ok, refused = policy.usable(addrs, port)
         if not ok:
             listed = ", ".join(f"{a} ({why})" for a, why in refused)
             return Refused(

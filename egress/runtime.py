@@ -21,15 +21,16 @@ from egress.addresses import AddressPolicy
 from egress.agentfiles import write_agent_files
 from egress.audit import AuditWriter
 from egress.ca import EphemeralCA
-from egress.config import Config
+from egress.config import Config, Rule
 from egress.encodings import SecretForms, value_forms
 from egress.errors import EgressError
-from egress.hostnames import IPAddress
+from egress.hostnames import IPAddress, IPNetwork
+from egress.identity import Credentials, token_digest
 from egress.metrics import Metrics
 from egress.policy import Allowlist
 from egress.resolver import Resolver
 from egress.secretindex import SecretIndex
-from egress.secrets import SecretSource, SecretStore, make_source
+from egress.secrets import SecretLoadError, SecretSource, SecretStore, make_source
 from egress.trust import system_trust_bundle
 
 if TYPE_CHECKING:  # imported where Vault is used: hvac and requests cost ~0.1 s at start-up
@@ -52,6 +53,73 @@ class Tunnel:
 
 class CaInUse(EgressError):
     pass
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """What one agent may do: the shared rules and its own, the secrets granted to it, its
+    mode. Without agents: one view with every rule and every secret (``granted`` None)."""
+
+    name: str | None
+    allowlist: Allowlist
+    granted: frozenset[str] | None
+    mode: str
+    # The private ranges its requests may reach (address rules and upstream.allow_private);
+    # None: the resolver's own policy (no agents).
+    private: tuple[IPNetwork, ...] | None = None
+
+
+def _address_ranges(rules: tuple[Rule, ...], cfg: Config) -> tuple[IPNetwork, ...]:
+    nets = [
+        r.host.network for r in rules if r.host.kind == "address" and r.host.network is not None
+    ]
+    return (*nets, *cfg.allow_private)
+
+
+def agent_views(cfg: Config) -> tuple[AgentView, dict[str, AgentView]]:
+    """(the view without agents, each agent's view). An agent's address rules open private
+    ranges for its own requests only."""
+    default = AgentView(None, Allowlist(cfg.rules), None, cfg.mode)
+    views = {
+        a.name: AgentView(
+            a.name,
+            Allowlist(cfg.rules + a.rules),
+            a.secrets,
+            a.mode,
+            _address_ranges(cfg.rules + a.rules, cfg),
+        )  # fmt: skip
+        for a in cfg.agents
+    }
+    return default, views
+
+
+def load_credentials(cfg: Config) -> Credentials | None:
+    """Each agent's token digest (identity.proxy_authorization); the tokens themselves are
+    not kept. Raises SecretLoadError naming the agent and the source."""
+    if cfg.identity is None or not cfg.identity.proxy_authorization:
+        return None
+    digests: dict[str, bytes] = {}
+    for a in cfg.agents:
+        t = a.token
+        assert t is not None  # the config requires one
+        where = f"agents[{a.index}].token ({t.describe()})"
+        if t.kind == "sha256":
+            assert t.sha256 is not None
+            digests[a.name] = bytes.fromhex(t.sha256)
+            continue
+        if t.kind == "env":
+            value = os.environ.get(t.env or "")
+            if not value:
+                raise SecretLoadError(f"{cfg.path}: {where}: the variable is not set or empty")
+        else:
+            try:
+                value = (t.file or Path()).read_text().strip()
+            except OSError as e:
+                raise SecretLoadError(f"{cfg.path}: {where}: {e.strerror}") from None
+            if not value:
+                raise SecretLoadError(f"{cfg.path}: {where}: the file is empty")
+        digests[a.name] = token_digest(value)
+    return Credentials(digests)
 
 
 @dataclass
@@ -119,10 +187,17 @@ class Runtime:
     # In a worker: where a 401 on a minted token is reported (the parent mints).
     stale_sink: Callable[[str], None] | None = None
     ca_lock: CaFileLock | None = None
+    # Agents (docs/agents.md): each one's view, their proxy credentials' digests, and which
+    # agent each client connection proved to be (CONNECT), by client connection id.
+    views: dict[str, AgentView] = field(default_factory=dict)
+    credentials: Credentials | None = None
+    principals: dict[str, str] = field(default_factory=dict)
+    _default_view: AgentView | None = field(default=None, repr=False)
     # CONNECT tunnels by client connection id
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
     # checked addresses for plain-HTTP requests: (client id, host, port) -> address
     dial: dict[tuple[str, str, int], IPAddress] = field(default_factory=dict)
+    dial_agents: dict[tuple[str, str, int], str] = field(default_factory=dict)  # whose dial
     _indexed: tuple[int, SecretIndex] = field(
         default_factory=lambda: (-1, secretindex.build([])), repr=False
     )
@@ -144,6 +219,7 @@ class Runtime:
 
         ``refresh=False``: the Vault refresher thread is made but not started; the caller
         starts it (``rt.vault.start()``) once it has forked its workers (egress.workers)."""
+        credentials = load_credentials(cfg)  # first: a missing token stops before Vault
         sources: dict[str, SecretSource] = {}
         vault_sources: list[VaultSource] = []
         client: VaultClient | None = None
@@ -219,9 +295,10 @@ class Runtime:
             if cfg.mode == "report":
                 log.warning("report mode: allowlist denials are logged as would_deny and let through; the CA "
                             "carries no name constraints so that it can serve hosts outside the allowlist")  # fmt: skip
-            ca = EphemeralCA.create(
-                cfg.rules, cfg.ca_validity_hours, constrained=cfg.mode != "report"
-            )
+            # The CA's names cover every agent's rules; an agent in report mode may reach
+            # any host, so then the CA is not constrained either.
+            report = cfg.mode == "report" or any(a.mode == "report" for a in cfg.agents)
+            ca = EphemeralCA.create(cfg.all_rules, cfg.ca_validity_hours, constrained=not report)
             lock = None
             if private_ca:
                 ca_path = private / "egress-ca.pem"
@@ -236,9 +313,13 @@ class Runtime:
             raise
         if refresher is not None and refresh:
             refresher.start()
+        default_view, views = agent_views(cfg)
         rt = cls(
             config=cfg,
-            allowlist=Allowlist(cfg.rules),
+            allowlist=default_view.allowlist,
+            views=views,
+            credentials=credentials,
+            _default_view=default_view,
             secrets=store,
             ca=ca,
             audit=audit or AuditWriter(cfg.audit_path),
@@ -255,6 +336,26 @@ class Runtime:
         # workers fork, so that they share its pages), not by the first request.
         rt.index()
         return rt
+
+    def view(self, agent: str | None) -> AgentView | None:
+        """The view a request of ``agent`` is decided with; None when agents are configured
+        and ``agent`` is not one of them (the caller refuses)."""
+        if not self.config.agents:
+            if self._default_view is None:
+                self._default_view = AgentView(None, self.allowlist, None, self.config.mode)
+            return self._default_view
+        return self.views.get(agent or "")
+
+    def client_agent(self, client_id: str) -> str | None:
+        """The agent a client connection is: the fixed one, or the one its CONNECT proved."""
+        identity = self.config.identity
+        if identity is not None and identity.fixed is not None:
+            return identity.fixed
+        return self.principals.get(client_id)
+
+    def client_view(self, client_id: str) -> AgentView | None:
+        """The view of a connection (hooks that see a connection, not a request)."""
+        return self.view(self.client_agent(client_id))
 
     def forms(self) -> list[SecretForms]:
         """Every secret's encoded forms (current and previous values), recomputed only when a
@@ -317,10 +418,7 @@ class Runtime:
 
 def address_policy(cfg: Config) -> AddressPolicy:
     """Address rules under allow and upstream.allow_private are the only ways into private ranges."""
-    nets = [
-        r.host.network for r in cfg.rules if r.host.kind == "address" and r.host.network is not None
-    ]
-    return AddressPolicy(allowed=(*nets, *cfg.allow_private))
+    return AddressPolicy(allowed=_address_ranges(cfg.rules, cfg))
 
 
 _shared: dict[str, Runtime] = {}

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from egress.config.agents_spec import check_grants, parse_agents, parse_identity
 from egress.config.checker import Checker, file_path, opt_file_path
 from egress.config.includes import (
     Document,
@@ -37,7 +38,7 @@ from egress.hostnames import IPNetwork, canonical_host, is_ip
 
 TOP_KEYS = (
     "mode", "include", "listen", "admin", "agent", "ca", "upstream", "allow", "secrets",
-    "vault", "audit", "limits", "workers",
+    "vault", "audit", "limits", "workers", "identity", "agents",
 )  # fmt: skip
 MAX_WORKERS = 256
 
@@ -174,13 +175,19 @@ def _parse(main: Document) -> Config:
         if rule is not None:
             rules.append(rule)
 
+    mode = c.choice(top, "", "mode", ("enforce", "report"), "enforce") or "enforce"
+    agents = parse_agents(c, top.get("agents"), base, mode)
+    identity = parse_identity(c, top.get("identity"), agents, listen_mode or "explicit")
+    agent_rules = [r for a in agents for r in a.rules]
+
     secret_items = merge_secrets(c, merged_list(c, docs, "secrets"), main)
     secrets: list[SecretSpec] = []
     for i, item in enumerate(secret_items):
-        spec = parse_secret(c, item.node, i, item.doc.base, rules)
+        spec = parse_secret(c, item.node, i, item.doc.base, rules + agent_rules)
         if spec is not None:
             secrets.append(spec)
     check_secret_set(c, secrets)
+    check_grants(c, agents, [s.name for s in secrets])
 
     audit = c.mapping(top.get("audit"), "audit", ("path",)) or {}
     audit_path = c.typed(audit, "audit", "path", str, "stdout")
@@ -196,7 +203,6 @@ def _parse(main: Document) -> Config:
         limit_values[name] = value if value is not None else f.default
     limits = Limits(**limit_values)
 
-    mode = c.choice(top, "", "mode", ("enforce", "report"), "enforce") or "enforce"
     agent = c.mapping(top.get("agent"), "agent", ("dir", "proxy_url")) or {}
     agent_dir = opt_file_path(c, agent, "agent", "dir", base)
     agent_proxy_url = c.typed(agent, "agent", "proxy_url", str, None)
@@ -243,6 +249,8 @@ def _parse(main: Document) -> Config:
         agent_proxy_url=agent_proxy_url,
         vault=vault if "vault" in top or any(s.source.kind == "vault" for s in secrets) else None,
         origins=origins(main, items),
+        agents=tuple(agents),
+        identity=identity,
     )
 
 

@@ -43,10 +43,12 @@ class Rule:
     # Where the rule is written when not in the config file itself ("preset:github:52",
     # "team.yaml:4"): messages then say so, since an included file is not the user's to edit.
     origin: str = field(default="", compare=False)
+    # Whose rule it is: "" for the shared allow:, "agents[2]." for an agent's own.
+    scope: str = field(default="", compare=False)
 
     @property
     def label(self) -> str:
-        return f"allow[{self.index}]"
+        return f"{self.scope}allow[{self.index}]"
 
 
 VAULT_ENGINES = ("kv2", "kv1", "read")
@@ -218,6 +220,45 @@ class SecretSpec:
 
 
 @dataclass(frozen=True)
+class TokenSpec:
+    """Where an agent's proxy credential is: its SHA-256 written in the config (the config
+    then holds nothing an agent could use), or an env variable or file holding the token."""
+
+    kind: str  # "sha256" | "env" | "file"
+    sha256: str | None = None  # 64 lower-case hex digits
+    env: str | None = None
+    file: Path | None = None
+
+    def describe(self) -> str:
+        return {"sha256": "sha256 in the config", "env": f"env:{self.env}",
+                "file": f"file:{self.file}"}[self.kind]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """One agent egress serves (docs/agents.md): its own rules on top of the shared allow:,
+    the secrets granted to it, its mode, and how it proves who it is."""
+
+    index: int
+    name: str
+    rules: tuple[Rule, ...]  # its own, labelled agents[i].allow[j]
+    secrets: frozenset[str]  # names of the secrets injected for it
+    mode: str  # "enforce" | "report"
+    token: TokenSpec | None  # its proxy credential (identity.proxy_authorization)
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """How egress tells which agent sent a request."""
+
+    proxy_authorization: bool  # explicit mode: Proxy-Authorization: Basic <agent>:<token>
+    fixed: str | None  # every request is this agent's (a sidecar serves one)
+
+
+AGENT_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     host: str
     port: int
@@ -259,6 +300,11 @@ class Config:
     # "transparent": connections redirected by the kernel, decided on SNI / Host
     listen_mode: str = "explicit"
     limits: Limits = Limits()
+    # Agents as principals (docs/agents.md): empty, one implicit principal with every rule
+    # and secret, as before; otherwise every request is an agent's, identified as
+    # ``identity`` says, and gets the shared rules, its own rules and its granted secrets.
+    agents: tuple[AgentSpec, ...] = ()
+    identity: IdentityConfig | None = None
     # Where each key path of the merged config came from (file, line, key in that file):
     # for `egress review` findings and for errors in included files.
     origins: dict[str, Origin] = field(default_factory=dict, compare=False, repr=False)
@@ -266,6 +312,14 @@ class Config:
     @property
     def max_body_bytes(self) -> int:
         return self.limits.max_body_bytes
+
+    @property
+    def all_rules(self) -> tuple[Rule, ...]:
+        """The shared rules and every agent's: what the CA's name constraints must cover."""
+        return self.rules + tuple(r for a in self.agents for r in a.rules)
+
+    def agent(self, name: str) -> AgentSpec | None:
+        return next((a for a in self.agents if a.name == name), None)
 
 
 def auto_placeholder(prefix: str, length: int) -> str:

@@ -15,8 +15,9 @@ from egress.hostnames import HostPattern, parse_host_pattern
 _VISIBLE_ASCII = re.compile(r"^[!-~]+$")
 
 
-def parse_rule(c: Checker, node: Any, i: int) -> Rule | None:
-    key = f"allow[{i}]"
+def parse_rule(c: Checker, node: Any, i: int, scope: str = "") -> Rule | None:
+    """The rule at ``{scope}allow[i]`` ("" for the shared allow:, "agents[2]." for an agent's)."""
+    key = f"{scope}allow[{i}]"
     if isinstance(node, str):
         node = {"host": node}
     m = c.mapping(
@@ -71,6 +72,7 @@ def parse_rule(c: Checker, node: Any, i: int) -> Rule | None:
         methods=tuple(methods) if methods is not None else None,
         paths=tuple(paths) if paths is not None else None,
         websocket=c.typed(m, key, "websocket", bool, False),
+        scope=scope,
     )
 
 

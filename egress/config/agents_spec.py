@@ -1,0 +1,149 @@
+"""The ``agents:`` and ``identity:`` sections: agents as principals (docs/agents.md).
+
+identity:
+  proxy_authorization: true     # explicit mode: each agent sends its own proxy credential
+  # or, a sidecar serving one agent:
+  # fixed: researcher
+agents:
+  - name: researcher
+    token: {env: EGRESS_AGENT_RESEARCHER}     # or {file: ...}, or {sha256: <hex>}
+    allow: [{host: api.github.com}]           # on top of the shared allow:
+    secrets: [github_token]                   # the secrets injected for it
+    mode: enforce                             # default: the top-level mode
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+from egress.config.checker import Checker, file_path
+from egress.config.model import AGENT_NAME, AgentSpec, IdentityConfig, Rule, TokenSpec
+from egress.config.rules import parse_rule
+
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def parse_agents(c: Checker, node: Any, base: Path, default_mode: str) -> list[AgentSpec]:
+    """The agents, their own rules included; secret grants are checked by ``check_grants``
+    once the secrets are known."""
+    if node is None:
+        return []
+    if not isinstance(node, list) or not node:
+        c.err("agents", "must be a non-empty list of agents, each with a name")
+        return []
+    agents: list[AgentSpec] = []
+    seen: set[str] = set()
+    for i, item in enumerate(node):
+        key = f"agents[{i}]"
+        m = c.mapping(item, key, ("name", "token", "allow", "secrets", "mode"), ("name",))
+        if m is None or "name" not in m:
+            continue
+        name = c.typed(m, key, "name", str, None)
+        if name is None:
+            continue
+        if not AGENT_NAME.match(name):
+            c.err(f"{key}.name", f"{name!r} must be 1-63 lower-case letters, digits, '.', '_' "
+                  "or '-', starting and ending with a letter or digit (it appears in audit "
+                  "records and metrics labels)")  # fmt: skip
+            continue
+        if name in seen:
+            c.err(f"{key}.name", f"{name!r} is defined twice: give each agent its own name")
+            continue
+        seen.add(name)
+        rules: list[Rule] = []
+        allow = m.get("allow")
+        if allow is not None and not isinstance(allow, list):
+            c.err(f"{key}.allow", "must be a list of rules, like the top-level allow:")
+        for j, rule_node in enumerate(allow or []):
+            rule = parse_rule(c, rule_node, j, scope=f"{key}.")
+            if rule is not None:
+                rules.append(rule)
+        grants = c.str_list(m, key, "secrets", allow_empty=True) or []
+        mode = c.choice(m, key, "mode", ("enforce", "report"), default_mode) or default_mode
+        token = _parse_token(c, m.get("token"), f"{key}.token", base) if "token" in m else None
+        agents.append(AgentSpec(i, name, tuple(rules), frozenset(grants), mode, token))
+    return agents
+
+
+def _parse_token(c: Checker, node: Any, key: str, base: Path) -> TokenSpec | None:
+    m = c.mapping(node, key, ("sha256", "env", "file"))
+    if m is None:
+        return None
+    given = [k for k in ("sha256", "env", "file") if k in m]
+    if len(given) != 1:
+        c.err(key, "give exactly one of sha256 (the token's SHA-256, so the config holds no "
+              "usable credential), env or file")  # fmt: skip
+        return None
+    kind = given[0]
+    value = c.typed(m, key, kind, str, None)
+    if value is None:
+        return None
+    if kind == "sha256":
+        if not _SHA256.match(value):
+            c.err(f"{key}.sha256", "must be 64 lower-case hex digits: the output of "
+                  "`printf %s \"$TOKEN\" | sha256sum`")  # fmt: skip
+            return None
+        return TokenSpec("sha256", sha256=value)
+    if kind == "env":
+        if not _ENV.match(value):
+            c.err(f"{key}.env", f"{value!r} is not an environment variable name")
+            return None
+        return TokenSpec("env", env=value)
+    return TokenSpec("file", file=file_path(base, value))
+
+
+def parse_identity(
+    c: Checker, node: Any, agents: list[AgentSpec], listen_mode: str
+) -> IdentityConfig | None:
+    """How requests are attributed to agents. With agents, one way must be chosen; without,
+    there is nothing to choose."""
+    if node is None:
+        if agents:
+            c.err("identity", "with agents: say how egress tells them apart: "
+                  "'proxy_authorization: true' (each agent sends its own token as its proxy "
+                  "credential) or 'fixed: <agent>' (a sidecar serving one agent)")  # fmt: skip
+        return None
+    m = c.mapping(node, "identity", ("proxy_authorization", "fixed"))
+    if m is None:
+        return None
+    if not agents:
+        c.err("identity", "there are no agents: to attribute requests, define them under agents:")
+        return None
+    proxy_auth = c.typed(m, "identity", "proxy_authorization", bool, False)
+    fixed = c.typed(m, "identity", "fixed", str, None)
+    names = [a.name for a in agents]
+    if proxy_auth == (fixed is not None):
+        c.err("identity", "choose one: 'proxy_authorization: true' or 'fixed: <agent>'")
+        return None
+    if fixed is not None and fixed not in names:
+        near = difflib.get_close_matches(fixed, names, n=1)
+        hint = f"did you mean {near[0]!r}?" if near else f"agents: {', '.join(names)}"
+        c.err("identity.fixed", f"{fixed!r} is not an agent: {hint}")
+    if fixed is not None and len(agents) > 1:
+        c.err("identity.fixed", f"a fixed identity serves one agent, but {len(agents)} are "
+              "defined: remove the others, or use 'proxy_authorization: true'")  # fmt: skip
+    if proxy_auth:
+        if listen_mode == "transparent":
+            c.err("identity.proxy_authorization", "transparent mode carries no proxy credential "
+                  "(the agent does not know it is proxied): use 'fixed: <agent>' in a sidecar")  # fmt: skip
+        for a in agents:
+            if a.token is None:
+                c.err(f"agents[{a.index}].token", f"agent {a.name!r} needs a token: its proxy "
+                      "credential (identity.proxy_authorization)")  # fmt: skip
+    return IdentityConfig(bool(proxy_auth), fixed)
+
+
+def check_grants(c: Checker, agents: list[AgentSpec], secret_names: list[str]) -> None:
+    """Each agent's secrets: names of defined secrets."""
+    for a in agents:
+        for name in sorted(a.secrets):
+            if name not in secret_names:
+                near = difflib.get_close_matches(name, secret_names, n=1)
+                hint = f"did you mean {near[0]!r}?" if near else (
+                    f"secrets: {', '.join(secret_names)}" if secret_names else "none is defined"
+                )  # fmt: skip
+                c.err(f"agents[{a.index}].secrets", f"{name!r} is not a secret: {hint}")

@@ -1,0 +1,99 @@
+"""Which agent sent a request (docs/agents.md): pure functions over plain data.
+
+An agent proves who it is with its proxy credential, ``Proxy-Authorization: Basic
+base64(<agent>:<token>)`` (what ``HTTPS_PROXY=http://<agent>:<token>@host:port`` makes every
+client send). egress keeps only each token's SHA-256, and compares the SHA-256 of what is
+presented with ``hmac.compare_digest``: the time it takes does not depend on where the two
+differ, and digests of equal length are compared whatever the token's length. The token is
+useless anywhere but at egress: no upstream ever sees it (egress strips the header).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+
+from egress.reasons import Reason
+
+# The longest Proxy-Authorization value egress decodes (a name of 63 and a token of a few
+# hundred bytes fit many times over).
+MAX_CREDENTIAL = 4096
+
+
+def token_digest(token: str | bytes) -> bytes:
+    raw = token.encode() if isinstance(token, str) else token
+    return hashlib.sha256(raw).digest()
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Each agent's token digest. Holds no token; its repr shows only the agent names."""
+
+    digests: dict[str, bytes] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Credentials(agents={sorted(self.digests)})"
+
+
+@dataclass(frozen=True)
+class Identified:
+    agent: str
+
+
+@dataclass(frozen=True)
+class Unidentified:
+    reason: Reason  # PROXY_AUTH_REQUIRED (nothing usable given) or PROXY_AUTH_FAILED
+    detail: str
+
+
+def basic_credential(header: str | None) -> tuple[str, bytes] | None:
+    """(user, password bytes) of a ``Basic`` Proxy-Authorization value, or None."""
+    if not header or len(header) > MAX_CREDENTIAL:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(b":")
+    if not sep:
+        return None
+    try:
+        name = user.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return name, password
+
+
+def authenticate(header: str | None, credentials: Credentials) -> Identified | Unidentified:
+    """The agent a Proxy-Authorization value proves, or why it proves none. Unknown names
+    are compared against a digest too, so that an unknown name and a wrong token take the
+    same path; messages never quote the token."""
+    given = basic_credential(header)
+    if given is None:
+        what = "no" if not header else "an unreadable"
+        return Unidentified(
+            Reason.PROXY_AUTH_REQUIRED,
+            f"{what} proxy credential: this egress serves several agents and needs to know "
+            "which one is asking; give the agent's name and token as the proxy's user and "
+            "password (HTTPS_PROXY=http://<agent>:<token>@host:port)",
+        )
+    name, password = given
+    expected = credentials.digests.get(name)
+    presented = token_digest(password)
+    matches = hmac.compare_digest(presented, expected if expected is not None else _NOBODY)
+    if expected is None or not matches:
+        return Unidentified(
+            Reason.PROXY_AUTH_FAILED,
+            f"the proxy credential for agent {name[:63]!r} is not valid: check the agent's name "
+            "and its token",
+        )
+    return Identified(name)
+
+
+_NOBODY = hashlib.sha256(b"egress: no such agent").digest()

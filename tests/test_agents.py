@@ -1,0 +1,277 @@
+"""Agents as principals (docs/agents.md): two agents with their own credentials through one
+running egress, each reaching only its own hosts and getting only its own secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.canary import CANARIES
+from tests.conftest import (
+    API,
+    OTHER,
+    OTHER_SECRET,
+    SECRET,
+    RunningProxy,
+    assert_no_secret,
+    base_config,
+    egress_cmd,
+    proxy_env,
+    start_proxy,
+    write_config,
+)
+from tests.upstream import Upstream
+
+ALPHA_TOKEN = "alpha-proxy-token-7f3e9a1c2b"  # from the environment
+BETA_TOKEN = "beta-proxy-token-0d4c8e2a6f"  # only its SHA-256 is in the config
+CANARIES.update({ALPHA_TOKEN, BETA_TOKEN})
+API_PLACEHOLDER = "egress-api_token-placeholder"
+OTHER_PLACEHOLDER = "sk-EGRESSPLACEHOLDEROTHER0000"
+
+
+def agents_config(tmp: Path, ca_file: Path, port: int, plain_port: int) -> dict[str, Any]:
+    cfg = base_config(tmp, ca_file, port, plain_port)
+    # Shared: API (https and plain http). alpha: nothing more, api_token. beta: OTHER too,
+    # other_token only.
+    cfg["allow"] = [r for r in cfg["allow"] if r["host"] == API]
+    cfg["identity"] = {"proxy_authorization": True}
+    cfg["agents"] = [
+        {"name": "alpha", "token": {"env": "EGRESS_AGENT_ALPHA"}, "secrets": ["api_token"]},
+        {"name": "beta", "token": {"sha256": hashlib.sha256(BETA_TOKEN.encode()).hexdigest()},
+         "allow": [{"host": OTHER, "ports": [port]}], "secrets": ["other_token"]},
+    ]  # fmt: skip
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def agents_proxy(
+    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, plain_upstream: Upstream,
+    test_ca_file: Path,
+) -> Iterator[RunningProxy]:  # fmt: skip
+    tmp = tmp_path_factory.mktemp("agents")
+    cfg = agents_config(tmp, test_ca_file, upstream.port, plain_upstream.port)
+    p = start_proxy(write_config(tmp, cfg), tmp, proxy_env(EGRESS_AGENT_ALPHA=ALPHA_TOKEN))
+    yield p
+    assert p.stop() == 0, p.stderr_path.read_text()
+
+
+def curl(
+    p: RunningProxy, url: str, *args: str, user: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    cmd = ["curl", "-sS", "--max-time", "20", "--proxy", p.url, "--cacert", str(p.ca),
+           "-w", "\n%{http_code} %{http_connect}", *args, url]  # fmt: skip
+    if user is not None:
+        cmd[1:1] = ["--proxy-user", user]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert_no_secret(done.stdout, done.stderr)
+    for token in (ALPHA_TOKEN, BETA_TOKEN):
+        assert token not in done.stdout
+    return done
+
+
+def codes(done: subprocess.CompletedProcess[str]) -> tuple[str, str]:
+    code, connect = done.stdout.rsplit("\n", 1)[-1].split(" ")
+    return code, connect
+
+
+def last_record(p: RunningProxy, path_part: str = "") -> dict[str, Any]:
+    records = [r for r in p.audit() if path_part in (r.get("path") or "") or not path_part]
+    assert records, "no audit record"
+    return records[-1]
+
+
+ALPHA = f"alpha:{ALPHA_TOKEN}"
+BETA = f"beta:{BETA_TOKEN}"
+
+
+@pytest.mark.parametrize(
+    "who, host, placeholder, expect_code, expect_connect, reason, injected",
+    [
+        # Each agent reaches the shared host and its own, with its own secret.
+        (ALPHA, API, API_PLACEHOLDER, "200", "200", "allowed", SECRET),
+        (BETA, OTHER, OTHER_PLACEHOLDER, "200", "200", "allowed", OTHER_SECRET),
+        # Not the other agent's host.
+        (ALPHA, OTHER, OTHER_PLACEHOLDER, "000", "403", "host_not_allowed", None),
+        # The shared host, but not the other agent's secret (placeholders are no secret).
+        (BETA, API, API_PLACEHOLDER, "403", "200", "secret_not_granted", None),
+        # No credential, a wrong one, an unknown agent, a token for the other agent.
+        (None, API, API_PLACEHOLDER, "000", "407", "proxy_auth_required", None),
+        ("alpha:wrong-token", API, API_PLACEHOLDER, "000", "407", "proxy_auth_failed", None),
+        (f"gamma:{ALPHA_TOKEN}", API, API_PLACEHOLDER, "000", "407", "proxy_auth_failed", None),
+        (f"beta:{ALPHA_TOKEN}", API, API_PLACEHOLDER, "000", "407", "proxy_auth_failed", None),
+        (f"alpha:{ALPHA_TOKEN}x", API, API_PLACEHOLDER, "000", "407", "proxy_auth_failed", None),
+        (f"alpha:{ALPHA_TOKEN[:-1]}", API, API_PLACEHOLDER, "000", "407", "proxy_auth_failed", None),
+    ],
+    # Ids without the tokens: pytest puts the current test's id in the environment.
+    ids=["alpha-own", "beta-own", "alpha-other-host", "beta-other-secret", "no-credential",
+         "wrong-token", "unknown-agent", "other-agents-token", "token-plus-one", "token-minus-one"],
+)  # fmt: skip
+def test_each_agent_gets_its_own_hosts_and_secrets(
+    agents_proxy: RunningProxy, upstream: Upstream, who: str | None, host: str,
+    placeholder: str, expect_code: str, expect_connect: str, reason: str, injected: str | None,
+) -> None:  # fmt: skip
+    p = agents_proxy
+    before = len(p.audit())
+    done = curl(p, f"https://{host}:{upstream.port}/agents/{reason}",
+                "-H", f"Authorization: Bearer {placeholder}", user=who)  # fmt: skip
+    assert codes(done) == (expect_code, expect_connect), done.stderr
+    records = p.audit()[before:]
+    assert [r["reason"] for r in records] == [reason]
+    agent = (
+        who.split(":")[0]
+        if who and reason not in ("proxy_auth_required", "proxy_auth_failed")
+        else None
+    )
+    assert records[0]["agent"] == agent
+    if injected is not None:
+        assert upstream.recorder.requests[-1].headers["authorization"] == f"Bearer {injected}"
+        assert records[0]["secrets"] and records[0]["secrets"][0] in ("api_token", "other_token")
+    else:
+        assert all(
+            f"Bearer {s}" not in str(r.headers)
+            for r in upstream.recorder.requests
+            for s in (SECRET, OTHER_SECRET)
+        )
+
+
+def test_a_refused_credential_says_how_to_give_one(
+    agents_proxy: RunningProxy, upstream: Upstream
+) -> None:
+    """407 with a Proxy-Authenticate challenge, the reason in the status line and body."""
+    done = subprocess.run(
+        ["curl", "-sS", "-v", "--max-time", "20", "--proxy", agents_proxy.url, "--cacert",
+         str(agents_proxy.ca), f"https://{API}:{upstream.port}/x"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "HTTP/1.1 407 Proxy Authentication Required (egress: proxy_auth_required" in done.stderr
+    assert 'proxy-authenticate: basic realm="egress"' in done.stderr.lower()
+    assert "x-egress-reason: proxy_auth_required" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "who, expect, reason, agent",
+    [
+        (ALPHA, "200", "allowed", "alpha"),
+        (BETA, "200", "allowed", "beta"),
+        (None, "407", "proxy_auth_required", None),
+        ("beta:nope", "407", "proxy_auth_failed", None),
+    ],
+    ids=["alpha", "beta", "none", "wrong"],
+)  # fmt: skip
+def test_plain_http_proxy_requests_show_their_credential_each_time(
+    agents_proxy: RunningProxy, plain_upstream: Upstream, who: str | None, expect: str,
+    reason: str, agent: str | None,
+) -> None:  # fmt: skip
+    p = agents_proxy
+    before = len(p.audit())
+    done = curl(p, f"http://{API}:{plain_upstream.port}/plain", user=who)
+    assert codes(done)[0] == expect
+    records = p.audit()[before:]
+    assert [(r["reason"], r["agent"]) for r in records] == [(reason, agent)]
+    if expect == "200":
+        assert all(
+            k.lower() != "proxy-authorization" for k in plain_upstream.recorder.requests[-1].headers
+        )
+
+
+def test_an_agent_token_leaves_the_environment(agents_proxy: RunningProxy) -> None:
+    environ = Path(f"/proc/{agents_proxy.proc.pid}/environ").read_bytes()
+    assert ALPHA_TOKEN.encode() not in environ
+    assert b"EGRESS_AGENT_ALPHA=" + b"*" * len(ALPHA_TOKEN) in environ  # overwritten in place
+
+
+def test_the_upstream_never_sees_the_proxy_credential(
+    agents_proxy: RunningProxy, upstream: Upstream
+) -> None:
+    done = curl(agents_proxy, f"https://{API}:{upstream.port}/headers", "-H",
+                f"Proxy-Authorization: Basic {BETA_TOKEN}", user=ALPHA)  # fmt: skip
+    assert codes(done)[0] == "200"
+    sent = upstream.recorder.requests[-1].headers
+    assert all(k.lower() != "proxy-authorization" for k in sent)
+    assert ALPHA_TOKEN not in json.dumps(dict(sent)) and BETA_TOKEN not in json.dumps(dict(sent))
+
+
+@pytest.mark.parametrize(
+    "agent, host, placeholder, reason",
+    [
+        ("alpha", API, API_PLACEHOLDER, "allowed"),
+        ("beta", OTHER, OTHER_PLACEHOLDER, "allowed"),
+        ("alpha", OTHER, OTHER_PLACEHOLDER, "host_not_allowed"),
+        ("beta", API, API_PLACEHOLDER, "secret_not_granted"),
+    ],
+)
+def test_check_decides_as_the_agent_like_the_proxy(
+    tmp_path: Path, upstream: Upstream, plain_upstream: Upstream, test_ca_file: Path,
+    agent: str, host: str, placeholder: str, reason: str,
+) -> None:  # fmt: skip
+    """`egress check --agent` gives the reason the running proxy gave in the table above."""
+    cfg = write_config(
+        tmp_path, agents_config(tmp_path, test_ca_file, upstream.port, plain_upstream.port)
+    )
+    done = subprocess.run(
+        [*egress_cmd("check", "--config", str(cfg), "--no-secrets", "--format", "json", "--agent", agent),
+         "-H", f"Authorization: Bearer {placeholder}", f"https://{host}:{upstream.port}/agents/x"],
+        capture_output=True, text=True, timeout=60, env=proxy_env(),
+    )  # fmt: skip
+    assert json.loads(done.stdout)[0]["reason"] == reason, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        ([], "defines agents (alpha, beta): say which one asks with --agent NAME"),
+        (["--agent", "gamma"], "--agent gamma: not an agent of"),
+    ],
+)
+def test_check_needs_a_known_agent(tmp_path: Path, upstream: Upstream, plain_upstream: Upstream,
+                                   test_ca_file: Path, args: list[str], error: str) -> None:  # fmt: skip
+    cfg = write_config(
+        tmp_path, agents_config(tmp_path, test_ca_file, upstream.port, plain_upstream.port)
+    )
+    done = subprocess.run([*egress_cmd("check", "--config", str(cfg), "--no-secrets", *args),
+                           f"https://{API}/"], capture_output=True, text=True, timeout=60, env=proxy_env())  # fmt: skip
+    assert done.returncode == 2 and error in done.stderr, done.stderr
+
+
+def test_a_fixed_identity_attributes_every_request_to_its_agent(
+    tmp_path: Path, upstream: Upstream, plain_upstream: Upstream, test_ca_file: Path
+) -> None:
+    """A sidecar: one agent, no credential asked; a credential the agent sends changes nothing."""
+    cfg = base_config(tmp_path, test_ca_file, upstream.port, plain_upstream.port)
+    cfg["allow"] = [r for r in cfg["allow"] if r["host"] == API]
+    cfg["identity"] = {"fixed": "solo"}
+    cfg["agents"] = [{"name": "solo", "allow": [{"host": OTHER, "ports": [upstream.port]}],
+                      "secrets": ["other_token"]}]  # fmt: skip
+    cfg["admin"] = {"port": 0}
+    p = start_proxy(write_config(tmp_path, cfg), tmp_path)
+    try:
+        ok = curl(p, f"https://{OTHER}:{upstream.port}/solo", "-H", f"Authorization: Bearer {OTHER_PLACEHOLDER}",
+                  user="beta:anything")  # fmt: skip
+        assert codes(ok)[0] == "200"
+        assert upstream.recorder.requests[-1].headers["authorization"] == f"Bearer {OTHER_SECRET}"
+        refused = curl(
+            p,
+            f"https://{API}:{upstream.port}/solo",
+            "-H",
+            f"Authorization: Bearer {API_PLACEHOLDER}",
+        )
+        assert codes(refused)[0] == "403"
+        assert [(r["agent"], r["reason"]) for r in p.audit()] == [
+            ("solo", "allowed"),
+            ("solo", "secret_not_granted"),
+        ]
+        admin = re.search(r"admin listener on (http://127\.0\.0\.1:\d+)", p.stderr_path.read_text())
+        assert admin
+        metrics = urllib.request.urlopen(admin.group(1) + "/metrics", timeout=10).read().decode()
+        assert 'egress_agent_requests_total{agent="solo",decision="allow"} 1.0' in metrics
+        assert 'egress_agent_requests_total{agent="solo",decision="deny"} 1.0' in metrics
+    finally:
+        assert p.stop() == 0
