@@ -17,7 +17,7 @@ import ipaddress
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -189,10 +189,13 @@ def requests_from(args: argparse.Namespace) -> list[Asked]:
     return [build(m or args.method, u, headers, body, args.websocket) for m, u in wanted]
 
 
-def static_resolve(cfg: Config) -> Callable[[str, int], Picked | Refused | None]:
+def static_resolve(
+    cfg: Config, rules: tuple[Rule, ...] | None = None
+) -> Callable[[str, int], Picked | Refused | None]:
     """The running proxy's resolver, asked only where it sends no DNS query: addresses,
-    names in upstream.resolve, and every name with ``upstream.dns: static``."""
-    policy = address_policy(cfg)
+    names in upstream.resolve, and every name with ``upstream.dns: static``. ``rules``: an
+    agent's (its address rules open private ranges for it alone)."""
+    policy = address_policy(cfg, rules)
     if cfg.listen_port:
         # The proxy never dials itself (Runtime.listening_on); with a fixed listen port,
         # check knows that listener too. (exec and port 0 pick theirs when they start.)
@@ -228,7 +231,11 @@ def agent_rules(cfg: Config, name: str | None) -> tuple[tuple[Rule, ...], frozen
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     asked = requests_from(args)
-    rules, granted = agent_rules(cfg, getattr(args, "agent", None))
+    name = getattr(args, "agent", None)
+    rules, granted = agent_rules(cfg, name)
+    agent = cfg.agent(name) if name else None
+    if agent is not None and agent.mode != cfg.mode:
+        cfg = replace(cfg, mode=agent.mode)  # the agent's own mode says what is enforced
     rt: Runtime | None = None
     if not args.no_secrets:
         # As egress exec starts: every secret loaded (Vault too) or the same error, a CA that
@@ -244,7 +251,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             secrets = [(s, SecretValue(s.placeholder)) for s in cfg.secrets]
             forms = SecretIndex([], cfg.secrets, {s.name: v for s, v in secrets})
             redact = _same
-        resolve = static_resolve(cfg)
+        resolve = static_resolve(cfg, rules)
         allowlist = Allowlist(rules)
         verdicts = [
             decide_request(

@@ -88,10 +88,12 @@ def authenticate(header: str | None, credentials: Credentials) -> Identified | U
     presented = token_digest(password)
     matches = hmac.compare_digest(presented, expected if expected is not None else _NOBODY)
     if expected is None or not matches:
+        # An unknown name is never quoted: a token given as the user name (http://<token>@...)
+        # would otherwise reach the denial body and the audit log.
+        who = f"agent {name!r}" if expected is not None else "an unknown agent name"
         return Unidentified(
             Reason.PROXY_AUTH_FAILED,
-            f"the proxy credential for agent {name[:63]!r} is not valid: check the agent's name "
-            "and its token",
+            f"the proxy credential for {who} is not valid: check the agent's name and its token",
         )
     return Identified(name)
 

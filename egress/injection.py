@@ -455,6 +455,18 @@ def plan(
             )
         to_inject.append((spec, value, where))
 
+    # The last gate for agents: every secret this request would use, whether found by its
+    # placeholder or not (azure_shared_key signs on the account name alone), is granted.
+    using = [spec for spec, _, _ in to_inject]
+    using += [s for s in (resign and resign[0], sign_hmac, sign_azure) if s]
+    for spec in using if granted is not None else ():
+        if spec.name not in granted:  # type: ignore[operator]
+            return Denial(
+                Reason.SECRET_NOT_GRANTED,
+                f"this request would use secret {spec.name!r}, which is not granted to this "
+                f"agent; if it should be, add {spec.name!r} to the agent's secrets: in the config",
+                spec.name,
+            )
     out = Injection(headers=list(req.headers), path=req.path, body=req.body, resign=resign,
                     sign_hmac=sign_hmac, sign_azure=sign_azure)  # fmt: skip
     signers = [s for s in (resign and resign[0], sign_hmac, sign_azure) if s]

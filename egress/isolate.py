@@ -120,8 +120,9 @@ class Plan:
 
 
 def secret_paths(cfg: Any) -> list[Path]:
-    """Files the config reads secrets or Vault credentials from."""
+    """Files the config reads secrets, agents' proxy tokens or Vault credentials from."""
     paths = [s.source.file for s in cfg.secrets if s.source.kind == "file" and s.source.file]
+    paths += [a.token.file for a in getattr(cfg, "agents", ()) if a.token and a.token.file]
     vault = getattr(cfg, "vault", None)
     if vault is not None:
         auth = vault.auth

@@ -292,6 +292,12 @@ class Runtime:
                     )
                 )
                 trust = combined
+            reporting = [a.name for a in cfg.agents if a.mode == "report"]
+            if reporting and cfg.mode != "report":
+                log.warning("report mode for agent(s) %s: their allowlist denials are logged as "
+                            "would_deny and let through; the CA carries no name constraints, for "
+                            "every agent, so that it can serve hosts outside the allowlists",
+                            ", ".join(reporting))  # fmt: skip
             if cfg.mode == "report":
                 log.warning("report mode: allowlist denials are logged as would_deny and let through; the CA "
                             "carries no name constraints so that it can serve hosts outside the allowlist")  # fmt: skip
@@ -416,9 +422,10 @@ class Runtime:
         self.audit.close()
 
 
-def address_policy(cfg: Config) -> AddressPolicy:
-    """Address rules under allow and upstream.allow_private are the only ways into private ranges."""
-    return AddressPolicy(allowed=_address_ranges(cfg.rules, cfg))
+def address_policy(cfg: Config, rules: tuple[Rule, ...] | None = None) -> AddressPolicy:
+    """Address rules under allow (or ``rules``: an agent's view) and upstream.allow_private
+    are the only ways into private ranges."""
+    return AddressPolicy(allowed=_address_ranges(cfg.rules if rules is None else rules, cfg))
 
 
 _shared: dict[str, Runtime] = {}

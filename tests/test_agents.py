@@ -275,3 +275,72 @@ def test_a_fixed_identity_attributes_every_request_to_its_agent(
         assert 'egress_agent_requests_total{agent="solo",decision="deny"} 1.0' in metrics
     finally:
         assert p.stop() == 0
+
+
+# --- from an adversarial review: grants beyond placeholders, tokens in messages, reports -----
+
+AZ_HOST = "egressacct.blob.core.windows.net"
+
+
+def _azure_config(tmp: Path) -> Path:
+    cfg = {
+        "allow": [{"host": AZ_HOST}, {"host": "10.9.0.0/16"}],
+        "identity": {"proxy_authorization": True},
+        "agents": [
+            {"name": "alpha", "token": {"sha256": "0" * 64}, "secrets": ["az"],
+             "allow": [{"host": "internal.test"}, {"host": "10.0.0.0/8"}]},
+            {"name": "beta", "token": {"sha256": "1" * 64}, "mode": "report"},
+        ],
+        "secrets": [{"name": "az", "scheme": "azure_shared_key", "hosts": [AZ_HOST],
+                     "source": {"env": "EGRESS_TEST_API_TOKEN"}, "azure": {"account": "egressacct"}}],
+        "upstream": {"resolve": {"internal.test": "10.1.2.3", AZ_HOST: "20.60.1.1"}, "dns": "static"},
+        "audit": {"path": str(tmp / "audit.jsonl")},
+    }  # fmt: skip
+    return write_config(tmp, cfg)
+
+
+def _check(cfg: Path, agent: str, url: str, *headers: str) -> dict[str, Any]:
+    argv = [
+        *egress_cmd(
+            "check", "--config", str(cfg), "--no-secrets", "--format", "json", "--agent", agent
+        )
+    ]
+    for h in headers:
+        argv += ["-H", h]
+    done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=60, env=proxy_env())
+    return json.loads(done.stdout)[0]
+
+
+@pytest.mark.parametrize(
+    "agent, url, reason",
+    [
+        # A Shared Key secret signs on the account name alone, with no placeholder: still
+        # only for the agents it is granted to.
+        ("alpha", f"https://{AZ_HOST}/c?comp=list", "allowed"),
+        ("beta", f"https://{AZ_HOST}/c?comp=list", "secret_not_granted"),
+        # An agent's address rules open private ranges for it alone.
+        ("alpha", "https://internal.test/", "allowed"),
+        ("beta", "https://internal.test/", "host_not_allowed"),
+    ],
+)
+def test_grants_cover_secrets_without_placeholders_and_ranges_are_per_agent(
+    tmp_path: Path, agent: str, url: str, reason: str
+) -> None:
+    got = _check(_azure_config(tmp_path), agent, url, "x-ms-version: 2025-01-05",
+                 "Authorization: SharedKey egressacct:" + "A" * 43 + "=")  # fmt: skip
+    assert got["reason"] == reason, got
+    if agent == "beta" and reason == "host_not_allowed":
+        assert got.get("would_deny") == "host_not_allowed"  # beta is in report mode
+
+
+def test_a_report_mode_agent_is_a_review_finding(tmp_path: Path) -> None:
+    done = subprocess.run([*egress_cmd("review", "--config", str(_azure_config(tmp_path)), "--format", "json")],
+                          capture_output=True, text=True, timeout=60, env=proxy_env())  # fmt: skip
+    report = json.loads(done.stdout)
+    found = [
+        (f["id"], f["location"]["key"]) for f in report["findings"] if f["id"] == "report_mode"
+    ]
+    assert found == [("report_mode", "agents[1].mode")], report["findings"]
+    # The reach matrix has an agent axis: az only for alpha.
+    assert {(r["secret"], r["agent"]) for r in report["reach"]} == {("az", "alpha")}
+    assert any(h["rule"] == "agents[0].allow[0]" for h in report["hosts"])

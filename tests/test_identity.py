@@ -94,3 +94,10 @@ def test_only_the_right_token_identifies(user: bytes, password: bytes) -> None:
     got = authenticate(basic(user, password), CREDS)
     right = (user, password) in ((b"alpha", b"tok-a"), (b"beta", b"tok-b"))
     assert isinstance(got, Identified) == right
+
+
+def test_an_unknown_name_is_never_quoted() -> None:
+    """A token given as the user name (http://<token>@host) must not reach the audit log."""
+    got = authenticate(basic("s3cr3t-token-as-user", ""), CREDS)
+    assert isinstance(got, Unidentified) and "s3cr3t" not in got.detail
+    assert "'alpha'" in authenticate(basic("alpha", "nope"), CREDS).detail  # type: ignore[union-attr]

@@ -168,7 +168,7 @@ class AuditJoin:
         self.skipped = 0
         self.first: tuple[int, str] | None = None
         self.last: tuple[int, str] | None = None
-        self.rule_labels = {r.label for r in cfg.rules}
+        self.rule_labels = {r.label for r in cfg.all_rules}
         self.secret_names = {s.name for s in cfg.secrets}
         self.used_rules: set[str] = set()
         self.injected: set[str] = set()
@@ -348,7 +348,7 @@ class AuditJoin:
             skipped=self.skipped,
             first_time=self.first[1] if self.first else None,
             last_time=self.last[1] if self.last else None,
-            unused_rules=[r.label for r in self.cfg.rules if r.label not in self.used_rules],
+            unused_rules=[r.label for r in self.cfg.all_rules if r.label not in self.used_rules],
             uninjected_secrets=[s.name for s in self.cfg.secrets if s.name not in self.injected],
             denied=out,
             by_reason=most_first(self.by_reason),

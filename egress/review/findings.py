@@ -110,10 +110,20 @@ def check_mode(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding]:
                        "In report mode denials are only logged (would_deny), and the CA is made "
                        "without name constraints: the allowlist protects nothing.",
                        "Set mode: enforce once `egress learn` has drafted the rules you need.")  # fmt: skip
+        return
+    for agent in cfg.agents:
+        if agent.mode == "report":
+            yield _finding(cfg, "report_mode", f"agents[{agent.index}].mode", "report",
+                           f"agent {agent.name!r} is in report mode: every request its allowlist "
+                           "refuses goes through",
+                           "Its denials are only logged (would_deny), and the CA, one for every "
+                           "agent, is made without name constraints.",
+                           f"Set agents[{agent.index}].mode: enforce once `egress learn` has "
+                           "drafted the rules it needs.")  # fmt: skip
 
 
 def check_wildcards(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding]:
-    for rule in cfg.rules:
+    for rule in cfg.all_rules:
         broad = domains.broad_wildcard(rule.host.text)
         if broad is None:
             continue
@@ -125,7 +135,7 @@ def check_wildcards(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding]:
 
 
 def check_domain_facts(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding]:
-    for rule in cfg.rules:
+    for rule in cfg.all_rules:
         if rule.host.kind == "address":
             continue
         seen: set[str] = set()
@@ -298,7 +308,7 @@ def check_secrets(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding]:
 
 
 def _opened(cfg: Config) -> list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]]:
-    nets = [(f"{r.label}.host", r.host.network) for r in cfg.rules
+    nets = [(f"{r.label}.host", r.host.network) for r in cfg.all_rules
             if r.host.kind == "address" and r.host.network is not None]  # fmt: skip
     nets += [(f"upstream.allow_private[{j}]", n) for j, n in enumerate(cfg.allow_private)]
     return nets
@@ -369,7 +379,7 @@ def check_addresses(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding]:
 
 
 def check_rule_shape(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding]:
-    for rule in cfg.rules:
+    for rule in cfg.all_rules:
         odd = [p for p in rule.ports if p not in {DEFAULT_PORTS[s] for s in rule.schemes}]
         if odd:
             yield _finding(cfg, "non_default_port", f"{rule.label}.ports", rule.host.text,
@@ -442,8 +452,8 @@ def _rule_covers(a: Rule, b: Rule) -> bool:
 
 
 def check_redundant_rules(cfg: Config, reach: list[ReachEntry]) -> Iterator[Finding]:
-    for b in cfg.rules:
-        for a in cfg.rules:
+    for b in cfg.all_rules:
+        for a in cfg.all_rules:
             if a is b or not _rule_covers(a, b):
                 continue
             same = _rule_covers(b, a)

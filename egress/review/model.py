@@ -65,6 +65,8 @@ class ReachEntry:
     # What egress puts there: "static" (the value), "aws_sigv4" (a new signature),
     # "minted <type>" (a token egress obtains, e.g. "minted github_app").
     kind: str = "static"
+    # The agent this entry is for (agents:, docs/agents.md); None: the config has no agents.
+    agent: str | None = None
 
 
 @dataclass(frozen=True)

@@ -80,9 +80,22 @@ def surfaces(spec: SecretSpec, rule: Rule) -> tuple[str, ...]:
 
 
 def reach_entries(cfg: Config) -> list[ReachEntry]:
+    """Each secret on each rule it can ride; with agents, per agent: the secrets granted to
+    it on the shared rules and its own (the agent axis)."""
+    if not cfg.agents:
+        return _reach(cfg, cfg.secrets, cfg.rules, None)
     out: list[ReachEntry] = []
-    for spec in cfg.secrets:
-        for rule in cfg.rules:
+    for agent in cfg.agents:
+        granted = [s for s in cfg.secrets if s.name in agent.secrets]
+        out += _reach(cfg, granted, cfg.rules + agent.rules, agent.name)
+    return out
+
+
+def _reach(cfg: Config, secrets: tuple[SecretSpec, ...] | list[SecretSpec],
+           rules: tuple[Rule, ...], agent: str | None) -> list[ReachEntry]:  # fmt: skip
+    out: list[ReachEntry] = []
+    for spec in secrets:
+        for rule in rules:
             schemes = injection_schemes(cfg, spec, rule)
             if not schemes:
                 continue
@@ -93,7 +106,7 @@ def reach_entries(cfg: Config) -> list[ReachEntry]:
                 out.append(ReachEntry(
                     secret=spec.name, host=host.text, rule=rule.label, ports=rule.ports,
                     schemes=schemes, methods=rule.methods, paths=rule.paths,
-                    surfaces=surfaces(spec, rule), kind=credential_kind(spec),
+                    surfaces=surfaces(spec, rule), kind=credential_kind(spec), agent=agent,
                 ))  # fmt: skip
     return out
 
@@ -116,5 +129,5 @@ def host_entries(cfg: Config, reach: list[ReachEntry]) -> list[HostEntry]:
             secrets=tuple(riding.get(r.label, ())),
             location=location(cfg, r.label),
         )  # fmt: skip
-        for r in cfg.rules
+        for r in cfg.all_rules
     ]

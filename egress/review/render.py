@@ -137,9 +137,10 @@ def counts_text(counts: Mapping[str, int]) -> str:
 
 
 def reach_row(r: ReachEntry) -> list[str]:
+    rule = r.rule if r.agent is None else f"{r.rule} (agent {r.agent})"
     return [
         r.host, any_text(r.ports), any_text(r.schemes), any_text(r.methods),
-        any_text(r.paths), any_text(r.surfaces), r.rule,
+        any_text(r.paths), any_text(r.surfaces), rule,
     ]  # fmt: skip
 
 

@@ -43,7 +43,11 @@ def report_to_dict(report: Report, sources: Sequence[DataSource] = ()) -> dict[s
         "config": report.config,
         "mode": report.mode,
         "secrets": list(report.secrets),
-        "reach": [asdict(r) for r in report.reach],
+        # "agent" only with agents: a config without them reads as before.
+        "reach": [
+            {k: v for k, v in asdict(r).items() if k != "agent" or v is not None}
+            for r in report.reach
+        ],  # fmt: skip
         "hosts": [asdict(h) for h in report.hosts],
         "findings": [asdict(f) for f in sorted_findings(report)],
         "audit": asdict(report.audit) if report.audit is not None else None,
