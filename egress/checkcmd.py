@@ -252,7 +252,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             forms = SecretIndex([], cfg.secrets, {s.name: v for s, v in secrets})
             redact = _same
         resolve = static_resolve(cfg, rules)
-        allowlist = Allowlist(rules)
+        allowlist = Allowlist(rules, cfg.locked.deny)
         verdicts = [
             decide_request(
                 a.request,

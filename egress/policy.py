@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from egress.config import Rule
-from egress.hostnames import is_ip
+from egress.hostnames import HostPattern, is_ip
 from egress.reasons import Reason
 from egress.routing import path_readings
 
@@ -39,8 +39,12 @@ CACHE_MAX_CHARS = 300  # a canonical host is at most 253 characters
 
 
 class Allowlist:
-    def __init__(self, rules: tuple[Rule, ...] | list[Rule]):
+    def __init__(
+        self, rules: tuple[Rule, ...] | list[Rule], locked: tuple[HostPattern, ...] = ()
+    ) -> None:
         self._rules = tuple(rules)
+        # Hosts no rule opens (locked.deny, docs/agents.md#the-locked-layer).
+        self._locked = tuple(locked)
         self._host_rules_cached = functools.lru_cache(maxsize=CACHE_ENTRIES)(self._match_host)
         self._port_scheme_cached = functools.lru_cache(maxsize=CACHE_ENTRIES)(
             self._match_port_scheme
@@ -86,11 +90,21 @@ class Allowlist:
                             "by a rule that names it or its range)")  # fmt: skip
         return Decision(False, Reason.HOST_NOT_ALLOWED, None, f"no rule allows host {host!r}")
 
+    def _locked_out(self, host: str) -> Decision | None:
+        if self._locked and any(p.matches(host) for p in self._locked):
+            return Decision(False, Reason.HOST_LOCKED, None,
+                            f"host {host!r} is locked by the admin (locked.deny): no rule, and no "
+                            "report mode, opens it")  # fmt: skip
+        return None
+
     def decide_connect(self, host: str, port: int) -> Decision:
         """A CONNECT tunnel (or a new upstream connection): host and port only.
 
         Method and path are not known yet; they are decided per request inside the tunnel.
         """
+        locked = self._locked_out(host)
+        if locked is not None:
+            return locked
         rules = self._host_rules(host)
         if not rules:
             return self._no_rule(host)
@@ -114,6 +128,9 @@ class Allowlist:
         Dimension by dimension, so that the reason names the first thing that failed on the
         rules for this host: port, scheme, method, path, WebSocket; a denial names the first
         rule still in play before the failing dimension."""
+        locked = self._locked_out(host)
+        if locked is not None:
+            return locked
         rules: Sequence[Rule] = self._host_rules(host)
         if not rules:
             return self._no_rule(host)

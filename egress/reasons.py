@@ -20,6 +20,7 @@ class Reason(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PATH_NOT_ALLOWED = "path_not_allowed"
     INVALID_HOST = "invalid_host"
+    HOST_LOCKED = "host_locked"  # locked.deny: never opened, not even in report mode
     IP_LITERAL = "ip_literal"
     RESOLVED_PRIVATE = "resolved_private"
     # denied because the request's identity is inconsistent
@@ -68,6 +69,7 @@ _STATUS: dict[Reason, int] = {
     Reason.METHOD_NOT_ALLOWED: 403,
     Reason.PATH_NOT_ALLOWED: 403,
     Reason.INVALID_HOST: 400,
+    Reason.HOST_LOCKED: 403,
     Reason.IP_LITERAL: 403,
     Reason.RESOLVED_PRIVATE: 403,
     Reason.USERINFO_IN_URL: 403,

@@ -27,7 +27,8 @@ from egress.errors import EgressError
 from egress.hostnames import IPAddress, IPNetwork
 from egress.identity import Credentials, token_digest
 from egress.metrics import Metrics
-from egress.policy import Allowlist
+from egress.policy import Allowlist, Decision
+from egress.reasons import Reason
 from egress.resolver import Resolver
 from egress.secretindex import SecretIndex
 from egress.secrets import SecretLoadError, SecretSource, SecretStore, make_source
@@ -68,6 +69,11 @@ class AgentView:
     # None: the resolver's own policy (no agents).
     private: tuple[IPNetwork, ...] | None = None
 
+    def enforces(self, d: Decision) -> bool:
+        """Is this allowlist denial enforced? Always in enforce mode; in report mode only
+        the admin's locked hosts are."""
+        return self.mode != "report" or d.reason is Reason.HOST_LOCKED
+
 
 def _address_ranges(rules: tuple[Rule, ...], cfg: Config) -> tuple[IPNetwork, ...]:
     nets = [
@@ -79,11 +85,12 @@ def _address_ranges(rules: tuple[Rule, ...], cfg: Config) -> tuple[IPNetwork, ..
 def agent_views(cfg: Config) -> tuple[AgentView, dict[str, AgentView]]:
     """(the view without agents, each agent's view). An agent's address rules open private
     ranges for its own requests only."""
-    default = AgentView(None, Allowlist(cfg.rules), None, cfg.mode)
+    locked = cfg.locked.deny
+    default = AgentView(None, Allowlist(cfg.rules, locked), None, cfg.mode)
     views = {
         a.name: AgentView(
             a.name,
-            Allowlist(cfg.rules + a.rules),
+            Allowlist(cfg.rules + a.rules, locked),
             a.secrets,
             a.mode,
             _address_ranges(cfg.rules + a.rules, cfg),
@@ -348,7 +355,7 @@ class Runtime:
         and ``agent`` is not one of them (the caller refuses)."""
         if not self.config.agents:
             if self._default_view is None:
-                self._default_view = AgentView(None, self.allowlist, None, self.config.mode)
+                self._default_view = agent_views(self.config)[0]
             return self._default_view
         return self.views.get(agent or "")
 

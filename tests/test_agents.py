@@ -344,3 +344,62 @@ def test_a_report_mode_agent_is_a_review_finding(tmp_path: Path) -> None:
     # The reach matrix has an agent axis: az only for alpha.
     assert {(r["secret"], r["agent"]) for r in report["reach"]} == {("az", "alpha")}
     assert any(h["rule"] == "agents[0].allow[0]" for h in report["hosts"])
+
+
+# --- groups and the locked layer ----------------------------------------------------------
+
+
+def _layered_config(tmp: Path, port: int, ca_file: Path, plain_port: int) -> Path:
+    cfg = base_config(tmp, ca_file, port, plain_port)
+    cfg["allow"] = [r for r in cfg["allow"] if r["host"] == API and r.get("schemes") != ["http"]]
+    cfg["allow"].append({"host": OTHER, "ports": [port]})  # shared, but locked below
+    cfg["locked"] = {"deny": [OTHER], "hosts": [API, "*.egress.test"]}
+    cfg["groups"] = [{"name": "coders", "secrets": ["api_token"]}]
+    cfg["identity"] = {"proxy_authorization": True}
+    cfg["agents"] = [
+        {"name": "alpha", "token": {"env": "EGRESS_AGENT_ALPHA"}, "groups": ["coders"]},
+        {"name": "beta", "token": {"sha256": hashlib.sha256(BETA_TOKEN.encode()).hexdigest()},
+         "mode": "report"},
+    ]  # fmt: skip
+    return write_config(tmp, cfg)
+
+
+@pytest.mark.parametrize(
+    "who, host, placeholder, connect, reason, injected",
+    [
+        # alpha gets api_token through its group.
+        (ALPHA, API, API_PLACEHOLDER, "200", "allowed", SECRET),
+        # beta is in no group: the shared host, not the group's secret.
+        (BETA, API, API_PLACEHOLDER, "200", "secret_not_granted", None),
+        # OTHER is in the shared allow:, but locked.deny wins, for alpha and for beta in
+        # report mode alike.
+        (ALPHA, OTHER, OTHER_PLACEHOLDER, "403", "host_locked", None),
+        (BETA, OTHER, OTHER_PLACEHOLDER, "403", "host_locked", None),
+    ],
+    ids=["group-secret", "no-group", "locked", "locked-in-report-mode"],
+)  # fmt: skip
+def test_groups_grant_and_the_locked_layer_holds(
+    tmp_path: Path, upstream: Upstream, plain_upstream: Upstream, test_ca_file: Path,
+    who: str, host: str, placeholder: str, connect: str, reason: str, injected: str | None,
+) -> None:  # fmt: skip
+    cfg = _layered_config(tmp_path, upstream.port, test_ca_file, plain_upstream.port)
+    p = start_proxy(cfg, tmp_path, proxy_env(EGRESS_AGENT_ALPHA=ALPHA_TOKEN))
+    try:
+        done = curl(p, f"https://{host}:{upstream.port}/layered", "-H", f"Authorization: Bearer {placeholder}",
+                    user=who)  # fmt: skip
+        assert codes(done)[1] == connect, done.stderr
+        assert [r["reason"] for r in p.audit()] == [reason]
+        if injected:
+            assert upstream.recorder.requests[-1].headers["authorization"] == f"Bearer {injected}"
+        else:
+            assert not upstream.recorder.requests
+    finally:
+        assert p.stop() == 0
+    agent = who.split(":")[0]
+    check = _check(
+        cfg,
+        agent,
+        f"https://{host}:{upstream.port}/layered",
+        f"Authorization: Bearer {placeholder}",
+    )
+    assert check["reason"] == reason  # egress check agrees with the proxy

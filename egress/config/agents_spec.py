@@ -16,20 +16,114 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from egress.config.checker import Checker, file_path
-from egress.config.model import AGENT_NAME, AgentSpec, IdentityConfig, Rule, TokenSpec
-from egress.config.rules import parse_rule
+from egress.config.model import (
+    AGENT_NAME,
+    AgentSpec,
+    GroupSpec,
+    IdentityConfig,
+    LockedLayer,
+    Rule,
+    TokenSpec,
+)
+from egress.config.rules import covers, parse_rule
+from egress.hostnames import HostPattern, parse_host_pattern
 
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def parse_agents(c: Checker, node: Any, base: Path, default_mode: str) -> list[AgentSpec]:
-    """The agents, their own rules included; secret grants are checked by ``check_grants``
-    once the secrets are known."""
+def _rules(c: Checker, node: Any, key: str) -> list[Rule]:
+    rules: list[Rule] = []
+    if node is not None and not isinstance(node, list):
+        c.err(f"{key}.allow", "must be a list of rules, like the top-level allow:")
+        return rules
+    for j, rule_node in enumerate(node or []):
+        rule = parse_rule(c, rule_node, j, scope=f"{key}.")
+        if rule is not None:
+            rules.append(rule)
+    return rules
+
+
+def parse_groups(c: Checker, node: Any) -> list[GroupSpec]:
+    """``groups:``: rules and secrets shared by the agents that name the group."""
+    if node is None:
+        return []
+    if not isinstance(node, list) or not node:
+        c.err("groups", "must be a non-empty list of groups, each with a name")
+        return []
+    groups: list[GroupSpec] = []
+    for g, item in enumerate(node):
+        key = f"groups[{g}]"
+        m = c.mapping(item, key, ("name", "allow", "secrets"), ("name",))
+        if m is None or "name" not in m:
+            continue
+        name = c.typed(m, key, "name", str, None)
+        if name is None:
+            continue
+        if not AGENT_NAME.match(name):
+            c.err(f"{key}.name", f"{name!r} must be 1-63 lower-case letters, digits, '.', '_' "
+                  "or '-', starting and ending with a letter or digit")  # fmt: skip
+            continue
+        if any(x.name == name for x in groups):
+            c.err(f"{key}.name", f"{name!r} is defined twice: give each group its own name")
+            continue
+        rules = _rules(c, m.get("allow"), key)
+        grants = c.str_list(m, key, "secrets", allow_empty=True) or []
+        groups.append(GroupSpec(g, name, tuple(rules), frozenset(grants)))
+    return groups
+
+
+def parse_locked(c: Checker, node: Any) -> LockedLayer:
+    """``locked:``: what no agent's or group's rules can change."""
+    if node is None:
+        return LockedLayer()
+    m = c.mapping(node, "locked", ("deny", "hosts"))
+    if m is None:
+        return LockedLayer()
+
+    def patterns(name: str) -> list[HostPattern] | None:
+        texts = c.str_list(m, "locked", name)
+        if texts is None:
+            return None
+        out: list[HostPattern] = []
+        for j, text in enumerate(texts):
+            try:
+                out.append(parse_host_pattern(text))
+            except ValueError as e:
+                c.err(f"locked.{name}[{j}]", str(e))
+        return out
+
+    return LockedLayer(tuple(patterns("deny") or ()), _opt_tuple(patterns("hosts")))
+
+
+def _opt_tuple(items: list[HostPattern] | None) -> tuple[HostPattern, ...] | None:
+    return None if items is None else tuple(items)
+
+
+def check_locked(c: Checker, locked: LockedLayer, agents: list[AgentSpec],
+                 groups: list[GroupSpec]) -> None:  # fmt: skip
+    """``locked.hosts``: an agent's or a group's rule naming a host outside it is refused."""
+    if locked.hosts is None:
+        return
+    own = [r for a in agents for r in a.rules if r.scope.startswith("agents[")]
+    for rule in own + [r for g in groups for r in g.rules]:
+        if not any(covers(p, rule.host) for p in locked.hosts):
+            c.err(f"{rule.label}.host", f"{rule.host.text!r} is outside locked.hosts "
+                  f"({', '.join(p.text for p in locked.hosts)}): the admin's layer allows no "
+                  "agent further; ask the admin to add it there")  # fmt: skip
+
+
+def parse_agents(
+    c: Checker, node: Any, base: Path, default_mode: str, groups: list[GroupSpec] | None = None
+) -> list[AgentSpec]:
+    """The agents, their groups' and their own rules included; secret grants are checked by
+    ``check_grants`` once the secrets are known."""
+    groups = groups or []
     if node is None:
         return []
     if not isinstance(node, list) or not node:
@@ -39,7 +133,7 @@ def parse_agents(c: Checker, node: Any, base: Path, default_mode: str) -> list[A
     seen: set[str] = set()
     for i, item in enumerate(node):
         key = f"agents[{i}]"
-        m = c.mapping(item, key, ("name", "token", "allow", "secrets", "mode"), ("name",))
+        m = c.mapping(item, key, ("name", "token", "groups", "allow", "secrets", "mode"), ("name",))
         if m is None or "name" not in m:
             continue
         name = c.typed(m, key, "name", str, None)
@@ -54,18 +148,25 @@ def parse_agents(c: Checker, node: Any, base: Path, default_mode: str) -> list[A
             c.err(f"{key}.name", f"{name!r} is defined twice: give each agent its own name")
             continue
         seen.add(name)
-        rules: list[Rule] = []
-        allow = m.get("allow")
-        if allow is not None and not isinstance(allow, list):
-            c.err(f"{key}.allow", "must be a list of rules, like the top-level allow:")
-        for j, rule_node in enumerate(allow or []):
-            rule = parse_rule(c, rule_node, j, scope=f"{key}.")
-            if rule is not None:
-                rules.append(rule)
-        grants = c.str_list(m, key, "secrets", allow_empty=True) or []
+        member: list[GroupSpec] = []
+        by_name = {g.name: g for g in groups}
+        for j, gname in enumerate(c.str_list(m, key, "groups") or []):
+            if gname in by_name:
+                member.append(by_name[gname])
+            else:
+                near = difflib.get_close_matches(gname, list(by_name), n=1)
+                hint = f"did you mean {near[0]!r}?" if near else (
+                    f"groups: {', '.join(by_name)}" if by_name else "no group is defined under groups:"
+                )  # fmt: skip
+                c.err(f"{key}.groups[{j}]", f"{gname!r} is not a group: {hint}")
+        rules = [r for g in member for r in g.rules] + _rules(c, m.get("allow"), key)
+        grants = set(c.str_list(m, key, "secrets", allow_empty=True) or [])
+        for g in member:
+            grants |= g.secrets
         mode = c.choice(m, key, "mode", ("enforce", "report"), default_mode) or default_mode
         token = _parse_token(c, m.get("token"), f"{key}.token", base) if "token" in m else None
-        agents.append(AgentSpec(i, name, tuple(rules), frozenset(grants), mode, token))
+        agents.append(AgentSpec(i, name, tuple(rules), frozenset(grants), mode, token,
+                                tuple(g.name for g in member)))  # fmt: skip
     return agents
 
 
@@ -137,13 +238,18 @@ def parse_identity(
     return IdentityConfig(bool(proxy_auth), fixed)
 
 
-def check_grants(c: Checker, agents: list[AgentSpec], secret_names: list[str]) -> None:
-    """Each agent's secrets: names of defined secrets."""
-    for a in agents:
-        for name in sorted(a.secrets):
+def check_grants(
+    c: Checker, agents: list[AgentSpec], secret_names: list[str], groups: Sequence[GroupSpec] = ()
+) -> None:
+    """Each agent's and group's secrets: names of defined secrets."""
+    owners = [(f"groups[{g.index}]", g.secrets) for g in groups]
+    group_grants = {n for g in groups for n in g.secrets}
+    owners += [(f"agents[{a.index}]", a.secrets - group_grants) for a in agents]
+    for key, names in owners:
+        for name in sorted(names):
             if name not in secret_names:
                 near = difflib.get_close_matches(name, secret_names, n=1)
                 hint = f"did you mean {near[0]!r}?" if near else (
                     f"secrets: {', '.join(secret_names)}" if secret_names else "none is defined"
                 )  # fmt: skip
-                c.err(f"agents[{a.index}].secrets", f"{name!r} is not a secret: {hint}")
+                c.err(f"{key}.secrets", f"{name!r} is not a secret: {hint}")

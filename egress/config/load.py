@@ -15,7 +15,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from egress.config.agents_spec import check_grants, parse_agents, parse_identity
+from egress.config.agents_spec import (
+    check_grants,
+    check_locked,
+    parse_agents,
+    parse_groups,
+    parse_identity,
+    parse_locked,
+)
 from egress.config.checker import Checker, file_path, opt_file_path
 from egress.config.includes import (
     Document,
@@ -38,7 +45,7 @@ from egress.hostnames import IPNetwork, canonical_host, is_ip
 
 TOP_KEYS = (
     "mode", "include", "listen", "admin", "agent", "ca", "upstream", "allow", "secrets",
-    "vault", "audit", "limits", "workers", "identity", "agents",
+    "vault", "audit", "limits", "workers", "identity", "agents", "groups", "locked",
 )  # fmt: skip
 MAX_WORKERS = 256
 
@@ -176,9 +183,14 @@ def _parse(main: Document) -> Config:
             rules.append(rule)
 
     mode = c.choice(top, "", "mode", ("enforce", "report"), "enforce") or "enforce"
-    agents = parse_agents(c, top.get("agents"), base, mode)
+    groups = parse_groups(c, top.get("groups"))
+    if groups and "agents" not in top:
+        c.err("groups", "groups serve agents: define them under agents: (agents[i].groups)")
+    agents = parse_agents(c, top.get("agents"), base, mode, groups)
     identity = parse_identity(c, top.get("identity"), agents, listen_mode or "explicit")
-    agent_rules = [r for a in agents for r in a.rules]
+    locked = parse_locked(c, top.get("locked"))
+    check_locked(c, locked, agents, groups)
+    agent_rules = [r for a in agents for r in a.rules] + [r for g in groups for r in g.rules]
 
     secret_items = merge_secrets(c, merged_list(c, docs, "secrets"), main)
     secrets: list[SecretSpec] = []
@@ -187,7 +199,7 @@ def _parse(main: Document) -> Config:
         if spec is not None:
             secrets.append(spec)
     check_secret_set(c, secrets)
-    check_grants(c, agents, [s.name for s in secrets])
+    check_grants(c, agents, [s.name for s in secrets], groups)
 
     audit = c.mapping(top.get("audit"), "audit", ("path",)) or {}
     audit_path = c.typed(audit, "audit", "path", str, "stdout")
@@ -251,6 +263,8 @@ def _parse(main: Document) -> Config:
         origins=origins(main, items),
         agents=tuple(agents),
         identity=identity,
+        groups=tuple(groups),
+        locked=locked,
     )
 
 

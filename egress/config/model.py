@@ -241,10 +241,33 @@ class AgentSpec:
 
     index: int
     name: str
-    rules: tuple[Rule, ...]  # its own, labelled agents[i].allow[j]
-    secrets: frozenset[str]  # names of the secrets injected for it
+    # Its groups' rules (labelled groups[g].allow[j]) and its own (agents[i].allow[j]),
+    # on top of the shared allow:.
+    rules: tuple[Rule, ...]
+    secrets: frozenset[str]  # names of the secrets injected for it (its groups' too)
     mode: str  # "enforce" | "report"
     token: TokenSpec | None  # its proxy credential (identity.proxy_authorization)
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """Rules and secrets several agents share (agents[i].groups)."""
+
+    index: int
+    name: str
+    rules: tuple[Rule, ...]  # labelled groups[g].allow[j]
+    secrets: frozenset[str]
+
+
+@dataclass(frozen=True)
+class LockedLayer:
+    """What the admin fixes for every agent (docs/agents.md#the-locked-layer):
+    ``deny``: hosts no rule can open (reason host_locked); ``hosts``: the only hosts an
+    agent's or a group's rules may name (a config naming others is refused)."""
+
+    deny: tuple[HostPattern, ...] = ()
+    hosts: tuple[HostPattern, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -305,6 +328,8 @@ class Config:
     # ``identity`` says, and gets the shared rules, its own rules and its granted secrets.
     agents: tuple[AgentSpec, ...] = ()
     identity: IdentityConfig | None = None
+    groups: tuple[GroupSpec, ...] = ()
+    locked: LockedLayer = LockedLayer()
     # Where each key path of the merged config came from (file, line, key in that file):
     # for `egress review` findings and for errors in included files.
     origins: dict[str, Origin] = field(default_factory=dict, compare=False, repr=False)
@@ -315,8 +340,16 @@ class Config:
 
     @property
     def all_rules(self) -> tuple[Rule, ...]:
-        """The shared rules and every agent's: what the CA's name constraints must cover."""
-        return self.rules + tuple(r for a in self.agents for r in a.rules)
+        """The shared rules and every agent's and group's, each once: what the CA's name
+        constraints must cover and what a review reviews."""
+        seen: dict[str, Rule] = {r.label: r for r in self.rules}
+        for a in self.agents:
+            for r in a.rules:
+                seen.setdefault(r.label, r)
+        for g in self.groups:
+            for r in g.rules:
+                seen.setdefault(r.label, r)
+        return tuple(seen.values())
 
     def agent(self, name: str) -> AgentSpec | None:
         return next((a for a in self.agents if a.name == name), None)
