@@ -92,7 +92,7 @@ class Allowlist(EgressAddon):
         """In report mode (the config's, or the agent's own) an allowlist denial is recorded
         as would_deny and not enforced. Identity, address and secret checks are enforced in
         both modes."""
-        if view.enforces(d):
+        if view.enforces(d, meta(flow).get("host", "")):
             return True
         meta(flow).update(would_deny=d.reason.value, detail=d.detail)
         return False
@@ -292,7 +292,7 @@ class Allowlist(EgressAddon):
             server.error = f"egress {Reason.PROXY_AUTH_REQUIRED.value}: no agent was identified"
             return
         d = view.allowlist.decide_connect(host, port)
-        if not d.allowed and view.enforces(d):
+        if not d.allowed and view.enforces(d, host):
             server.error = f"egress {d.reason.value}: {d.detail}"
             return
         if tunnel is not None and (tunnel.host, tunnel.port) == (host, port):
@@ -375,7 +375,7 @@ class Allowlist(EgressAddon):
             refuse(Reason.PROXY_AUTH_REQUIRED, "no agent was identified", host)
             return
         d = view.allowlist.decide_connect(host, port)
-        if not d.allowed and view.enforces(d):
+        if not d.allowed and view.enforces(d, host):
             hint = how_to_allow(d.reason, host, port, "https", "CONNECT", "/", d.rule)
             refuse(d.reason, f"{d.detail}. {hint}" if hint else d.detail, host, d.rule_label)
             return

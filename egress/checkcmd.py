@@ -40,7 +40,7 @@ from egress.messages import how_to_allow
 from egress.policy import Allowlist
 from egress.reasons import http_status
 from egress.resolver import Picked, Refused, Resolver
-from egress.runtime import Runtime, address_policy
+from egress.runtime import Runtime, address_policy, locked_networks
 from egress.secretindex import SecretIndex
 from egress.secrets import SecretValue
 
@@ -201,7 +201,8 @@ def static_resolve(
         # check knows that listener too. (exec and port 0 pick theirs when they start.)
         own = (ipaddress.ip_address(cfg.listen_host), cfg.listen_port)
         policy = AddressPolicy(policy.allowed, (*policy.own, own))
-    resolver = Resolver(cfg.resolve, policy, static_only=cfg.dns == "static")
+    resolver = Resolver(cfg.resolve, policy, static_only=cfg.dns == "static",
+                        locked=locked_networks(cfg))  # fmt: skip
 
     def resolve(host: str, port: int) -> Picked | Refused | None:
         if is_ip(host) or host in resolver.static or resolver.static_only:

@@ -91,7 +91,7 @@ class Allowlist:
         return Decision(False, Reason.HOST_NOT_ALLOWED, None, f"no rule allows host {host!r}")
 
     def _locked_out(self, host: str) -> Decision | None:
-        if self._locked and any(p.matches(host) for p in self._locked):
+        if self._locked and any(locks(p, host) for p in self._locked):
             return Decision(False, Reason.HOST_LOCKED, None,
                             f"host {host!r} is locked by the admin (locked.deny): no rule, and no "
                             "report mode, opens it")  # fmt: skip
@@ -168,6 +168,16 @@ class Allowlist:
             return Decision(False, Reason.WEBSOCKET_NOT_ALLOWED, rules[0],
                             f"a WebSocket upgrade is not allowed for host {host!r}")  # fmt: skip
         return Decision(True, Reason.ALLOWED, passing[0])
+
+
+def locks(pattern: HostPattern, host: str) -> bool:
+    """Does a locked.deny pattern cover ``host``? A deny entry takes a name and everything
+    under it: ``pastebin.com`` and ``*.pastebin.com`` both deny pastebin.com and its
+    subdomains (unlike an allow rule, where each covers only what it says)."""
+    if pattern.kind == "address":
+        return pattern.matches(host)
+    base = pattern.text[2:] if pattern.kind == "wildcard" else pattern.text
+    return host == base or host.endswith("." + base)
 
 
 def path_allowed(rule: Rule, readings: list[str], unjudgeable: str | None) -> bool:

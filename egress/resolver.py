@@ -28,6 +28,14 @@ class Refused:
     detail: str
 
 
+def _in_any(addr: IPAddress, nets: tuple[IPNetwork, ...]) -> bool:
+    mapped = getattr(addr, "ipv4_mapped", None)
+    for a in (addr, mapped) if mapped is not None else (addr,):
+        if any(a.version == n.version and a in n for n in nets):
+            return True
+    return False
+
+
 class Resolver:
     def __init__(
         self,
@@ -35,8 +43,12 @@ class Resolver:
         policy: AddressPolicy,
         timeout: float = 5.0,
         static_only: bool = False,
+        locked: tuple[IPNetwork, ...] = (),
     ):
         self.static_only = static_only
+        # locked.deny's address patterns: never dialled, whatever name leads there and
+        # whatever range a rule or upstream.allow_private opens (docs/agents.md).
+        self.locked = locked
         self.static = {
             name: tuple(ipaddress.ip_address(a) for a in addrs) for name, addrs in static.items()
         }
@@ -75,6 +87,13 @@ class Resolver:
             return Refused(Reason.DNS_FAILURE, f"cannot resolve {host!r}: {why}")
         if not addrs:
             return Refused(Reason.DNS_FAILURE, f"{host!r} has no address")
+        if self.locked:
+            kept = [a for a in addrs if not _in_any(a, self.locked)]
+            if not kept:
+                listed = ", ".join(str(a) for a in addrs)
+                return Refused(Reason.HOST_LOCKED, f"{host!r} resolves only to addresses locked "
+                               f"by the admin (locked.deny): {listed}")  # fmt: skip
+            addrs = kept
         policy = self.policy if allowed is None else AddressPolicy(allowed, self.policy.own)
         ok, refused = policy.usable(addrs, port)
         if not ok:

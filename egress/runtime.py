@@ -24,7 +24,7 @@ from egress.ca import EphemeralCA
 from egress.config import Config, Rule
 from egress.encodings import SecretForms, value_forms
 from egress.errors import EgressError
-from egress.hostnames import IPAddress, IPNetwork
+from egress.hostnames import HostPattern, IPAddress, IPNetwork
 from egress.identity import Credentials, token_digest
 from egress.metrics import Metrics
 from egress.policy import Allowlist, Decision
@@ -68,11 +68,16 @@ class AgentView:
     # The private ranges its requests may reach (address rules and upstream.allow_private);
     # None: the resolver's own policy (no agents).
     private: tuple[IPNetwork, ...] | None = None
+    # With locked.hosts: the hosts this agent may be let through to in report mode (those
+    # and the shared rules' hosts); None: no such ceiling.
+    ceiling: tuple[HostPattern, ...] | None = None
 
-    def enforces(self, d: Decision) -> bool:
-        """Is this allowlist denial enforced? Always in enforce mode; in report mode only
-        the admin's locked hosts are."""
-        return self.mode != "report" or d.reason is Reason.HOST_LOCKED
+    def enforces(self, d: Decision, host: str) -> bool:
+        """Is this allowlist denial enforced? Always in enforce mode; in report mode, the
+        admin's locked hosts, and hosts outside locked.hosts and the shared rules."""
+        if self.mode != "report" or d.reason is Reason.HOST_LOCKED:
+            return True
+        return self.ceiling is not None and not any(p.matches(host) for p in self.ceiling)
 
 
 def _address_ranges(rules: tuple[Rule, ...], cfg: Config) -> tuple[IPNetwork, ...]:
@@ -86,17 +91,21 @@ def agent_views(cfg: Config) -> tuple[AgentView, dict[str, AgentView]]:
     """(the view without agents, each agent's view). An agent's address rules open private
     ranges for its own requests only."""
     locked = cfg.locked.deny
+    ceiling = None
+    if cfg.locked.hosts is not None:
+        ceiling = cfg.locked.hosts + tuple(r.host for r in cfg.rules)
     default = AgentView(None, Allowlist(cfg.rules, locked), None, cfg.mode)
-    views = {
-        a.name: AgentView(
+    views = {}
+    for a in cfg.agents:
+        rules = cfg.rules + a.rules
+        views[a.name] = AgentView(
             a.name,
-            Allowlist(cfg.rules + a.rules, locked),
+            Allowlist(rules, locked),
             a.secrets,
             a.mode,
-            _address_ranges(cfg.rules + a.rules, cfg),
-        )  # fmt: skip
-        for a in cfg.agents
-    }
+            _address_ranges(rules, cfg),
+            ceiling,
+        )
     return default, views
 
 
@@ -311,7 +320,14 @@ class Runtime:
             # The CA's names cover every agent's rules; an agent in report mode may reach
             # any host, so then the CA is not constrained either.
             report = cfg.mode == "report" or any(a.mode == "report" for a in cfg.agents)
-            ca = EphemeralCA.create(cfg.all_rules, cfg.ca_validity_hours, constrained=not report)
+            names = cfg.all_rules
+            if report and cfg.agents and cfg.locked.hosts is not None:
+                # Report-mode agents reach no further than locked.hosts and the shared rules
+                # (AgentView.enforces): the CA stays constrained to those.
+                names += tuple(Rule(i, p, (443,), ("https",), None, None, scope="locked.hosts.")
+                               for i, p in enumerate(cfg.locked.hosts))  # fmt: skip
+                report = False
+            ca = EphemeralCA.create(names, cfg.ca_validity_hours, constrained=not report)
             lock = None
             if private_ca:
                 ca_path = private / "egress-ca.pem"
@@ -340,7 +356,12 @@ class Runtime:
             ca_path=ca_path,
             ca_lock=lock,
             upstream_trust=trust,
-            resolver=Resolver(cfg.resolve, address_policy(cfg), static_only=cfg.dns == "static"),
+            resolver=Resolver(
+                cfg.resolve,
+                address_policy(cfg),
+                static_only=cfg.dns == "static",
+                locked=locked_networks(cfg),
+            ),  # fmt: skip
             metrics=metrics or Metrics(),
             vault=refresher,
             minter=minter,
@@ -427,6 +448,13 @@ class Runtime:
         if self.ca_lock is not None:
             self.ca_lock.release()
         self.audit.close()
+
+
+def locked_networks(cfg: Config) -> tuple[IPNetwork, ...]:
+    """locked.deny's address patterns: no name may lead egress to them."""
+    return tuple(
+        p.network for p in cfg.locked.deny if p.kind == "address" and p.network is not None
+    )
 
 
 def address_policy(cfg: Config, rules: tuple[Rule, ...] | None = None) -> AddressPolicy:

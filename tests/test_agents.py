@@ -403,3 +403,75 @@ def test_groups_grant_and_the_locked_layer_holds(
         f"Authorization: Bearer {placeholder}",
     )
     assert check["reason"] == reason  # egress check agrees with the proxy
+
+
+@pytest.mark.parametrize(
+    "deny, host, reason",
+    [
+        # A deny entry takes a name and everything under it, whichever way it is written.
+        (["*.pastebin.test"], "pastebin.test", "host_locked"),
+        (["*.pastebin.test"], "www.pastebin.test", "host_locked"),
+        (["pastebin.test"], "a.b.pastebin.test", "host_locked"),
+        (["pastebin.test"], "notpastebin.test", "allowed"),
+        # An address entry: also when a name leads there (egress never dials it).
+        (["169.254.0.0/16"], "meta.test", "host_locked"),
+        (["169.254.0.0/16"], "169.254.169.254", "host_locked"),
+        (["10.9.0.0/16"], "meta.test", "allowed"),
+    ],
+)
+def test_locked_deny_covers_names_below_and_addresses_behind_names(
+    tmp_path: Path, deny: list[str], host: str, reason: str
+) -> None:
+    cfg = write_config(tmp_path, {
+        "allow": [{"host": "*.pastebin.test"}, {"host": "pastebin.test"}, {"host": "notpastebin.test"},
+                  {"host": "meta.test"}, {"host": "169.254.0.0/16"}],
+        "locked": {"deny": deny},
+        "upstream": {"dns": "static", "allow_private": ["169.254.0.0/16"],
+                     "resolve": {"meta.test": "169.254.169.254", "pastebin.test": "20.1.1.1",
+                                 "www.pastebin.test": "20.1.1.1", "a.b.pastebin.test": "20.1.1.1",
+                                 "notpastebin.test": "20.1.1.2"}},
+        "audit": {"path": str(tmp_path / "audit.jsonl")},
+    })  # fmt: skip
+    done = subprocess.run([*egress_cmd("check", "--config", str(cfg), "--no-secrets", "--format", "json"),
+                           f"https://{host}/"], capture_output=True, text=True, timeout=60, env=proxy_env())  # fmt: skip
+    assert json.loads(done.stdout)[0]["reason"] == reason, done.stdout
+
+
+def test_a_name_resolving_to_a_locked_address_is_refused_by_the_proxy(
+    tmp_path: Path, upstream: Upstream, test_ca_file: Path
+) -> None:
+    cfg = base_config(tmp_path, test_ca_file, upstream.port)
+    cfg["locked"] = {"deny": ["127.0.0.1/32"]}  # API resolves there
+    p = start_proxy(write_config(tmp_path, cfg), tmp_path)
+    try:
+        done = curl(p, f"https://{API}:{upstream.port}/locked")
+        assert codes(done)[1] == "403"
+        assert [r["reason"] for r in p.audit()] == ["host_locked"]
+        assert not upstream.recorder.requests
+    finally:
+        assert p.stop() == 0
+
+
+def test_a_report_mode_agent_stays_inside_locked_hosts(
+    tmp_path: Path, upstream: Upstream, plain_upstream: Upstream, test_ca_file: Path
+) -> None:
+    """Report mode lets an agent through to hosts its rules lack, but never past the
+    admin's locked.hosts (and the shared rules)."""
+    cfg = base_config(tmp_path, test_ca_file, upstream.port, plain_upstream.port)
+    cfg["allow"] = [r for r in cfg["allow"] if r["host"] == API and r.get("schemes") != ["http"]]
+    cfg["secrets"] = cfg["secrets"][:1]  # other_token's host has no rule here
+    cfg["locked"] = {"hosts": [OTHER]}
+    cfg["identity"] = {"fixed": "beta"}
+    cfg["agents"] = [{"name": "beta", "mode": "report"}]
+    p = start_proxy(write_config(tmp_path, cfg), tmp_path)
+    try:
+        inside = curl(p, f"https://{OTHER}:{upstream.port}/inside")  # no rule, inside locked.hosts
+        outside = curl(p, f"https://www.example.test:{upstream.port}/outside")
+        assert codes(inside)[0] == "200" and codes(outside)[1] == "403"
+        records = p.audit()
+        assert [(r["host"], r["reason"], r["would_deny"]) for r in records] == [
+            (OTHER, "allowed", "host_not_allowed"),
+            ("www.example.test", "host_not_allowed", None),
+        ]
+    finally:
+        assert p.stop() == 0

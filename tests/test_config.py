@@ -51,6 +51,7 @@ BAD = [
      "agents[0].allow[1].host: 'evil.com' is outside locked.hosts (a.com, *.b.com)"),
     ("group rule outside locked.hosts", "allow: [a.com]\nlocked: {hosts: [a.com]}\nidentity: {fixed: a}\ngroups: [{name: g, allow: ['*.a.com']}]\nagents: [{name: a, groups: [g]}]\n",
      "groups[0].allow[0].host: '*.a.com' is outside locked.hosts"),
+    ("locked hosts without agents", "allow: [a.com]\nlocked: {hosts: [a.com]}\n", "locked.hosts: limits what agents'"),
     ("locked bad pattern", "allow: [a.com]\nlocked: {deny: ['*']}\n", "locked.deny[0]: a bare '*' would allow every host"),
     ("secret host only an agent allows", "allow: [a.com]\nidentity: {fixed: a}\nagents: [{name: a, allow: [b.com]}]\nsecrets:\n  - {name: t, source: {env: X}, hosts: [c.com]}\n",
      "secrets[0].hosts[0]: 'c.com' is not allowed by any rule"),

@@ -87,7 +87,8 @@ def parse_locked(c: Checker, node: Any) -> LockedLayer:
         return LockedLayer()
 
     def patterns(name: str) -> list[HostPattern] | None:
-        texts = c.str_list(m, "locked", name)
+        # locked.hosts: [] is meaningful: agents and groups may name no host at all.
+        texts = c.str_list(m, "locked", name, allow_empty=name == "hosts")
         if texts is None:
             return None
         out: list[HostPattern] = []
@@ -152,7 +153,8 @@ def parse_agents(
         by_name = {g.name: g for g in groups}
         for j, gname in enumerate(c.str_list(m, key, "groups") or []):
             if gname in by_name:
-                member.append(by_name[gname])
+                if by_name[gname] not in member:
+                    member.append(by_name[gname])
             else:
                 near = difflib.get_close_matches(gname, list(by_name), n=1)
                 hint = f"did you mean {near[0]!r}?" if near else (

@@ -189,6 +189,9 @@ def _parse(main: Document) -> Config:
     agents = parse_agents(c, top.get("agents"), base, mode, groups)
     identity = parse_identity(c, top.get("identity"), agents, listen_mode or "explicit")
     locked = parse_locked(c, top.get("locked"))
+    if locked.hosts is not None and "agents" not in top:
+        c.err("locked.hosts", "limits what agents' and groups' rules may name, and there are "
+              "no agents: define them under agents:, or use locked.deny")  # fmt: skip
     check_locked(c, locked, agents, groups)
     agent_rules = [r for a in agents for r in a.rules] + [r for g in groups for r in g.rules]
 
