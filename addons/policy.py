@@ -19,6 +19,7 @@ from mitmproxy.proxy.layer import NextLayer
 from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.proxy.mode_specs import TransparentMode
 
+from egress.agents import AgentView
 from egress.audit import redact_path
 from egress.errors import InvalidHost
 from egress.grammar import fold_name, request_problem, te_offers
@@ -43,7 +44,7 @@ from egress.request_checks import (
 )
 from egress.resolver import Refused
 from egress.routing import body_override_methods, is_form, override_methods
-from egress.runtime import AgentView, Tunnel
+from egress.runtime import Tunnel
 
 # Real ClientHellos are a few hundred bytes to a few KiB (post-quantum key shares included);
 # the length field allows 16 MiB, which egress would otherwise buffer per connection.

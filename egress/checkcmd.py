@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from egress.addresses import AddressPolicy
+from egress.agents import locked_networks
 from egress.audit import AuditWriter
 from egress.config import Config, Rule, SecretSpec
 from egress.decide import (
@@ -40,7 +41,7 @@ from egress.messages import how_to_allow
 from egress.policy import Allowlist
 from egress.reasons import http_status
 from egress.resolver import Picked, Refused, Resolver
-from egress.runtime import Runtime, address_policy, locked_networks
+from egress.runtime import Runtime, address_policy
 from egress.secretindex import SecretIndex
 from egress.secrets import SecretValue
 

@@ -19,19 +19,19 @@ from egress import config as config_mod
 from egress import secretindex
 from egress.addresses import AddressPolicy
 from egress.agentfiles import write_agent_files
+from egress.agents import AgentView, address_ranges, agent_views, load_credentials, locked_networks
 from egress.audit import AuditWriter
 from egress.ca import EphemeralCA
 from egress.config import Config, Rule
 from egress.encodings import SecretForms, value_forms
 from egress.errors import EgressError
-from egress.hostnames import HostPattern, IPAddress, IPNetwork
-from egress.identity import Credentials, token_digest
+from egress.hostnames import IPAddress
+from egress.identity import Credentials
 from egress.metrics import Metrics
-from egress.policy import Allowlist, Decision
-from egress.reasons import Reason
+from egress.policy import Allowlist
 from egress.resolver import Resolver
 from egress.secretindex import SecretIndex
-from egress.secrets import SecretLoadError, SecretSource, SecretStore, make_source
+from egress.secrets import SecretSource, SecretStore, make_source
 from egress.trust import system_trust_bundle
 
 if TYPE_CHECKING:  # imported where Vault is used: hvac and requests cost ~0.1 s at start-up
@@ -54,88 +54,6 @@ class Tunnel:
 
 class CaInUse(EgressError):
     pass
-
-
-@dataclass(frozen=True)
-class AgentView:
-    """What one agent may do: the shared rules and its own, the secrets granted to it, its
-    mode. Without agents: one view with every rule and every secret (``granted`` None)."""
-
-    name: str | None
-    allowlist: Allowlist
-    granted: frozenset[str] | None
-    mode: str
-    # The private ranges its requests may reach (address rules and upstream.allow_private);
-    # None: the resolver's own policy (no agents).
-    private: tuple[IPNetwork, ...] | None = None
-    # With locked.hosts: the hosts this agent may be let through to in report mode (those
-    # and the shared rules' hosts); None: no such ceiling.
-    ceiling: tuple[HostPattern, ...] | None = None
-
-    def enforces(self, d: Decision, host: str) -> bool:
-        """Is this allowlist denial enforced? Always in enforce mode; in report mode, the
-        admin's locked hosts, and hosts outside locked.hosts and the shared rules."""
-        if self.mode != "report" or d.reason is Reason.HOST_LOCKED:
-            return True
-        return self.ceiling is not None and not any(p.matches(host) for p in self.ceiling)
-
-
-def _address_ranges(rules: tuple[Rule, ...], cfg: Config) -> tuple[IPNetwork, ...]:
-    nets = [
-        r.host.network for r in rules if r.host.kind == "address" and r.host.network is not None
-    ]
-    return (*nets, *cfg.allow_private)
-
-
-def agent_views(cfg: Config) -> tuple[AgentView, dict[str, AgentView]]:
-    """(the view without agents, each agent's view). An agent's address rules open private
-    ranges for its own requests only."""
-    locked = cfg.locked.deny
-    ceiling = None
-    if cfg.locked.hosts is not None:
-        ceiling = cfg.locked.hosts + tuple(r.host for r in cfg.rules)
-    default = AgentView(None, Allowlist(cfg.rules, locked), None, cfg.mode)
-    views = {}
-    for a in cfg.agents:
-        rules = cfg.rules + a.rules
-        views[a.name] = AgentView(
-            a.name,
-            Allowlist(rules, locked),
-            a.secrets,
-            a.mode,
-            _address_ranges(rules, cfg),
-            ceiling,
-        )
-    return default, views
-
-
-def load_credentials(cfg: Config) -> Credentials | None:
-    """Each agent's token digest (identity.proxy_authorization); the tokens themselves are
-    not kept. Raises SecretLoadError naming the agent and the source."""
-    if cfg.identity is None or not cfg.identity.proxy_authorization:
-        return None
-    digests: dict[str, bytes] = {}
-    for a in cfg.agents:
-        t = a.token
-        assert t is not None  # the config requires one
-        where = f"agents[{a.index}].token ({t.describe()})"
-        if t.kind == "sha256":
-            assert t.sha256 is not None
-            digests[a.name] = bytes.fromhex(t.sha256)
-            continue
-        if t.kind == "env":
-            value = os.environ.get(t.env or "")
-            if not value:
-                raise SecretLoadError(f"{cfg.path}: {where}: the variable is not set or empty")
-        else:
-            try:
-                value = (t.file or Path()).read_text().strip()
-            except OSError as e:
-                raise SecretLoadError(f"{cfg.path}: {where}: {e.strerror}") from None
-            if not value:
-                raise SecretLoadError(f"{cfg.path}: {where}: the file is empty")
-        digests[a.name] = token_digest(value)
-    return Credentials(digests)
 
 
 @dataclass
@@ -450,17 +368,10 @@ class Runtime:
         self.audit.close()
 
 
-def locked_networks(cfg: Config) -> tuple[IPNetwork, ...]:
-    """locked.deny's address patterns: no name may lead egress to them."""
-    return tuple(
-        p.network for p in cfg.locked.deny if p.kind == "address" and p.network is not None
-    )
-
-
 def address_policy(cfg: Config, rules: tuple[Rule, ...] | None = None) -> AddressPolicy:
     """Address rules under allow (or ``rules``: an agent's view) and upstream.allow_private
     are the only ways into private ranges."""
-    return AddressPolicy(allowed=_address_ranges(cfg.rules if rules is None else rules, cfg))
+    return AddressPolicy(allowed=address_ranges(cfg.rules if rules is None else rules, cfg))
 
 
 _shared: dict[str, Runtime] = {}

@@ -1,0 +1,109 @@
+"""Agents as principals (docs/agents.md): what each agent may do, and how it is known.
+
+Pure construction from the config: each agent's view (the shared rules and its groups' and
+its own, its granted secrets, its mode, its private ranges, the locked layer) and the
+digests of the agents' proxy credentials. egress.runtime holds them for a running proxy;
+egress.checkcmd decides with them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from egress.config import Config, Rule
+from egress.errors import SecretLoadError
+from egress.hostnames import HostPattern, IPNetwork
+from egress.identity import Credentials, token_digest
+from egress.policy import Allowlist, Decision
+from egress.reasons import Reason
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """What one agent may do: the shared rules and its own, the secrets granted to it, its
+    mode. Without agents: one view with every rule and every secret (``granted`` None)."""
+
+    name: str | None
+    allowlist: Allowlist
+    granted: frozenset[str] | None
+    mode: str
+    # The private ranges its requests may reach (address rules and upstream.allow_private);
+    # None: the resolver's own policy (no agents).
+    private: tuple[IPNetwork, ...] | None = None
+    # With locked.hosts: the hosts this agent may be let through to in report mode (those
+    # and the shared rules' hosts); None: no such ceiling.
+    ceiling: tuple[HostPattern, ...] | None = None
+
+    def enforces(self, d: Decision, host: str) -> bool:
+        """Is this allowlist denial enforced? Always in enforce mode; in report mode, the
+        admin's locked hosts, and hosts outside locked.hosts and the shared rules."""
+        if self.mode != "report" or d.reason is Reason.HOST_LOCKED:
+            return True
+        return self.ceiling is not None and not any(p.matches(host) for p in self.ceiling)
+
+
+def address_ranges(rules: tuple[Rule, ...], cfg: Config) -> tuple[IPNetwork, ...]:
+    nets = [
+        r.host.network for r in rules if r.host.kind == "address" and r.host.network is not None
+    ]
+    return (*nets, *cfg.allow_private)
+
+
+def agent_views(cfg: Config) -> tuple[AgentView, dict[str, AgentView]]:
+    """(the view without agents, each agent's view). An agent's address rules open private
+    ranges for its own requests only."""
+    locked = cfg.locked.deny
+    ceiling = None
+    if cfg.locked.hosts is not None:
+        ceiling = cfg.locked.hosts + tuple(r.host for r in cfg.rules)
+    default = AgentView(None, Allowlist(cfg.rules, locked), None, cfg.mode)
+    views = {}
+    for a in cfg.agents:
+        rules = cfg.rules + a.rules
+        views[a.name] = AgentView(
+            a.name,
+            Allowlist(rules, locked),
+            a.secrets,
+            a.mode,
+            address_ranges(rules, cfg),
+            ceiling,
+        )
+    return default, views
+
+
+def load_credentials(cfg: Config) -> Credentials | None:
+    """Each agent's token digest (identity.proxy_authorization); the tokens themselves are
+    not kept. Raises SecretLoadError naming the agent and the source."""
+    if cfg.identity is None or not cfg.identity.proxy_authorization:
+        return None
+    digests: dict[str, bytes] = {}
+    for a in cfg.agents:
+        t = a.token
+        assert t is not None  # the config requires one
+        where = f"agents[{a.index}].token ({t.describe()})"
+        if t.kind == "sha256":
+            assert t.sha256 is not None
+            digests[a.name] = bytes.fromhex(t.sha256)
+            continue
+        if t.kind == "env":
+            value = os.environ.get(t.env or "")
+            if not value:
+                raise SecretLoadError(f"{cfg.path}: {where}: the variable is not set or empty")
+        else:
+            try:
+                value = (t.file or Path()).read_text().strip()
+            except OSError as e:
+                raise SecretLoadError(f"{cfg.path}: {where}: {e.strerror}") from None
+            if not value:
+                raise SecretLoadError(f"{cfg.path}: {where}: the file is empty")
+        digests[a.name] = token_digest(value)
+    return Credentials(digests)
+
+
+def locked_networks(cfg: Config) -> tuple[IPNetwork, ...]:
+    """locked.deny's address patterns: no name may lead egress to them."""
+    return tuple(
+        p.network for p in cfg.locked.deny if p.kind == "address" and p.network is not None
+    )
