@@ -23,9 +23,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from egress.addresses import AddressPolicy
-from egress.agents import locked_networks
+from egress.agents import AgentView, agent_views, locked_networks
 from egress.audit import AuditWriter
-from egress.config import Config, Rule, SecretSpec
+from egress.config import Config, SecretSpec
 from egress.decide import (
     ALLOWLIST_REASONS,
     Request,
@@ -36,9 +36,8 @@ from egress.decide import (
     decide_request,
 )
 from egress.errors import EgressError
-from egress.hostnames import is_ip
+from egress.hostnames import IPNetwork, is_ip
 from egress.messages import how_to_allow
-from egress.policy import Allowlist
 from egress.reasons import http_status
 from egress.resolver import Picked, Refused, Resolver
 from egress.runtime import Runtime, address_policy
@@ -191,12 +190,12 @@ def requests_from(args: argparse.Namespace) -> list[Asked]:
 
 
 def static_resolve(
-    cfg: Config, rules: tuple[Rule, ...] | None = None
+    cfg: Config, private: tuple[IPNetwork, ...] | None = None
 ) -> Callable[[str, int], Picked | Refused | None]:
     """The running proxy's resolver, asked only where it sends no DNS query: addresses,
-    names in upstream.resolve, and every name with ``upstream.dns: static``. ``rules``: an
-    agent's (its address rules open private ranges for it alone)."""
-    policy = address_policy(cfg, rules)
+    names in upstream.resolve, and every name with ``upstream.dns: static``. ``private``:
+    an agent's private ranges (AgentView.private), instead of the shared ones."""
+    policy = address_policy(cfg) if private is None else AddressPolicy(private)
     if cfg.listen_port:
         # The proxy never dials itself (Runtime.listening_on); with a fixed listen port,
         # check knows that listener too. (exec and port 0 pick theirs when they start.)
@@ -213,31 +212,29 @@ def static_resolve(
     return resolve
 
 
-def agent_rules(cfg: Config, name: str | None) -> tuple[tuple[Rule, ...], frozenset[str] | None]:
-    """The rules and granted secrets to decide with: the agent's, or everything when the
-    config has no agents. Raises UsageError when the agent is missing or unknown."""
+def agent_view(cfg: Config, name: str | None) -> AgentView:
+    """The view to decide with, as the proxy has it: the agent's, or the one view of a
+    config without agents. Raises UsageError when the agent is missing or unknown."""
+    default, views = agent_views(cfg)
     if not cfg.agents:
         if name is not None:
             raise UsageError(f"--agent {name}: {cfg.path} defines no agents")
-        return cfg.rules, None
-    names = ", ".join(a.name for a in cfg.agents)
+        return default
+    names = ", ".join(views)
     if name is None:
         raise UsageError(
             f"{cfg.path} defines agents ({names}): say which one asks with --agent NAME"
         )
-    agent = cfg.agent(name)
-    if agent is None:
+    if name not in views:
         raise UsageError(f"--agent {name}: not an agent of {cfg.path} (agents: {names})")
-    return cfg.rules + agent.rules, agent.secrets
+    return views[name]
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     asked = requests_from(args)
-    name = getattr(args, "agent", None)
-    rules, granted = agent_rules(cfg, name)
-    agent = cfg.agent(name) if name else None
-    if agent is not None and agent.mode != cfg.mode:
-        cfg = replace(cfg, mode=agent.mode)  # the agent's own mode says what is enforced
+    view = agent_view(cfg, getattr(args, "agent", None))
+    if view.mode != cfg.mode:
+        cfg = replace(cfg, mode=view.mode)  # the agent's own mode says what is enforced
     rt: Runtime | None = None
     if not args.no_secrets:
         # As egress exec starts: every secret loaded (Vault too) or the same error, a CA that
@@ -253,18 +250,17 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             secrets = [(s, SecretValue(s.placeholder)) for s in cfg.secrets]
             forms = SecretIndex([], cfg.secrets, {s.name: v for s, v in secrets})
             redact = _same
-        resolve = static_resolve(cfg, rules)
-        allowlist = Allowlist(rules, cfg.locked.deny)
+        resolve = static_resolve(cfg, view.private)
         verdicts = [
             decide_request(
                 a.request,
-                allowlist,
+                view.allowlist,
                 secrets,
                 forms,
                 max_body_bytes=cfg.max_body_bytes,
                 resolve=resolve,
                 transparent=cfg.listen_mode == "transparent",
-                granted=granted,
+                granted=view.granted,
             )
             for a in asked
         ]

@@ -238,14 +238,14 @@ class Runtime:
             # The CA's names cover every agent's rules; an agent in report mode may reach
             # any host, so then the CA is not constrained either.
             report = cfg.mode == "report" or any(a.mode == "report" for a in cfg.agents)
-            names = cfg.all_rules
+            ca_rules = cfg.all_rules
             if report and cfg.agents and cfg.locked.hosts is not None:
                 # Report-mode agents reach no further than locked.hosts and the shared rules
                 # (AgentView.enforces): the CA stays constrained to those.
-                names += tuple(Rule(i, p, (443,), ("https",), None, None, scope="locked.hosts.")
+                ca_rules += tuple(Rule(i, p, (443,), ("https",), None, None, scope="locked.hosts.")
                                for i, p in enumerate(cfg.locked.hosts))  # fmt: skip
                 report = False
-            ca = EphemeralCA.create(names, cfg.ca_validity_hours, constrained=not report)
+            ca = EphemeralCA.create(ca_rules, cfg.ca_validity_hours, constrained=not report)
             lock = None
             if private_ca:
                 ca_path = private / "egress-ca.pem"
@@ -368,10 +368,10 @@ class Runtime:
         self.audit.close()
 
 
-def address_policy(cfg: Config, rules: tuple[Rule, ...] | None = None) -> AddressPolicy:
-    """Address rules under allow (or ``rules``: an agent's view) and upstream.allow_private
-    are the only ways into private ranges."""
-    return AddressPolicy(allowed=address_ranges(cfg.rules if rules is None else rules, cfg))
+def address_policy(cfg: Config) -> AddressPolicy:
+    """Address rules under allow and upstream.allow_private are the only ways into private
+    ranges (an agent's own address rules: AgentView.private)."""
+    return AddressPolicy(allowed=address_ranges(cfg.rules, cfg))
 
 
 _shared: dict[str, Runtime] = {}

@@ -49,6 +49,22 @@ def _rules(c: Checker, node: Any, key: str) -> list[Rule]:
     return rules
 
 
+def _name(c: Checker, m: dict[str, Any], key: str, taken: list[str], what: str) -> str | None:
+    """An agent's or a group's name: valid, and not taken by an earlier one."""
+    name = c.typed(m, key, "name", str, None)
+    if name is None:
+        return None
+    if not AGENT_NAME.match(name):
+        c.err(f"{key}.name", f"{name!r} must be 1-63 lower-case letters, digits, '.', '_' or "
+              "'-', starting and ending with a letter or digit (it appears in audit records "
+              "and metrics labels)")  # fmt: skip
+        return None
+    if name in taken:
+        c.err(f"{key}.name", f"{name!r} is defined twice: give each {what} its own name")
+        return None
+    return name
+
+
 def parse_groups(c: Checker, node: Any) -> list[GroupSpec]:
     """``groups:``: rules and secrets shared by the agents that name the group."""
     if node is None:
@@ -62,15 +78,8 @@ def parse_groups(c: Checker, node: Any) -> list[GroupSpec]:
         m = c.mapping(item, key, ("name", "allow", "secrets"), ("name",))
         if m is None or "name" not in m:
             continue
-        name = c.typed(m, key, "name", str, None)
+        name = _name(c, m, key, [x.name for x in groups], "group")
         if name is None:
-            continue
-        if not AGENT_NAME.match(name):
-            c.err(f"{key}.name", f"{name!r} must be 1-63 lower-case letters, digits, '.', '_' "
-                  "or '-', starting and ending with a letter or digit")  # fmt: skip
-            continue
-        if any(x.name == name for x in groups):
-            c.err(f"{key}.name", f"{name!r} is defined twice: give each group its own name")
             continue
         rules = _rules(c, m.get("allow"), key)
         grants = c.str_list(m, key, "secrets", allow_empty=True) or []
@@ -131,24 +140,14 @@ def parse_agents(
         c.err("agents", "must be a non-empty list of agents, each with a name")
         return []
     agents: list[AgentSpec] = []
-    seen: set[str] = set()
     for i, item in enumerate(node):
         key = f"agents[{i}]"
         m = c.mapping(item, key, ("name", "token", "groups", "allow", "secrets", "mode"), ("name",))
         if m is None or "name" not in m:
             continue
-        name = c.typed(m, key, "name", str, None)
+        name = _name(c, m, key, [a.name for a in agents], "agent")
         if name is None:
             continue
-        if not AGENT_NAME.match(name):
-            c.err(f"{key}.name", f"{name!r} must be 1-63 lower-case letters, digits, '.', '_' "
-                  "or '-', starting and ending with a letter or digit (it appears in audit "
-                  "records and metrics labels)")  # fmt: skip
-            continue
-        if name in seen:
-            c.err(f"{key}.name", f"{name!r} is defined twice: give each agent its own name")
-            continue
-        seen.add(name)
         member: list[GroupSpec] = []
         by_name = {g.name: g for g in groups}
         for j, gname in enumerate(c.str_list(m, key, "groups") or []):
