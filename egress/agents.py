@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from egress.config import Config, Rule
-from egress.errors import SecretLoadError
+from egress.errors import CredentialLoadError
 from egress.hostnames import HostPattern, IPNetwork
 from egress.identity import Credentials, token_digest
 from egress.policy import Allowlist, Decision
@@ -75,7 +75,7 @@ def agent_views(cfg: Config) -> tuple[AgentView, dict[str, AgentView]]:
 
 def load_credentials(cfg: Config) -> Credentials | None:
     """Each agent's token digest (identity.proxy_authorization); the tokens themselves are
-    not kept. Raises SecretLoadError naming the agent and the source."""
+    not kept. Raises CredentialLoadError naming the agent and the source."""
     if cfg.identity is None or not cfg.identity.proxy_authorization:
         return None
     digests: dict[str, bytes] = {}
@@ -90,14 +90,14 @@ def load_credentials(cfg: Config) -> Credentials | None:
         if t.kind == "env":
             value = os.environ.get(t.env or "")
             if not value:
-                raise SecretLoadError(f"{cfg.path}: {where}: the variable is not set or empty")
+                raise CredentialLoadError(f"{cfg.path}: {where}: the variable is not set or empty")
         else:
             try:
                 value = (t.file or Path()).read_text().strip()
             except OSError as e:
-                raise SecretLoadError(f"{cfg.path}: {where}: {e.strerror}") from None
+                raise CredentialLoadError(f"{cfg.path}: {where}: {e.strerror}") from None
             if not value:
-                raise SecretLoadError(f"{cfg.path}: {where}: the file is empty")
+                raise CredentialLoadError(f"{cfg.path}: {where}: the file is empty")
         digests[a.name] = token_digest(value)
     return Credentials(digests)
 

@@ -33,6 +33,11 @@ class InvalidHost(EgressError):
     """A host name or address that cannot be canonicalised."""
 
 
+class CredentialLoadError(EgressError):
+    """An agent's proxy credential could not be read (docs/agents.md). Names the agent and
+    the source, never a value."""
+
+
 class SecretLoadError(EgressError):
     """A secret could not be loaded. The message names the secret and its source, never a value."""
 

@@ -475,3 +475,28 @@ def test_a_report_mode_agent_stays_inside_locked_hosts(
         ]
     finally:
         assert p.stop() == 0
+
+
+@pytest.mark.parametrize(
+    "token, error",
+    [
+        (
+            {"env": "EGRESS_AGENT_NOT_SET"},
+            "agents[0].token (env:EGRESS_AGENT_NOT_SET): the variable is not set or empty",
+        ),
+        ({"file": "missing-token"}, "agents[0].token (file:"),
+        ({"file": "empty-token"}, "the file is empty"),
+    ],
+    ids=["env", "missing-file", "empty-file"],
+)
+def test_an_unreadable_agent_token_stops_the_start_with_a_clear_error(
+    tmp_path: Path, upstream: Upstream, test_ca_file: Path, token: dict[str, str], error: str
+) -> None:
+    (tmp_path / "empty-token").write_text("\n")
+    cfg = base_config(tmp_path, test_ca_file, upstream.port)
+    cfg["identity"] = {"proxy_authorization": True}
+    cfg["agents"] = [{"name": "alpha", "token": token, "secrets": ["api_token"]}]
+    done = subprocess.run(egress_cmd("run", "--config", str(write_config(tmp_path, cfg))),
+                          capture_output=True, text=True, timeout=60, env=proxy_env())  # fmt: skip
+    assert done.returncode != 0 and error in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
