@@ -999,7 +999,7 @@ def wide_configs(draw: st.DrawFn) -> dict[str, Any]:
     return top
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(wide_configs(), wide_configs())
 def test_review_never_crashes_on_a_valid_config(a: dict[str, Any], b: dict[str, Any]) -> None:
     old, new = parsed(a), parsed(b)
