@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -16,10 +17,14 @@ from mitmproxy.proxy.layer import NextLayer
 from egress import decoding
 from egress.errors import EgressError
 from egress.messages import denial_body, denial_phrase
+from egress.policyset import Policy
 from egress.reasons import Reason, http_status
 from egress.runtime import Runtime, shared
 
 META = "egress"  # key in flow.metadata
+# The policy each request is decided under. Not in flow.metadata, which mitmproxy serializes
+# when flows are saved (mitmdump -w); gone with the flow.
+_PINNED: weakref.WeakKeyDictionary[http.HTTPFlow, Policy] = weakref.WeakKeyDictionary()
 log = logging.getLogger("egress")
 
 
@@ -107,6 +112,15 @@ def decoded_body(message: http.Message, limit: int) -> bytes | None:
 
 def meta(flow: http.HTTPFlow) -> dict[str, Any]:
     return flow.metadata.setdefault(META, {})
+
+
+def policy_of(flow: http.HTTPFlow, runtime: Runtime) -> Policy:
+    """The policy a request is decided under: the one in force at its first hook. A reload
+    (egress.reload) changes the runtime's policy, never a request's in flight."""
+    policy = _PINNED.get(flow)
+    if policy is None:
+        policy = _PINNED[flow] = runtime.policy
+    return policy
 
 
 def deny(

@@ -9,7 +9,7 @@ before the upstream). Without agents this addon does nothing.
 
 from __future__ import annotations
 
-from egress.addons.base import EgressAddon, deny, fail_closed, meta
+from egress.addons.base import EgressAddon, deny, fail_closed, meta, policy_of
 from mitmproxy import connection, http
 
 from egress.identity import Identified, Unidentified, authenticate
@@ -22,7 +22,7 @@ class AgentIdentity(EgressAddon):
     @fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         rt = self.runtime
-        if not rt.config.agents or flow.response is not None:
+        if not policy_of(flow, rt).config.agents or flow.response is not None:
             return
         agent = self._identify(flow)
         if agent is None:
@@ -38,7 +38,7 @@ class AgentIdentity(EgressAddon):
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         rt = self.runtime
-        if not rt.config.agents or flow.response is not None:
+        if not policy_of(flow, rt).config.agents or flow.response is not None:
             return
         inside = rt.client_agent(flow.client_conn.id)
         if inside is not None:  # a fixed identity, or a request inside an agent's tunnel
@@ -47,14 +47,14 @@ class AgentIdentity(EgressAddon):
         self._identify(flow)  # a plain-HTTP proxy request: each one shows its credential
 
     def _identify(self, flow: http.HTTPFlow) -> str | None:
-        rt = self.runtime
-        identity = rt.config.identity
+        policy = policy_of(flow, self.runtime)
+        identity = policy.config.identity
         assert identity is not None  # the config requires one with agents
         if identity.fixed is not None:
             meta(flow)["agent"] = identity.fixed
             return identity.fixed
-        assert rt.credentials is not None
-        result = authenticate(flow.request.headers.get("proxy-authorization"), rt.credentials)
+        assert policy.credentials is not None
+        result = authenticate(flow.request.headers.get("proxy-authorization"), policy.credentials)
         if isinstance(result, Unidentified):
             self._refuse(flow, result)
             return None

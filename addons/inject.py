@@ -13,7 +13,7 @@ import hashlib
 import time
 
 from egress.addons.audit import record_websocket
-from egress.addons.base import EgressAddon, decoded_body, deny, fail_closed, meta
+from egress.addons.base import EgressAddon, decoded_body, deny, fail_closed, meta, policy_of
 from mitmproxy import http
 
 from egress import azuresign, decoding, hmacsign, sigv4
@@ -39,6 +39,13 @@ from egress.secrets import SecretValue
 INLINE_SCAN_BYTES = 256 * 1024
 
 
+def _both(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
+    """Secrets granted by both (None: every secret)."""
+    if a is None:
+        return b
+    return a if b is None else a & b
+
+
 def yield_interpreter() -> None:
     """Between two C-speed passes in a worker thread: let the event loop take the
     interpreter at once. Without it the loop waits for the switch interval (5 ms) at each
@@ -50,10 +57,40 @@ class SecretInjector(EgressAddon):
     def _plan(
         self, flow: http.HTTPFlow, parts: RequestParts, pause: Pause = no_pause
     ) -> Denial | Injection:
-        view = self.runtime.view(meta(flow).get("agent"))
-        if view is None:  # agents are configured and none was identified: inject nothing
+        granted = self._granted(flow)
+        if granted is False:  # agents are configured and none was identified
             return Denial(Reason.PROXY_AUTH_REQUIRED, "no agent was identified")
-        return plan(parts, None, self.runtime.index(), pause, view.granted)
+        return plan(parts, None, self.runtime.index(), pause, granted)
+
+    def _granted(self, flow: http.HTTPFlow) -> frozenset[str] | None | bool:
+        """The secrets granted under the request's policy and under the one in force now
+        (None: every secret; False: no agent): a reload that revokes a grant stops it at
+        once, even for a request in flight."""
+        agent = meta(flow).get("agent")
+        view = policy_of(flow, self.runtime).view(agent)
+        now = self.runtime.view(agent)
+        if view is None or now is None:
+            return False
+        return view.granted if now is view else _both(view.granted, now.granted)
+
+    def _still_allowed(self, flow: http.HTTPFlow, spec: SecretSpec) -> bool:
+        """Before a signature made once the body is in (HMAC, AWS): the secret is still
+        granted and still bound to the host under the policy in force now (a reload may
+        have changed either since the headers were planned). Denies the flow if not."""
+        m, rt = meta(flow), self.runtime
+        granted = self._granted(flow)
+        current = next((s for s in rt.config.secrets if s.name == spec.name), None)
+        if (
+            granted is not False
+            and (granted is None or spec.name in granted)
+            and (current is not None and current.bound_to(m.get("host", "")))
+        ):
+            return True
+        deny(flow, rt, Reason.SECRET_NOT_GRANTED,
+             f"secret {spec.name!r} is no longer granted to this request's agent or bound to "
+             "this host (the config was reloaded while the request was sent); it was not sent",
+             rule=m.get("rule"), secret=spec.name)  # fmt: skip
+        return False
 
     def _parts(self, flow: http.HTTPFlow, headers: bool, body: bytes | None) -> RequestParts:
         m, req = meta(flow), flow.request
@@ -241,6 +278,8 @@ class SecretInjector(EgressAddon):
         spec = m.pop("hmac_sign", None)
         if spec is None or flow.response is not None:
             return
+        if not self._still_allowed(flow, spec):
+            return
         value = rt.index().values.get(spec.name)
         if req.raw_content is None or value is None:
             reason = Reason.BODY_TOO_LARGE if value is not None else Reason.SECRET_UNAVAILABLE
@@ -287,6 +326,8 @@ class SecretInjector(EgressAddon):
         self, flow: http.HTTPFlow, spec: SecretSpec, signed: sigv4.Signed, body: bytes | None
     ) -> None:
         m, req, rt = meta(flow), flow.request, self.runtime
+        if not self._still_allowed(flow, spec):
+            return
         value = rt.index().values.get(spec.name)
         if value is None:  # dropped since the headers were checked (Vault outage)
             deny(flow, rt, Reason.SECRET_UNAVAILABLE,

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import ipaddress
 
-from egress.addons.base import EgressAddon, RefuseConnection, decoded_body, deny, fail_closed, meta
+from egress.addons.base import (
+    EgressAddon,
+    RefuseConnection,
+    decoded_body,
+    deny,
+    fail_closed,
+    meta,
+    policy_of,
+)
+from egress.addons.flowchecks import grammar_problem, has_header, identity_problem, proxy_header
 from mitmproxy import connection, http
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import layers, server_hooks
@@ -22,20 +31,13 @@ from mitmproxy.proxy.mode_specs import TransparentMode
 from egress.agents import AgentView
 from egress.audit import redact_path
 from egress.errors import InvalidHost
-from egress.grammar import fold_name, request_problem, te_offers
 from egress.hostnames import IPAddress, canonical_host, split_host_port
 from egress.injection import Denial, host_leak
 from egress.messages import how_to_allow
 from egress.policy import Decision
 from egress.reasons import Reason
 from egress.request_checks import (
-    PROXY_ONLY_HEADERS,
-    Problem,
-    absolute_form_problem,
     authority,
-    host_header_problem,
-    proxy_header_problem,
-    sni_problem,
     undecodable_form,
     unreadable_form,
     upgrade_problem,
@@ -77,12 +79,13 @@ class Allowlist(EgressAddon):
             hint = how_to_allow(d.reason, host, port, "https", "CONNECT", "/", d.rule)
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
             return
-        picked = await rt.resolver.pick(host, port, allowed=view.private)
+        picked = await policy_of(flow, rt).resolver.pick(host, port, allowed=view.private)
         if isinstance(picked, Refused):
             deny(flow, rt, picked.reason, picked.detail, rule=d.rule_label)
             return
         m.update(decision="allow", reason=Reason.ALLOWED.value, rule=d.rule_label)
-        rt.tunnels[flow.client_conn.id] = Tunnel(host, port, picked.address)
+        rt.tunnels[flow.client_conn.id] = Tunnel(host, port, picked.address,
+                                                 policy_of(flow, rt).generation)  # fmt: skip
 
     def _host_leak(self, raw: str, host: str) -> Denial | None:
         rt = self.runtime
@@ -102,7 +105,7 @@ class Allowlist(EgressAddon):
         """The view this request is decided with (egress.runtime.AgentView); refused when
         agents are configured and no agent was identified (AgentIdentity runs first, so
         this is a last guard, never the usual path)."""
-        view = self.runtime.view(meta(flow).get("agent"))
+        view = policy_of(flow, self.runtime).view(meta(flow).get("agent"))
         if view is None:
             deny(flow, self.runtime, Reason.PROXY_AUTH_REQUIRED,
                  "this egress serves several agents and no agent was identified")  # fmt: skip
@@ -142,7 +145,7 @@ class Allowlist(EgressAddon):
         transparent = is_transparent(flow.client_conn)
         if transparent:
             m["transparent"] = True
-        malformed = _grammar_problem(flow)
+        malformed = grammar_problem(flow)
         if malformed is not None:
             host, port = (tunnel.host, tunnel.port) if tunnel else (req.host, req.port)
             m.update(host=host, port=port, scheme=scheme, path=redact_path(req.path))
@@ -175,7 +178,7 @@ class Allowlist(EgressAddon):
             return
         m.update(host=host, port=port, scheme=scheme, path=redact_path(req.path),
                  url=f"{scheme}://{authority(host, port)}{req.path}")  # fmt: skip
-        problem = _proxy_header(flow) or _identity_problem(
+        problem = proxy_header(flow) or identity_problem(
             flow, host, port, tunnel is not None or transparent
         )
         if problem is not None:
@@ -188,7 +191,7 @@ class Allowlist(EgressAddon):
                 return
         upgrade = (
             upgrade_tokens(req.headers.items(multi=True))
-            if _has_header(req.headers.fields, b"upgrade")
+            if has_header(req.headers.fields, b"upgrade")
             else []
         )
         problem = upgrade_problem(upgrade)
@@ -202,15 +205,22 @@ class Allowlist(EgressAddon):
             hint = how_to_allow(d.reason, host, port, scheme, req.method, req.path, d.rule)
             deny(flow, rt, d.reason, d.detail, rule=d.rule_label, hint=hint)
             return
+        policy = policy_of(flow, rt)
+        if tunnel is not None and tunnel.generation != policy.generation:
+            # Opened under an earlier policy: its address must pass this one's ranges too.
+            refused = policy.resolver.recheck(host, tunnel.address, port, view.private)
+            if refused is not None:
+                deny(flow, rt, refused.reason, refused.detail, rule=d.rule_label)
+                return
         if tunnel is None and transparent:
-            picked = await rt.resolver.pick(host, port, prefer=_original_ip(flow.client_conn),
-                                            allowed=view.private)  # fmt: skip
+            picked = await policy.resolver.pick(host, port, prefer=_original_ip(flow.client_conn),
+                                                allowed=view.private)  # fmt: skip
             if isinstance(picked, Refused):
                 deny(flow, rt, picked.reason, picked.detail, rule=d.rule_label)
                 return
-            rt.tunnels[flow.client_conn.id] = Tunnel(host, port, picked.address)
+            rt.tunnels[flow.client_conn.id] = Tunnel(host, port, picked.address, policy.generation)
         elif tunnel is None:  # a plain-HTTP proxy request: check where it would go, once
-            picked = await rt.resolver.pick(host, port, allowed=view.private)
+            picked = await policy.resolver.pick(host, port, allowed=view.private)
             if isinstance(picked, Refused):
                 deny(flow, rt, picked.reason, picked.detail, rule=d.rule_label)
                 return
@@ -384,7 +394,7 @@ class Allowlist(EgressAddon):
         if isinstance(picked, Refused):
             refuse(picked.reason, picked.detail, host, d.rule_label)
             return
-        rt.tunnels[context.client.id] = Tunnel(host, port, picked.address)
+        rt.tunnels[context.client.id] = Tunnel(host, port, picked.address, rt.policy.generation)
 
     def client_disconnected(self, client: connection.Client) -> None:
         rt = self.runtime
@@ -399,7 +409,7 @@ class Allowlist(EgressAddon):
         # them to try QUIC around it.
         if flow.response is not None:
             headers = flow.response.headers
-            if _has_header(headers.fields, b"alt-svc", b"sec-websocket-extensions"):
+            if has_header(headers.fields, b"alt-svc", b"sec-websocket-extensions"):
                 headers.pop("alt-svc", None)
                 # egress never offers permessage-deflate; an upstream that claims it anyway
                 # gets no inflater (its compressed frames then fail as protocol errors).
@@ -420,77 +430,6 @@ def is_transparent(client: connection.Client) -> bool:
 def _original_ip(client: connection.Client) -> IPAddress:
     """The destination the agent's connection was addressed to, before the redirect."""
     return ipaddress.ip_address(str(client.sockname[0]).split("%", 1)[0])
-
-
-def _grammar_problem(flow: http.HTTPFlow) -> str | None:
-    """Bytes the HTTP grammar forbids in the method, target, scheme, authority or headers
-    would be read differently by the next parser (an HTTP/1.1 upstream reading an HTTP/2
-    request, for one): refuse rather than forward. The same rules on every version."""
-    req = flow.request
-    return request_problem(
-        req.data.method, req.data.scheme, req.data.authority, req.data.path,
-        req.headers.fields, http2=req.is_http2, tls=flow.client_conn.tls_established,
-    )  # fmt: skip
-
-
-def _proxy_header(flow: http.HTTPFlow) -> Problem | None:
-    """A client must not choose a proxy for the upstream (httpoxy). Credentials and options
-    meant for a proxy never go upstream either."""
-    headers = flow.request.headers
-    if not _names_proxy_or_te(headers.fields):
-        return None  # nothing below applies: skip decoding and folding every header name
-    problem = proxy_header_problem(headers.items(multi=True))
-    if problem is not None:
-        return problem
-    for name in [n for n in headers if fold_name(n) in PROXY_ONLY_HEADERS]:
-        headers.pop(name, None)  # also Proxy_Authorization, which CGI servers read alike
-    te = headers.get_all("te")
-    if te_offers(te):
-        # TE asks the upstream for transfer codings (gzip, chunked) that egress would neither
-        # decode nor scrub; it is hop-by-hop, so only 'trailers' may go on.
-        headers.pop("te")
-        if any("trailers" in v.lower() for v in te):
-            headers["te"] = "trailers"
-    return None
-
-
-def _has_header(fields: tuple[tuple[bytes, bytes], ...], *names: bytes) -> bool:
-    """Is one of ``names`` (ASCII, lower case) the name of a header in ``fields``? The test
-    mitmproxy's Headers apply (the name's bytes in lower case), without decoding every
-    name; for upgrade_tokens' str comparison the same, as no non-ASCII character
-    lower-cases to an ASCII-only string but the Kelvin sign (to 'k')."""
-    for name, _ in fields:
-        if name.lower() in names:
-            return True
-    return False
-
-
-def _names_proxy_or_te(fields: tuple[tuple[bytes, bytes], ...]) -> bool:
-    """Does a header name start with 'proxy' or equal 'te' (ASCII case-insensitive)? Every
-    name _proxy_header acts on does: a folded name (fold_name) equal to 'proxy' or a
-    PROXY_ONLY_HEADERS entry is ASCII, and no non-ASCII character lower-cases to ASCII but
-    the Kelvin sign (to 'k'); mitmproxy matches 'te' on the bytes' ASCII lower case."""
-    for name, _ in fields:
-        low = name.lower()
-        if low[:5] == b"proxy" or low == b"te":
-            return True
-    return False
-
-
-def _identity_problem(flow: http.HTTPFlow, host: str, port: int, in_tunnel: bool) -> Problem | None:
-    """The Host header (or :authority) and the TLS SNI must name the host being decided."""
-    req = flow.request
-    if in_tunnel and req.http_version.startswith("HTTP/1"):
-        problem = absolute_form_problem(host, port, req.authority)
-        if problem is not None:
-            return problem
-    http2_authority = req.authority if req.is_http2 or req.is_http3 else ""
-    problem = host_header_problem(host, port, req.scheme, req.headers.get_all("host"),
-                                  http2_authority)  # fmt: skip
-    if problem is not None:
-        return problem
-    sni = flow.client_conn.sni if in_tunnel and req.scheme == "https" else None
-    return sni_problem(sni, host) if sni else None
 
 
 addons = [Allowlist()]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from egress.addons.base import EgressAddon, deny, fail_closed, meta
+from egress.addons.base import EgressAddon, deny, fail_closed, meta, policy_of
 from egress.addons.inject import INLINE_SCAN_BYTES, yield_interpreter
 from mitmproxy import http
 
@@ -180,9 +180,14 @@ class ResponseScrubber(EgressAddon):
     def _strict(self, flow: http.HTTPFlow) -> bool:
         """Did this flow carry an injected secret that does not allow unscrubbable responses?"""
         injected = set(meta(flow).get("secrets", ()))
-        return any(
-            s.name in injected and not s.allow_unscrubbable for s in self.runtime.config.secrets
-        )
+        if not injected:
+            return False
+        # Under the request's policy and the one in force now (a reload between injection
+        # and response): strict if either says so, or if the secret is in neither.
+        specs = [*policy_of(flow, self.runtime).config.secrets, *self.runtime.config.secrets]
+        lenient = {s.name for s in specs if s.allow_unscrubbable}
+        strict = {s.name for s in specs if not s.allow_unscrubbable}
+        return any(name in strict or name not in lenient for name in injected)
 
     def _scrub_headers(self, flow: http.HTTPFlow, resp: http.Response) -> None:
         index = self.runtime.index()

@@ -19,6 +19,7 @@ from mitmproxy.addons.tlsconfig import TlsConfig
 from mitmproxy.proxy import context
 from mitmproxy.proxy.mode_specs import TransparentMode
 
+from egress.ca import EphemeralCA
 from egress.errors import InvalidHost
 from egress.hostnames import canonical_host, is_ip
 from egress.runtime import Runtime, shared
@@ -33,10 +34,11 @@ _SKIPPED_OPTIONS = {
 }  # fmt: skip
 
 
-def build_certstore(rt: Runtime) -> certs.CertStore:
+def build_certstore(rt: Runtime, ca: EphemeralCA | None = None) -> certs.CertStore:
+    ca = ca or rt.ca
     dh = certs.CertStore.load_dhparam(rt.private_dir / "dhparam.pem")  # public parameters
     kwargs: dict[str, Any] = dict(
-        default_privatekey=rt.ca.key, default_ca=certs.Cert(rt.ca.cert),
+        default_privatekey=ca.key, default_ca=certs.Cert(ca.cert),
         default_chain_file=None, dhparams=dh,
     )  # fmt: skip
     if "default_crl" in inspect.signature(certs.CertStore.__init__).parameters:
@@ -50,6 +52,8 @@ class EgressTls(TlsConfig):
         self._runtime = runtime
         self._embedded = runtime is not None
         self._certstore: certs.CertStore | None = None
+        # One store per CA a reload added (Runtime.more_cas), by the CA's serial number.
+        self._more_stores: dict[int, certs.CertStore] = {}
 
     def load(self, loader: Any) -> None:
         if "tls_version_client_min" not in loader.master.options:
@@ -128,11 +132,26 @@ class EgressTls(TlsConfig):
 
     def get_cert(self, conn_context: context.Context) -> certs.CertStoreEntry:
         host = self._target(conn_context) or "invalid"
+        store = self._store_for(host)
         if is_ip(host):
             # No CN for an address: OpenSSL would check a CN like "127.0.0.1" against the DNS
             # name constraints and reject it.
-            return self.certstore.get_cert(None, [x509.IPAddress(ipaddress.ip_address(host))])
-        return self.certstore.get_cert(host, [x509.DNSName(host)])
+            return store.get_cert(None, [x509.IPAddress(ipaddress.ip_address(host))])
+        return store.get_cert(host, [x509.DNSName(host)])
+
+    def _store_for(self, host: str) -> certs.CertStore:
+        """The certificate store of the CA that signs for ``host`` (Runtime.ca_for): the
+        first CA unless a reload allowed a name outside its constraints."""
+        rt = self._runtime
+        if rt is None or not rt.more_cas:
+            return self.certstore
+        ca = rt.ca_for(host)
+        if ca is rt.ca:
+            return self.certstore
+        serial = ca.cert.serial_number
+        if serial not in self._more_stores:
+            self._more_stores[serial] = build_certstore(rt, ca)
+        return self._more_stores[serial]
 
     def tls_start_server(self, tls_start: tls.TlsData) -> None:
         tls_start.ssl_conn = None

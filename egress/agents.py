@@ -73,15 +73,26 @@ def agent_views(cfg: Config) -> tuple[AgentView, dict[str, AgentView]]:
     return default, views
 
 
-def load_credentials(cfg: Config) -> Credentials | None:
+def load_credentials(
+    cfg: Config, before: Config | None = None, kept: Credentials | None = None
+) -> Credentials | None:
     """Each agent's token digest (identity.proxy_authorization); the tokens themselves are
-    not kept. Raises CredentialLoadError naming the agent and the source."""
+    not kept. Raises CredentialLoadError naming the agent and the source.
+
+    A reload (``before``, ``kept``: the config and digests in force) keeps the digest of an
+    agent whose ``token: {env: ...}`` did not change: egress removed that variable from its
+    environment at start. Files are read again: a rotated token file takes effect."""
     if cfg.identity is None or not cfg.identity.proxy_authorization:
         return None
     digests: dict[str, bytes] = {}
     for a in cfg.agents:
         t = a.token
         assert t is not None  # the config requires one
+        was = before.agent(a.name) if before is not None else None
+        if t.kind == "env" and was is not None and was.token == t and kept is not None:
+            if a.name in kept.digests:
+                digests[a.name] = kept.digests[a.name]
+                continue
         where = f"agents[{a.index}].token ({t.describe()})"
         if t.kind == "sha256":
             assert t.sha256 is not None

@@ -61,6 +61,13 @@ class EphemeralCA:
     def create(
         cls, rules: tuple[Rule, ...], validity_hours: int, constrained: bool = True
     ) -> EphemeralCA:
+        return cls.create_with(name_constraints(rules) if constrained else None, validity_hours)
+
+    @classmethod
+    def create_with(
+        cls, constraints: x509.NameConstraints | None, validity_hours: int
+    ) -> EphemeralCA:
+        """A CA with these name constraints (None: unconstrained, for report mode)."""
         # P-256: new client TLS connections through the proxy are much cheaper than with RSA.
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
@@ -99,9 +106,9 @@ class EphemeralCA:
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
         )
-        if constrained:
+        if constraints is not None:
             # RFC 5280 4.2.1.10: name constraints MUST be critical.
-            cert = cert.add_extension(name_constraints(rules), critical=True)
+            cert = cert.add_extension(constraints, critical=True)
         return cls(key=key, cert=cert.sign(key, hashes.SHA256()))
 
     def cert_pem(self) -> bytes:
@@ -114,3 +121,60 @@ class EphemeralCA:
         tmp.write_bytes(self.cert_pem())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+
+
+def constraints_of(ca: EphemeralCA) -> x509.NameConstraints | None:
+    try:
+        return ca.cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _dns_within(name: str, subtree: str) -> bool:
+    """RFC 5280 4.2.1.10: a DNS subtree covers the name itself and every name below it."""
+    name, subtree = name.lower().rstrip("."), subtree.lower().rstrip(".")
+    return name == subtree or name.endswith("." + subtree)
+
+
+def permits(ca: EphemeralCA, host: str) -> bool:
+    """Would a constraint-checking client accept a leaf of ``ca`` for ``host``?"""
+    nc = constraints_of(ca)
+    if nc is None:
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        addr = None
+    permitted = nc.permitted_subtrees or []
+    excluded = nc.excluded_subtrees or []
+    if addr is not None:
+        nets = [g.value for g in permitted if isinstance(g, x509.IPAddress)]
+        bad = [g.value for g in excluded if isinstance(g, x509.IPAddress)]
+        return any(addr in n for n in nets) and not any(addr in n for n in bad)
+    names = [g.value for g in permitted if isinstance(g, x509.DNSName)]
+    return any(_dns_within(host, n) for n in names)
+
+
+def covers(cas: list[EphemeralCA], wanted: x509.NameConstraints | None) -> bool:
+    """Does every name and range ``wanted`` permits fall within one of ``cas``'s
+    constraints? (A reload then keeps the CAs; otherwise it adds a new one.)"""
+    if any(constraints_of(ca) is None for ca in cas):
+        return True  # an unconstrained CA (report mode) covers everything
+    if wanted is None:
+        return False
+    for g in wanted.permitted_subtrees or []:
+        if isinstance(g, x509.DNSName):
+            if g.value == _NOTHING:
+                continue
+            if not any(permits(ca, g.value) for ca in cas):
+                return False
+        elif isinstance(g, x509.IPAddress):
+            net = g.value
+            if not any(
+                isinstance(h, x509.IPAddress) and net.subnet_of(h.value)  # type: ignore[arg-type]
+                for ca in cas
+                for h in (constraints_of(ca).permitted_subtrees or [])  # type: ignore[union-attr]
+                if type(h.value) is type(net)
+            ):
+                return False
+    return True

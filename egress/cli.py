@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from egress import __version__
 from egress import config as config_mod
@@ -30,6 +30,9 @@ from egress.clients import (  # noqa: F401
 from egress.config import Config
 from egress.errors import EgressError
 from egress.runtime import Runtime
+
+if TYPE_CHECKING:
+    from egress.reload import Triggers
 
 log = logging.getLogger("egress")
 
@@ -90,6 +93,13 @@ def protect_process(cfg: Config, rt: Runtime) -> None:
     scrub_environ(secret_env_vars(cfg, rt))
 
 
+def scrub_secret_env(cfg: Config, rt: Runtime) -> None:
+    """After a reload: the variables new secrets or tokens were read from leave too."""
+    from egress.hardening import scrub_environ
+
+    scrub_environ(secret_env_vars(cfg, rt))
+
+
 def _config_arg(cfg: Config) -> str:
     """' --config PATH' for a command line that must read the same config ('' for the default)."""
     return "" if cfg.path == config_mod.EMBEDDED_DEFAULT else f" --config {shlex.quote(cfg.path)}"
@@ -136,9 +146,13 @@ async def _serve(cfg: Config, listen_port: int | None, workers: int | None = Non
     from egress.admin import AdminServer
     from egress.metrics import Metrics
     from egress.proxy import IN_FLIGHT_GRACE, EmbeddedProxy
+    from egress.reload import start_triggers
     from egress.workers import Supervisor, bind_listeners, listen_hosts, worker_count
 
     n = worker_count(workers if workers is not None else cfg.workers)
+    # A hang-up before the reload triggers are set up (secrets loading, workers starting)
+    # must not stop egress (SIGHUP's default): it is ignored until then.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     loop = asyncio.get_running_loop()
     signals = asyncio.Queue[int]()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -161,6 +175,7 @@ async def _serve(cfg: Config, listen_port: int | None, workers: int | None = Non
     protect_process(cfg, rt)
     proxy: EmbeddedProxy | None = None
     sup: Supervisor | None = None
+    reloads: Triggers | None = None
     try:
         if admin is not None:
             rt.listening_on(a_host, a_port)  # the admin port is the proxy's own, too
@@ -182,6 +197,8 @@ async def _serve(cfg: Config, listen_port: int | None, workers: int | None = Non
             if rt.minter is not None:
                 rt.minter.start()  # ... and mints tokens
             server = asyncio.create_task(sup.failed.wait())
+        reloads = start_triggers(rt, sup.push_policy if sup else None, loop,
+                                 on_applied=lambda new: scrub_secret_env(new, rt))  # fmt: skip
         if admin is not None:
             admin.before_scrape = lambda: _refresh_gauges(rt)
             if sup is not None:
@@ -207,6 +224,7 @@ async def _serve(cfg: Config, listen_port: int | None, workers: int | None = Non
                 await asyncio.wait_for(signals.get(), cfg.admin.drain_seconds)
                 signals.put_nowait(signal.SIGTERM)  # that second signal: stop at once below
         waiter.cancel()
+        await reloads.stop()
         if admin is not None:
             admin.set_ready("stopping")
         # Stop accepting, let the requests in flight finish (IN_FLIGHT_GRACE at most); a
@@ -227,6 +245,8 @@ async def _serve(cfg: Config, listen_port: int | None, workers: int | None = Non
         print("egress: stopped", file=sys.stderr, flush=True)
         return 0
     finally:
+        if reloads is not None:
+            await reloads.stop()
         if sup is not None and not all(w.exited.is_set() for w in sup.workers.values()):
             await sup.stop(now=True)  # an error above: no worker outlives the parent
         await asyncio.to_thread(rt.close)  # may revoke Vault leases

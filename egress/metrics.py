@@ -13,7 +13,7 @@ from prometheus_client.metrics_core import Metric
 # counted by the workers and summed at each scrape.
 PARENT_ONLY = frozenset(
     {"egress_ready", "egress_vault_calls", "egress_vault_errors", "egress_worker_restarts",
-     "egress_workers_ready"}
+     "egress_workers_ready", "egress_reloads", "egress_config_generation"}
 )  # fmt: skip
 
 
@@ -51,6 +51,14 @@ class Metrics:
         self.worker_restarts = Counter(
             "egress_worker_restarts", "Workers replaced after dying unexpectedly", registry=r
         )
+        # Live reload (docs/reload.md): trigger is sighup, file or api; outcome applied,
+        # unchanged or rejected.
+        self.reloads = Counter("egress_reloads", "Config reloads by trigger and outcome",
+                               ["trigger", "outcome"], registry=r)  # fmt: skip
+        self.config_generation = Gauge(
+            "egress_config_generation", "Reloads applied since start (0: the config egress started with)",
+            registry=r,
+        )  # fmt: skip
 
     def record(self, decision: str, reason: str, secrets: list[str], scrubbed: int,
                seconds: float | None) -> None:  # fmt: skip

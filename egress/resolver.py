@@ -104,3 +104,20 @@ class Resolver:
                 "internal service, list its range under upstream.allow_private",
             )
         return Picked(prefer if prefer in ok else ok[0], tuple(refused))
+
+    def recheck(
+        self, host: str, address: IPAddress, port: int, allowed: tuple[IPNetwork, ...] | None
+    ) -> Refused | None:
+        """Would this resolver's ranges still let egress dial ``address``, picked for
+        ``host`` under an earlier policy? (A tunnel open across a reload: egress.reload.)"""
+        if self.locked and _in_any(address, self.locked):
+            return Refused(Reason.HOST_LOCKED, f"{host!r} was connected to {address}, an address "
+                           "locked by the admin (locked.deny)")  # fmt: skip
+        policy = self.policy if allowed is None else AddressPolicy(allowed, self.policy.own)
+        ok, refused = policy.usable([address], port)
+        if not ok:
+            listed = ", ".join(f"{a} ({why})" for a, why in refused)
+            return Refused(Reason.RESOLVED_PRIVATE, f"{host!r} was connected to an address egress "
+                           f"no longer dials: {listed}; to reach an internal service, list its "
+                           "range under upstream.allow_private")  # fmt: skip
+        return None

@@ -19,25 +19,29 @@ from egress import config as config_mod
 from egress import secretindex
 from egress.addresses import AddressPolicy
 from egress.agentfiles import write_agent_files
-from egress.agents import AgentView, address_ranges, agent_views, load_credentials, locked_networks
+from egress.agents import AgentView, address_ranges, load_credentials
 from egress.audit import AuditWriter
-from egress.ca import EphemeralCA
-from egress.config import Config, Rule
+from egress.ca import EphemeralCA, name_constraints, permits
+from egress.config import Config, Rule, SecretSpec
 from egress.encodings import SecretForms, value_forms
 from egress.errors import EgressError
 from egress.hostnames import IPAddress
 from egress.identity import Credentials
 from egress.metrics import Metrics
 from egress.policy import Allowlist
+from egress.policyset import Policy, build_policy
 from egress.resolver import Resolver
 from egress.secretindex import SecretIndex
-from egress.secrets import SecretSource, SecretStore, make_source
+from egress.secrets import ParentHeld, SecretSource, SecretStore, SecretValue, make_source
 from egress.trust import system_trust_bundle
 
 if TYPE_CHECKING:  # imported where Vault is used: hvac and requests cost ~0.1 s at start-up
     from collections.abc import Callable
 
+    from cryptography import x509
+
     from egress.mintsource import MintedSource, MintRefresher
+    from egress.reload import Prepared
     from egress.vault import VaultClient, VaultRefresher, VaultSource
 
 log = logging.getLogger("egress")
@@ -50,6 +54,7 @@ class Tunnel:
     host: str
     port: int
     address: IPAddress
+    generation: int = 0  # of the policy it was decided under (a reload: checked again)
 
 
 class CaInUse(EgressError):
@@ -89,6 +94,25 @@ class CaFileLock:
         os.pwrite(self.fd, data, 0)
         os.fchmod(self.fd, 0o644)
 
+    def replace(self, data: bytes) -> None:
+        """Replace the certificate while clients may be reading it (a reload): a new file,
+        locked before it is renamed over the old one, so that a reader sees the whole old
+        file or the whole new one, and the path is never unlocked."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, data)
+            os.fchmod(fd, 0o644)
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        old, self.fd = self.fd, fd
+        os.close(old)
+
     def release(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)  # the certificate stays: clients may still hold it
@@ -106,34 +130,33 @@ def _flock_owner(inode: int) -> str | None:
 
 @dataclass
 class Runtime:
-    config: Config
-    allowlist: Allowlist
+    # The config, agents' views, credentials and resolver in force: one object, replaced
+    # whole by a reload (egress.reload); a request keeps the one it started with.
+    policy: Policy
     secrets: SecretStore
     ca: EphemeralCA
     audit: AuditWriter
     private_dir: Path  # 0700, only the proxy's user; removed by close()
     ca_path: Path  # where this process wrote its CA certificate for clients
     upstream_trust: Path  # the CA bundle upstream certificates are verified against
-    resolver: Resolver
     metrics: Metrics = field(default_factory=Metrics)
     vault: VaultRefresher | None = None
     minter: MintRefresher | None = None  # minted tokens (egress.mintsource), parent only
     # In a worker: where a 401 on a minted token is reported (the parent mints).
     stale_sink: Callable[[str], None] | None = None
     ca_lock: CaFileLock | None = None
-    # Agents (docs/agents.md): each one's view, their proxy credentials' digests, and which
-    # agent each client connection proved to be (CONNECT), by client connection id.
-    views: dict[str, AgentView] = field(default_factory=dict)
-    credentials: Credentials | None = None
+    # CAs a reload made for names outside the first one's constraints (egress.reload).
+    more_cas: list[EphemeralCA] = field(default_factory=list)
+    # Agents (docs/agents.md): which agent each client connection proved to be (CONNECT),
+    # by client connection id.
     principals: dict[str, str] = field(default_factory=dict)
-    _default_view: AgentView | None = field(default=None, repr=False)
     # CONNECT tunnels by client connection id
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
     # checked addresses for plain-HTTP requests: (client id, host, port) -> address
     dial: dict[tuple[str, str, int], IPAddress] = field(default_factory=dict)
     dial_agents: dict[tuple[str, str, int], str] = field(default_factory=dict)  # whose dial
-    _indexed: tuple[int, SecretIndex] = field(
-        default_factory=lambda: (-1, secretindex.build([])), repr=False
+    _indexed: tuple[tuple[int, int], SecretIndex] = field(
+        default_factory=lambda: ((-1, -1), secretindex.build([])), repr=False
     )
     _index_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -235,17 +258,7 @@ class Runtime:
             if cfg.mode == "report":
                 log.warning("report mode: allowlist denials are logged as would_deny and let through; the CA "
                             "carries no name constraints so that it can serve hosts outside the allowlist")  # fmt: skip
-            # The CA's names cover every agent's rules; an agent in report mode may reach
-            # any host, so then the CA is not constrained either.
-            report = cfg.mode == "report" or any(a.mode == "report" for a in cfg.agents)
-            ca_rules = cfg.all_rules
-            if report and cfg.agents and cfg.locked.hosts is not None:
-                # Report-mode agents reach no further than locked.hosts and the shared rules
-                # (AgentView.enforces): the CA stays constrained to those.
-                ca_rules += tuple(Rule(i, p, (443,), ("https",), None, None, scope="locked.hosts.")
-                               for i, p in enumerate(cfg.locked.hosts))  # fmt: skip
-                report = False
-            ca = EphemeralCA.create(ca_rules, cfg.ca_validity_hours, constrained=not report)
+            ca = EphemeralCA.create_with(ca_constraints(cfg), cfg.ca_validity_hours)
             lock = None
             if private_ca:
                 ca_path = private / "egress-ca.pem"
@@ -260,13 +273,8 @@ class Runtime:
             raise
         if refresher is not None and refresh:
             refresher.start()
-        default_view, views = agent_views(cfg)
         rt = cls(
-            config=cfg,
-            allowlist=default_view.allowlist,
-            views=views,
-            credentials=credentials,
-            _default_view=default_view,
+            policy=build_policy(cfg, credentials, sha256=cfg.sha256),
             secrets=store,
             ca=ca,
             audit=audit or AuditWriter(cfg.audit_path),
@@ -274,12 +282,6 @@ class Runtime:
             ca_path=ca_path,
             ca_lock=lock,
             upstream_trust=trust,
-            resolver=Resolver(
-                cfg.resolve,
-                address_policy(cfg),
-                static_only=cfg.dns == "static",
-                locked=locked_networks(cfg),
-            ),  # fmt: skip
             metrics=metrics or Metrics(),
             vault=refresher,
             minter=minter,
@@ -289,14 +291,32 @@ class Runtime:
         rt.index()
         return rt
 
+    # The policy in force, by part (a request's own: addons.base.policy_of).
+
+    @property
+    def config(self) -> Config:
+        return self.policy.config
+
+    @property
+    def allowlist(self) -> Allowlist:
+        return self.policy.default_view.allowlist
+
+    @property
+    def views(self) -> dict[str, AgentView]:
+        return dict(self.policy.views)
+
+    @property
+    def credentials(self) -> Credentials | None:
+        return self.policy.credentials
+
+    @property
+    def resolver(self) -> Resolver:
+        return self.policy.resolver
+
     def view(self, agent: str | None) -> AgentView | None:
         """The view a request of ``agent`` is decided with; None when agents are configured
         and ``agent`` is not one of them (the caller refuses)."""
-        if not self.config.agents:
-            if self._default_view is None:
-                self._default_view = agent_views(self.config)[0]
-            return self._default_view
-        return self.views.get(agent or "")
+        return self.policy.view(agent)
 
     def client_agent(self, client_id: str) -> str | None:
         """The agent a client connection is: the fixed one, or the one its CONNECT proved."""
@@ -316,19 +336,22 @@ class Runtime:
 
     def index(self) -> SecretIndex:
         """Every form of every loaded secret, for one-pass searches (egress.secretindex);
-        rebuilt only when a value changes. The event loop and worker threads both call it:
-        the version and the index it was built from are stored as one pair, and one thread
-        builds at a time, so no caller keeps an index older than the store's values."""
-        version, index = self._indexed
-        if version == self.secrets.version:
+        rebuilt only when a value or the policy changes. The event loop and worker threads
+        both call it: the versions and the index built from them are stored as one pair,
+        and one thread builds at a time, so no caller keeps an index older than the store's
+        values."""
+        key, index = self._indexed
+        if key == (self.policy.generation, self.secrets.version):
             return index
         with self._index_lock:
-            version = self.secrets.version  # read first: a change meanwhile rebuilds again
-            if self._indexed[0] != version:
-                self._indexed = (version, secretindex.build(
+            # Read first: a change meanwhile rebuilds again.
+            policy, key = self.policy, (self.policy.generation, self.secrets.version)
+            if self._indexed[0] != key:
+                specs = policy.config.secrets
+                self._indexed = (key, secretindex.build(
                     [f for s, v in self.secrets.known() for f in value_forms(s.name, v, s.placeholder)],
-                    self.config.secrets,
-                    {s.name: self.secrets.get(s.name) for s in self.config.secrets},
+                    specs,
+                    {s.name: self.secrets.get(s.name) for s in specs},
                 ))  # fmt: skip
             return self._indexed[1]
 
@@ -338,9 +361,87 @@ class Runtime:
     def listening_on(self, host: str, port: int) -> None:
         """Record the proxy's own listener: egress never dials itself."""
         own = (ipaddress.ip_address(host), port)
-        self.resolver.policy = AddressPolicy(
-            self.resolver.policy.allowed, (*self.resolver.policy.own, own)
-        )
+        resolver = self.policy.resolver
+        resolver.policy = AddressPolicy(resolver.policy.allowed, (*resolver.policy.own, own))
+
+    # CAs
+
+    @property
+    def cas(self) -> list[EphemeralCA]:
+        return [self.ca, *self.more_cas]
+
+    def ca_for(self, host: str) -> EphemeralCA:
+        """The CA whose leaf a client accepts for ``host``: the oldest whose constraints
+        permit it (clients that read the CA bundle before a reload trust only that one), else
+        the newest."""
+        for ca in self.cas:
+            if permits(ca, host):
+                return ca
+        return self.cas[-1]
+
+    def ca_bundle(self) -> bytes:
+        return b"".join(ca.cert_pem() for ca in self.cas)
+
+    def ca_constraints(self, cfg: Config) -> x509.NameConstraints | None:
+        return ca_constraints(cfg)
+
+    # reload (egress.reload)
+
+    def install(self, prepared: Prepared) -> None:
+        """Put a prepared config in force, in one step on the event loop: its secrets, its
+        CA if it needs one, its policy. What can fail (writing the CA bundle and the agent's
+        files) is done first, so that a failure changes nothing in force."""
+        cfg = prepared.config
+        cas = [*self.cas, prepared.new_ca] if prepared.new_ca is not None else self.cas
+        bundle = b"".join(ca.cert_pem() for ca in cas)
+        # The agent's files name its placeholders and the CAs: rewritten (atomically) for an
+        # agent that starts after the reload; one already running keeps what it read.
+        if self.ca_lock is not None:
+            if prepared.new_ca is not None:
+                self.ca_lock.replace(bundle)
+            write_agent_files(cfg, bundle, system_trust_bundle())
+        sources: dict[str, SecretSource] = {}
+        for spec in cfg.secrets:
+            src = prepared.sources.get(spec.name) or self.secrets.sources[spec.name]
+            src.spec = spec  # a carried source: its value is the same, its hosts may not be
+            sources[spec.name] = src
+        vault_sources = [src for spec in cfg.secrets if spec.source.kind == "vault"
+                         and spec.mint is None and (src := sources[spec.name])]  # fmt: skip
+        if self.vault is not None:
+            with self.vault.paused():
+                self.secrets.replace(cfg.secrets, sources, prepared.values, prepared.problems)
+                self.vault.adopt(vault_sources)  # type: ignore[arg-type]
+        else:
+            self.secrets.replace(cfg.secrets, sources, prepared.values, prepared.problems)
+        self.apply_policy(cfg, prepared.credentials, prepared.new_ca)
+
+    def apply_policy(
+        self, cfg: Config, credentials: Credentials | None, new_ca: EphemeralCA | None,
+        generation: int | None = None,
+    ) -> None:  # fmt: skip
+        """The policy of ``cfg`` in force (the parent and, told by it, each worker)."""
+        if new_ca is not None:
+            self.more_cas.append(new_ca)
+        old = self.policy
+        generation = old.generation + 1 if generation is None else generation
+        self.policy = build_policy(cfg, credentials, generation=generation, sha256=cfg.sha256,
+                                   own=old.resolver.policy.own)  # fmt: skip
+        # A connection that proved an agent that is gone, or whose token changed, proves
+        # nothing any more: its next request is refused (407) and it reconnects.
+        before = old.credentials.digests if old.credentials else {}
+        after = credentials.digests if credentials else {}
+        for client, agent in list(self.principals.items()):
+            if agent not in self.policy.views or before.get(agent) != after.get(agent):
+                del self.principals[client]
+
+    def apply_secrets(
+        self, specs: tuple[SecretSpec, ...], values: dict[str, SecretValue | None]
+    ) -> None:
+        """A worker's side of a reload: the parent's secret specs and values."""
+        sources = {s.name: self.secrets.sources.get(s.name) or ParentHeld(s) for s in specs}
+        kept = {k: v for k, v in values.items() if v is not None}
+        problems = {k: "not loaded in the parent" for k, v in values.items() if v is None}
+        self.secrets.replace(specs, sources, kept, problems)
 
     def redact(self, text: str) -> str:
         """Replace every loaded secret value in ``text`` with ``[secret:<name>]``: for text that
@@ -366,6 +467,21 @@ class Runtime:
         if self.ca_lock is not None:
             self.ca_lock.release()
         self.audit.close()
+
+
+def ca_constraints(cfg: Config) -> x509.NameConstraints | None:
+    """The name constraints of a CA for ``cfg``; None: unconstrained (report mode)."""
+    # The CA's names cover every agent's rules; an agent in report mode may reach any host,
+    # so then the CA is not constrained either.
+    report = cfg.mode == "report" or any(a.mode == "report" for a in cfg.agents)
+    ca_rules = cfg.all_rules
+    if report and cfg.agents and cfg.locked.hosts is not None:
+        # Report-mode agents reach no further than locked.hosts and the shared rules
+        # (AgentView.enforces): the CA stays constrained to those.
+        ca_rules += tuple(Rule(i, p, (443,), ("https",), None, None, scope="locked.hosts.")
+                          for i, p in enumerate(cfg.locked.hosts))  # fmt: skip
+        report = False
+    return None if report else name_constraints(ca_rules)
 
 
 def address_policy(cfg: Config) -> AddressPolicy:

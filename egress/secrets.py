@@ -231,8 +231,22 @@ class FileSource(SecretSource):
 SOURCES: dict[str, type[SecretSource]] = {"env": EnvSource, "file": FileSource}
 
 
+class ParentHeld(SecretSource):
+    """A worker's stand-in for the source of a secret a reload added: only the parent reads
+    sources; a worker gets the values (egress.workers)."""
+
+    def describe(self) -> str:
+        return f"{self.spec.source.kind}, read by the parent process"
+
+    def fetch(self) -> SecretValue:
+        raise SecretLoadError(self.spec.name, self.describe(), "a worker never reads a source")
+
+
 def make_source(spec: SecretSpec) -> SecretSource:
     return SOURCES[spec.source.kind](spec)
+
+
+REMOVED_MAX = 1024  # removed secrets' values kept for scrubbing, newest last
 
 
 class SecretStore:
@@ -252,6 +266,8 @@ class SecretStore:
         self.clock = time.time
         self.version = 0  # changes whenever a value does
         self.problems: dict[str, str] = {}  # name -> why it is not loaded (no values)
+        # Values of secrets a reload removed: scrubbed, never injected (replace()).
+        self._removed: list[tuple[SecretSpec, SecretValue]] = []
 
     def load_all(self) -> None:
         """Fetch every secret. Raises the first SecretLoadError of a required secret;
@@ -303,7 +319,43 @@ class SecretStore:
             self.loaded()
             + [(s, v) for s in self.specs if (v := self._previous.get(s.name)) is not None]
             + [(s, v) for s in self.specs for v, u in self._retained.get(s.name, ()) if u > now]
+            + self._removed
         )
+
+    def replace(
+        self, specs: tuple[SecretSpec, ...], sources: dict[str, SecretSource],
+        values: dict[str, SecretValue], problems: dict[str, str],
+    ) -> None:  # fmt: skip
+        """A reload's secrets (egress.reload): ``specs`` from now on, with their sources;
+        ``values`` for the new or changed ones (the others keep theirs). A secret no longer
+        listed is never injected again, but its values stay among those scrubbed from
+        responses: an upstream may still echo them."""
+        names = {s.name for s in specs}
+        for spec in self.specs:
+            if spec.name not in names:
+                for value in [self._values.get(spec.name), self._previous.get(spec.name)]:
+                    if value is not None and all(v != value for _, v in self._removed):
+                        self._removed.append((spec, value))
+                del self._removed[:-REMOVED_MAX]
+                self._values.pop(spec.name, None)
+                self._previous.pop(spec.name, None)
+        for name in list(self._values):
+            if name not in names:
+                del self._values[name]
+        self.specs = specs
+        self.sources = sources
+        for name, value in values.items():
+            self.set(name, value)
+        for name in names:
+            self.problems.pop(name, None)
+        for name in set(self.problems) - names:
+            del self.problems[name]
+        for name, why in problems.items():
+            self.problems[name] = why
+            old = self._values.pop(name, None)
+            if old is not None:  # no longer injected, still never to reach a client
+                self._previous[name] = old
+        self.version += 1
 
     def env_vars_consumed(self) -> set[str]:
         return {v for src in self.sources.values() for v in src.env_vars_consumed()}

@@ -9,12 +9,13 @@ through a proxy it did not choose.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -390,6 +391,10 @@ class VaultRefresher:
         self.dropped: set[str] = set()  # secrets past max_stale
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="egress-vault", daemon=True)
+        # Held while a refresh writes a value, and by a reload while it replaces the store's
+        # secrets (paused(), adopt()): a value fetched by a source the reload replaced is
+        # never written over the new one. Never held across a Vault call.
+        self._writing = threading.Lock()
 
     def _next_due(self, src: VaultSource, now: float) -> float:
         lease = src.lease
@@ -408,6 +413,34 @@ class VaultRefresher:
                 self.errors += 1
                 # The type only: an unexpected error's text could quote a Vault answer.
                 log.warning("vault: refresh failed unexpectedly (%s); retrying", type(e).__name__)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        with self._writing:
+            yield
+
+    def adopt(self, sources: list[VaultSource]) -> None:
+        """A reload's Vault secrets (call within paused()): new ones are refreshed from
+        now on; removed ones no more (egress.reload revokes their leases)."""
+        now = self.client.clock()
+        for src in sources:
+            name = src.spec.name
+            if name not in self.due or all(s is not src for s in self.sources):
+                self.last_good[name] = now
+                self.due[name] = self._next_due(src, now)
+                self.dropped.discard(name)
+                self.failing.discard(name)
+        names = {s.spec.name for s in sources}
+        self.failing = {n for n in self.failing if n in names or n == _LOGIN}
+        self.sources = list(sources)
+
+    def _current(self, src: VaultSource) -> bool:
+        return any(s is src for s in self.sources)
+
+    def _store_set(self, src: VaultSource, value: SecretValue) -> None:
+        with self._writing:
+            if self._current(src):  # not replaced or removed by a reload meanwhile
+                self.store.set(src.spec.name, value)
 
     def tick(self) -> None:
         now = self.client.clock()
@@ -433,31 +466,25 @@ class VaultRefresher:
                 src.lease = self.client.renew_lease(lease)
                 # Renewal capped by the lease's max TTL: re-read before it runs out.
                 if src.lease.duration < lease.duration / 2:
-                    self.store.set(name, src.fetch())
+                    self._store_set(src, src.fetch())
             else:
-                self.store.set(name, src.fetch())
+                self._store_set(src, src.fetch())
         except (VaultError, SecretLoadError) as e:
-            self._failed(
-                name, str(e) if isinstance(e, SecretLoadError) else f"secret {name!r}: {e}"
-            )
-            self.due[name] = now + self.cfg.retry_seconds
-            lease_end = (
-                src.lease.obtained + src.lease.duration
-                if src.lease and src.lease.duration
-                else None
-            )
-            stale = now - self.last_good[name] > self.cfg.max_stale_seconds
-            ended = lease_end is not None and now >= lease_end
-            if (stale or ended) and name not in self.dropped:
-                self.store.drop(name)
-                self.dropped.add(name)
-                why = (
-                    "its lease ended"
-                    if ended
-                    else f"it is stale past max_stale ({self.cfg.max_stale_seconds} s)"
-                )
-                log.error("vault: secret %s: %s; requests that need it get 503 until Vault answers again",
-                          name, why)  # fmt: skip
+            with self._writing:
+                if self._current(src):  # else a reload replaced it meanwhile: not its state
+                    self._refresh_failed(src, now, e)
+            return
+        with self._writing:
+            current = self._current(src)
+        if not current:
+            # A reload replaced or removed this source while it was being refreshed: a new
+            # lease this refresh obtained belongs to no secret any more.
+            new = src.lease
+            if new and new.lease_id and (not old_lease or new.lease_id != old_lease.lease_id):
+                try:
+                    self.client.revoke_lease(new.lease_id)
+                except VaultError as e:
+                    log.warning("vault: could not revoke a lease of removed secret %s: %s", name, e)
             return
         if (
             old_lease
@@ -473,6 +500,26 @@ class VaultRefresher:
         self.due[name] = self._next_due(src, now)
         self.dropped.discard(name)
         self._recovered(name)
+
+    def _refresh_failed(self, src: VaultSource, now: float, e: Exception) -> None:
+        name = src.spec.name
+        self._failed(name, str(e) if isinstance(e, SecretLoadError) else f"secret {name!r}: {e}")
+        self.due[name] = now + self.cfg.retry_seconds
+        lease_end = (
+            src.lease.obtained + src.lease.duration if src.lease and src.lease.duration else None
+        )
+        stale = now - self.last_good[name] > self.cfg.max_stale_seconds
+        ended = lease_end is not None and now >= lease_end
+        if (stale or ended) and name not in self.dropped:
+            self.store.drop(name)
+            self.dropped.add(name)
+            why = (
+                "its lease ended"
+                if ended
+                else f"it is stale past max_stale ({self.cfg.max_stale_seconds} s)"
+            )
+            log.error("vault: secret %s: %s; requests that need it get 503 until Vault answers again",
+                      name, why)  # fmt: skip
 
     def _failed(self, name: str, message: str) -> None:
         self.errors += 1

@@ -39,6 +39,7 @@ process group; the parent decides) and exit by themselves when the parent disapp
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import errno
 import gc
@@ -46,6 +47,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -260,6 +262,7 @@ class Worker:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     requests: float = 0.0  # from its last metrics answer
     last: list[list[Any]] = field(default_factory=list)  # its last metrics answer
+    replaced: bool = False  # stopped by a reload (push_policy): replaced, not a death
 
 
 class Supervisor:
@@ -384,7 +387,10 @@ class Supervisor:
 
             self.retired = merge([self.retired, [f for f in w.last if f[2] != "gauge"]])
             self.retired_requests[w.slot] = self.retired_requests.get(w.slot, 0) + w.requests
-            self._died(w)
+            if w.replaced:
+                self._fork(w.slot)
+            else:
+                self._died(w)
 
     def _died(self, w: Worker) -> None:
         log.error("worker %d (pid %d) died unexpectedly (%s); starting a replacement",
@@ -411,7 +417,9 @@ class Supervisor:
     def _secret_snapshot(self) -> dict[str, Any]:
         store = self.rt.secrets
         values = {s.name: (v.to_wire() if (v := store.get(s.name)) else None) for s in store.specs}
-        return {"op": "secrets", "values": values}
+        # The policy the values belong to: a worker drops values of another generation (a
+        # reload's new values must never meet the old secrets' hosts, nor the reverse).
+        return {"op": "secrets", "values": values, "generation": self.rt.policy.generation}
 
     async def _watch_secrets(self) -> None:
         """Push new values to every worker when the parent's refresher changes one."""
@@ -436,18 +444,55 @@ class Supervisor:
             merge([self.retired, *(a for a in answers if a is not None)]), per_worker
         )
 
-    async def _ask_metrics(self, w: Worker) -> list[list[Any]] | None:
+    async def _ask(self, w: Worker, msg: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """Send ``msg`` to a ready worker and wait for its answer."""
         if not w.ready.is_set() or w.exited.is_set():
             return None
         async with w.lock:
             while not w.answers.empty():
                 w.answers.get_nowait()
-            await self._send(w, {"op": "metrics"})
+            await self._send(w, msg)
             try:
-                msg = await asyncio.wait_for(w.answers.get(), 5)
+                return await asyncio.wait_for(w.answers.get(), timeout)
             except TimeoutError:
                 return None
-        if msg.get("op") != "metrics":
+
+    async def push_policy(self, prepared: Any) -> str | None:
+        """A reload (egress.reload): every worker takes the parent's new policy, secrets
+        and CA between two of its hooks. A worker that does not confirm is stopped at once
+        and replaced by a fork of the parent, which holds the new policy: no worker serves
+        the old one on. Returns what failed, or None."""
+        rt = self.rt
+        msg = policy_message(rt, prepared.new_ca)
+        live = [w for w in self.workers.values() if not w.exited.is_set()]
+        for w in live:
+            if not w.ready.is_set():
+                # Forked before the install and not serving yet: it may hold the old
+                # policy. Its replacement is forked from the parent, which holds the new.
+                w.replaced = True
+                _kill(w.pid, STOP_NOW)
+        ready = [w for w in live if w.ready.is_set()]
+        answers = await asyncio.gather(*(self._ask(w, msg, 10) for w in ready),
+                                       return_exceptions=True)  # fmt: skip
+        failed = []
+        for w, answer in zip(ready, answers, strict=True):
+            if (
+                not isinstance(answer, dict)
+                or answer.get("op") != "policy"
+                or (answer.get("generation") != msg["generation"])
+            ):
+                failed.append(w.slot)
+                why = answer.get("error") if isinstance(answer, dict) else None
+                log.error("worker %d (pid %d) did not take the new policy (%s); replacing it",
+                          w.slot, w.pid, why or "no answer")  # fmt: skip
+                _kill(w.pid, STOP_NOW)
+        if failed:
+            return f"worker(s) {', '.join(map(str, failed))} did not take the new policy and were replaced"
+        return None
+
+    async def _ask_metrics(self, w: Worker) -> list[list[Any]] | None:
+        msg = await self._ask(w, {"op": "metrics"}, 5)
+        if msg is None or msg.get("op") != "metrics":
             return None
         w.requests = float(msg.get("requests", 0))
         w.last = list(msg["families"])
@@ -518,8 +563,10 @@ _FORKED_FROM: list[Any] = []  # the parent's event loop, kept so that it is neve
 def _worker_main(sup: Supervisor, slot: int, ctrl: socket.socket) -> int:
     """The forked worker: leave the parent's event loop behind, serve until told to stop."""
     signal.set_wakeup_fd(-1)  # the parent loop's self-pipe is the parent's
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the parent decides
-    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
+    # Ctrl-C and a hang-up reach the whole group; the parent decides (SIGHUP: a reload).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     # A new sys.stderr: the inherited one's lock may be held by a parent thread that was
     # writing at the moment of the fork (logging's own locks are reset by logging itself).
@@ -608,7 +655,16 @@ async def _worker_serve(sup: Supervisor, slot: int, ctrl: socket.socket) -> int:
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
             elif msg["op"] == "secrets":
-                _apply_secrets(rt.secrets, msg["values"])
+                if msg.get("generation", 0) == rt.policy.generation:
+                    _apply_secrets(rt.secrets, msg["values"])
+            elif msg["op"] == "policy":
+                try:
+                    apply_policy_message(rt, msg)
+                    reply = {"op": "policy", "generation": rt.policy.generation}
+                except Exception as e:  # noqa: BLE001 (the parent replaces this worker)
+                    reply = {"op": "policy", "error": type(e).__name__}
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
         stop.set()  # the parent is gone: stop serving
         now.set()
 
@@ -624,3 +680,46 @@ def _apply_secrets(store: Any, values: dict[str, Any]) -> None:
             store.drop(name)
         else:
             store.set(name, SecretValue.from_wire(value))
+
+
+def policy_message(rt: Any, new_ca: Any) -> dict[str, Any]:
+    """The parent's policy for its workers, over their socketpairs (never a file): the
+    config and the agents' token digests pickled (parent to its own child), the secret
+    values as for a refresh, and a CA a reload added, with its key (in memory only)."""
+    from cryptography.hazmat.primitives import serialization
+
+    ca = None
+    if new_ca is not None:
+        key = new_ca.key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption())  # fmt: skip
+        ca = {"key": key.decode(), "cert": new_ca.cert_pem().decode()}
+    policy = rt.policy
+    store = rt.secrets
+    values = {s.name: (v.to_wire() if (v := store.get(s.name)) else None) for s in store.specs}
+    blob = pickle.dumps((policy.config, policy.credentials))
+    return {"op": "policy", "generation": policy.generation, "config": base64.b64encode(blob).decode(),
+            "ca": ca, "values": values}  # fmt: skip
+
+
+def apply_policy_message(rt: Any, msg: dict[str, Any]) -> None:
+    """A worker takes the parent's policy (policy_message); a message it has applied
+    already (a worker forked after the reload) changes nothing."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from egress.ca import EphemeralCA
+
+    if msg["generation"] <= rt.policy.generation:
+        return
+    cfg, credentials = pickle.loads(base64.b64decode(msg["config"]))  # noqa: S301 (our parent)
+    new_ca = None
+    if msg.get("ca"):
+        cert = x509.load_pem_x509_certificate(msg["ca"]["cert"].encode())
+        if all(c.cert.serial_number != cert.serial_number for c in rt.cas):
+            key = serialization.load_pem_private_key(msg["ca"]["key"].encode(), None)
+            new_ca = EphemeralCA(key=key, cert=cert)  # type: ignore[arg-type]
+    values = {k: (SecretValue.from_wire(v) if v is not None else None)
+              for k, v in msg["values"].items()}  # fmt: skip
+    rt.apply_secrets(cfg.secrets, values)
+    rt.apply_policy(cfg, credentials, new_ca, generation=msg["generation"])

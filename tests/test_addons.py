@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from pathlib import Path
 
@@ -196,7 +197,7 @@ async def test_dns_rebinding_cannot_swap_the_checked_address(rt: Runtime) -> Non
             Rebinding.calls += 1
             return [ipaddress.ip_address("127.0.0.2" if Rebinding.calls == 1 else "10.9.9.9")]
 
-    rt.resolver = Rebinding({}, rt.resolver.policy)
+    rt.policy = dataclasses.replace(rt.policy, resolver=Rebinding({}, rt.resolver.policy))
     addon = Allowlist(rt)
     with taddons.context(addon):
         f = connect_flow("api.test")

@@ -5,7 +5,7 @@ headers as the full step (copied here as it was) for every other request."""
 from __future__ import annotations
 
 import pytest
-from egress.addons import policy
+from egress.addons import flowchecks, policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy.test import tflow
@@ -41,7 +41,7 @@ def run_both(fields: list[tuple[bytes, bytes]]) -> None:
     fast, slow = tflow.tflow(), tflow.tflow()
     fast.request.headers.fields = tuple(fields)
     slow.request.headers.fields = tuple(fields)
-    assert policy._proxy_header(fast) == reference_proxy_header(slow.request.headers)
+    assert flowchecks.proxy_header(fast) == reference_proxy_header(slow.request.headers)
     assert fast.request.headers.fields == slow.request.headers.fields
 
 
@@ -97,7 +97,9 @@ def test_upgrade_tokens_are_read_only_where_an_upgrade_header_is(
     f = tflow.tflow()
     f.request.headers.fields = tuple(fields)
     items = list(f.request.headers.items(multi=True))
-    fast = upgrade_tokens(items) if policy._has_header(f.request.headers.fields, b"upgrade") else []
+    fast = (
+        upgrade_tokens(items) if flowchecks.has_header(f.request.headers.fields, b"upgrade") else []
+    )
     assert fast == upgrade_tokens(items)
 
 

@@ -98,6 +98,8 @@ class Document:
     base: Path  # relative paths inside it are relative to this folder
     data: dict[str, Any]
     lines: dict[str, int]
+    path: Path | None = None  # where it was read (None: the embedded default)
+    raw: bytes = b""  # its bytes as read: the config's SHA-256 covers them (egress.reload)
 
     def origin(self, key: str) -> Origin:
         line = self.lines.get(key)
@@ -116,7 +118,9 @@ def read_document(path: Path, file: str, fragment: bool = False) -> Document | C
     parser's message quotes the text, and an include may name any file by mistake (a
     secrets file), which must not be printed."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        # As read_text would: universal newlines (a CRLF file parses as an LF one).
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except OSError as e:
         return ConfigProblem("", f"cannot read the file: {e.strerror}", file)
     except UnicodeDecodeError:
@@ -127,7 +131,7 @@ def read_document(path: Path, file: str, fragment: bool = False) -> Document | C
         return ConfigProblem("", e.problems[0].message, file)
     if data is None:
         data = {}
-    return Document(file, path.resolve().parent, data, key_lines(text))
+    return Document(file, path.resolve().parent, data, key_lines(text), path, raw)
 
 
 def _resolve(entry: str, doc: Document) -> tuple[Path, str] | str:

@@ -7,6 +7,7 @@ Paths in a file are relative to that file's own folder.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -36,7 +37,15 @@ from egress.config.includes import (
     read_document,
     relocate,
 )
-from egress.config.model import EMBEDDED_DEFAULT, AdminConfig, Config, Limits, Rule, SecretSpec
+from egress.config.model import (
+    EMBEDDED_DEFAULT,
+    AdminConfig,
+    Config,
+    Limits,
+    ReloadConfig,
+    Rule,
+    SecretSpec,
+)
 from egress.config.rules import parse_rule
 from egress.config.secret_specs import check_secret_set, parse_secret
 from egress.config.vault_spec import parse_vault
@@ -45,7 +54,7 @@ from egress.hostnames import IPNetwork, canonical_host, is_ip
 
 TOP_KEYS = (
     "mode", "include", "listen", "admin", "agent", "ca", "upstream", "allow", "secrets",
-    "vault", "audit", "limits", "workers", "identity", "agents", "groups", "locked",
+    "vault", "audit", "limits", "workers", "identity", "agents", "groups", "locked", "reload",
 )  # fmt: skip
 MAX_WORKERS = 256
 
@@ -239,6 +248,7 @@ def _parse(main: Document) -> Config:
     if "vault" not in top and any(s.source.kind == "vault" for s in secrets):
         vault = parse_vault(c, {}, base)  # all from VAULT_* variables, token auth
 
+    reload = parse_reload(c, top)
     items: dict[str, list[Item]] = {"allow": rule_items, "secrets": secret_items}
     if c.problems:
         raise ConfigError(file, relocate(c.problems, items, file))
@@ -268,7 +278,20 @@ def _parse(main: Document) -> Config:
         identity=identity,
         groups=tuple(groups),
         locked=locked,
+        reload=reload,
+        files=tuple(d.path for d in docs if d.path is not None),
+        sha256=hashlib.sha256(b"".join(d.raw for d in docs)).hexdigest(),
     )
+
+
+def parse_reload(c: Checker, top: dict[str, Any]) -> ReloadConfig:
+    node = c.mapping(top.get("reload"), "reload", ("watch", "interval_seconds")) or {}
+    watch = c.typed(node, "reload", "watch", bool, True)
+    interval = c.typed(node, "reload", "interval_seconds", (int, float), 2.0)
+    if not 0.2 <= interval <= 3600:
+        c.err("reload.interval_seconds", f"{interval} must be between 0.2 and 3600 seconds")
+        interval = 2.0
+    return ReloadConfig(bool(watch), float(interval))
 
 
 def load(path: str | os.PathLike[str]) -> Config:
@@ -284,9 +307,10 @@ def load(path: str | os.PathLike[str]) -> Config:
 
 def load_default() -> Config:
     """The embedded default config: common developer hosts, secrets from a local file."""
-    text = resources.files("egress").joinpath("data/default.yaml").read_text(encoding="utf-8")
+    raw = resources.files("egress").joinpath("data/default.yaml").read_bytes()
+    text = raw.decode("utf-8")
     data = load_yaml(text, EMBEDDED_DEFAULT)
-    return _parse(Document(EMBEDDED_DEFAULT, Path.cwd(), data, key_lines(text)))
+    return _parse(Document(EMBEDDED_DEFAULT, Path.cwd(), data, key_lines(text), None, raw))
 
 
 def load_or_default(path: str | None) -> Config:

@@ -214,6 +214,9 @@ class SecretSpec:
     agent_env: tuple[tuple[str, str], ...] = ()
     # A token egress mints from the source's long-lived credential (scheme static only).
     mint: MintSpec | None = None
+    # placeholder: auto: (prefix, length) of the random placeholder made at load; a reload
+    # that keeps them keeps the placeholder (egress.reload.carry_placeholders).
+    placeholder_auto: tuple[str, int] | None = None
 
     def bound_to(self, host: str) -> bool:
         return any(p.matches(host) for p in self.hosts)
@@ -289,6 +292,15 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class ReloadConfig:
+    """Live reload (docs/reload.md): SIGHUP always; a poll of the config's files with
+    ``watch``."""
+
+    watch: bool = True
+    interval_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
 class Limits:
     """What one client may make the proxy hold or do (docs/config.md: limits)."""
 
@@ -330,6 +342,12 @@ class Config:
     identity: IdentityConfig | None = None
     groups: tuple[GroupSpec, ...] = ()
     locked: LockedLayer = LockedLayer()
+    reload: ReloadConfig = ReloadConfig()
+    # The files it was read from (the config file, then each included file in include
+    # order; presets too) and the SHA-256 of their bytes one after the other: what a reload
+    # watches and what its audit record names (egress.reload).
+    files: tuple[Path, ...] = field(default=(), compare=False, repr=False)
+    sha256: str = field(default="", compare=False)
     # Where each key path of the merged config came from (file, line, key in that file):
     # for `egress review` findings and for errors in included files.
     origins: dict[str, Origin] = field(default_factory=dict, compare=False, repr=False)

@@ -187,6 +187,7 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
             f"{key}.placeholder",
             "placeholder_prefix and placeholder_length go with 'placeholder: auto'",
         )
+    auto: tuple[str, int] | None = None
     if placeholder == "auto":
         if not 16 <= length <= 256 or len(prefix) > length - 16:
             c.err(
@@ -194,6 +195,7 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
                 "must be 16-256 and leave at least 16 random characters after the prefix",
             )
         placeholder = auto_placeholder(prefix, length)
+        auto = (prefix, length)
     if placeholder is None and name is not None:
         placeholder = (default_aws_placeholder(name) if scheme == "aws_sigv4"
                        else default_azure_placeholder(name) if scheme == "azure_shared_key"
@@ -281,6 +283,7 @@ def parse_secret(c: Checker, node: Any, i: int, base: Path, rules: list[Rule]) -
         source=source,
         hosts=tuple(hosts),
         placeholder=placeholder,
+        placeholder_auto=auto,
         env=env,
         surfaces=frozenset(surfaces),
         body_max_bytes=body_max,

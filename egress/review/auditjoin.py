@@ -79,6 +79,7 @@ from egress.review.auditrecords import (
     display_host,
     epoch_seconds,
     feed_lines,
+    is_reload,
     is_websocket,
     iso,
     loads,
@@ -191,7 +192,8 @@ class AuditJoin:
             t, host, decision = rec["time"], rec["host"], rec["decision"]
             reason, event = rec["reason"], rec["event"]
         except (KeyError, TypeError, IndexError):
-            self.skipped += 1
+            if not is_reload(rec):  # a reload record decides nothing (docs/reload.md)
+                self.skipped += 1
             return
         port = rec.get("port")
         secrets = rec.get("secrets")

@@ -233,3 +233,9 @@ def is_websocket(rec: dict[str, Any]) -> bool:
         rec.get("reason"),
         rec.get("would_deny"),
     )
+
+
+def is_reload(rec: object) -> bool:
+    """A config reload's record (egress.reload): an audit record, but no decision; review
+    and learn pass over it without counting it as skipped."""
+    return type(rec) is dict and rec.get("event") == "reload"

@@ -22,6 +22,7 @@ from egress.review.auditrecords import (
     canonical,
     clean_code,
     clean_method,
+    is_reload,
     is_websocket,
     loads,
     override_methods,
@@ -123,7 +124,8 @@ class Learner:
         if type(rec) is not dict or not all(
             type(rec.get(k)) is str for k in ("event", "decision", "reason", "host")
         ):
-            self.skipped += 1
+            if not is_reload(rec):  # a reload record decides nothing (docs/reload.md)
+                self.skipped += 1
             return
         self.records += 1
         event, decision = rec["event"], rec["decision"]
