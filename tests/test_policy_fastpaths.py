@@ -52,7 +52,7 @@ def test_one_header_among_others(name: bytes, value: bytes) -> None:
     run_both([(name, value)])
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(
     fields=st.lists(
         st.tuples(st.sampled_from(NAMES) | st.binary(min_size=1, max_size=6),
@@ -89,7 +89,7 @@ header_lists = st.lists(
 )  # fmt: skip
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(fields=header_lists)
 def test_upgrade_tokens_are_read_only_where_an_upgrade_header_is(
     fields: list[tuple[bytes, bytes]],
@@ -109,7 +109,7 @@ def reference_responseheaders(flow) -> None:  # type: ignore[no-untyped-def]
     flow.response.headers.pop("sec-websocket-extensions", None)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(fields=header_lists, status=st.sampled_from([200, 101]), request_fields=header_lists)
 def test_response_headers_are_left_as_the_full_step_leaves_them(
     fields: list[tuple[bytes, bytes]], status: int, request_fields: list[tuple[bytes, bytes]]

@@ -872,7 +872,7 @@ def _concrete(pattern: str) -> str:
     )
 
 
-PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @PROPERTY

@@ -223,7 +223,7 @@ def test_escapes_never_reach_nginx(
     assert rule_proxy.audit()[-1]["reason"] == "path_not_allowed"
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
+@settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(path=paths)
 def test_nginx_routes_what_egress_allowed_inside_the_rule(
