@@ -6,6 +6,7 @@ recorded, and secrets are named, never shown. See docs/audit.md for the schema.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -120,8 +121,13 @@ class AuditWriter:
     but a regular file the processes of one egress (workers forked from one parent) also
     take turns, through a lock made before they fork."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, fmt: str = "egress"):
         self.target = target
+        # "ocsf": each line is the record's OCSF form (egress.ocsf); listeners and sinks
+        # get egress's own record and render it themselves.
+        self.format = fmt
+        # Copies for a security team's pipeline (egress.auditsinks): never holding up a write.
+        self.sinks: list[Any] = []
         # Called with each record after it is written (egress exec's one-line denials).
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._lock = threading.Lock()
@@ -151,7 +157,12 @@ class AuditWriter:
 
     def write(self, record: AuditRecord | dict[str, Any]) -> None:
         data = record.to_dict() if isinstance(record, AuditRecord) else record
-        line = to_line(data) + "\n"
+        if self.format == "ocsf":
+            from egress.ocsf import to_ocsf
+
+            line = to_line(to_ocsf(data)) + "\n"
+        else:
+            line = to_line(data) + "\n"
         with self._lock:
             if self._fd is None:
                 assert self._stream is not None
@@ -170,8 +181,20 @@ class AuditWriter:
                         shared.release()
         for listener in self.listeners:
             listener(data)
+        for sink in self.sinks:
+            try:
+                sink.send(data)
+            except Exception as e:  # noqa: BLE001 (a copy that fails never fails the record)
+                sink.outage.failed(type(e).__name__)
+
+    def close_sinks(self) -> None:
+        """Send what the sinks hold (bounded waits): at exit, of the parent or a worker."""
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):
+                sink.close()
 
     def close(self) -> None:
+        self.close_sinks()
         if self._own and self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -51,6 +51,10 @@ class Metrics:
         self.worker_restarts = Counter(
             "egress_worker_restarts", "Workers replaced after dying unexpectedly", registry=r
         )
+        self.audit_sink_errors = Counter(
+            "egress_audit_sink_errors", "Audit records a sink (syslog, otlp) could not send",
+            ["sink"], registry=r,
+        )  # fmt: skip
         # Live reload (docs/reload.md): trigger is sighup, file or api; outcome applied,
         # unchanged or rejected.
         self.reloads = Counter("egress_reloads", "Config reloads by trigger and outcome",

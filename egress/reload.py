@@ -75,7 +75,7 @@ RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("listen", lambda c: (c.listen_host, c.listen_port, c.listen_mode)),
     ("workers", lambda c: c.workers),
     ("admin", lambda c: c.admin),
-    ("audit", lambda c: c.audit_path),
+    ("audit", lambda c: (c.audit_path, c.audit_format, c.audit_syslog, c.audit_otlp)),
     ("ca", lambda c: (c.ca_cert_path, c.ca_validity_hours)),
     ("agent", lambda c: (c.agent_dir, c.agent_proxy_url)),
     ("upstream.ca_files", lambda c: c.upstream_ca_files),

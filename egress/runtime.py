@@ -277,7 +277,7 @@ class Runtime:
             policy=build_policy(cfg, credentials, sha256=cfg.sha256),
             secrets=store,
             ca=ca,
-            audit=audit or AuditWriter(cfg.audit_path),
+            audit=audit or AuditWriter(cfg.audit_path, cfg.audit_format),
             private_dir=private,
             ca_path=ca_path,
             ca_lock=lock,
@@ -286,6 +286,12 @@ class Runtime:
             vault=refresher,
             minter=minter,
         )
+        if audit is None and (cfg.audit_syslog is not None or cfg.audit_otlp is not None):
+            from egress.auditsinks import make_sinks
+
+            # rt.metrics at the time of the error: a worker counts in its own registry.
+            rt.audit.sinks = make_sinks(cfg.audit_syslog, cfg.audit_otlp,
+                                        lambda sink: rt.metrics.audit_sink_errors.labels(sink).inc())  # fmt: skip
         # The secret index's automata are built now, before anything listens (and before
         # workers fork, so that they share its pages), not by the first request.
         rt.index()

@@ -671,6 +671,7 @@ async def _worker_serve(sup: Supervisor, slot: int, ctrl: socket.socket) -> int:
     task = asyncio.create_task(control())
     await serve_until_stopped(proxy, stop, now)
     task.cancel()
+    rt.audit.close_sinks()  # this worker's copies to syslog/OTLP: sent before it exits
     return 0 if stop.is_set() else 1  # 1: the proxy stopped by itself
 
 

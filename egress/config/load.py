@@ -24,6 +24,7 @@ from egress.config.agents_spec import (
     parse_identity,
     parse_locked,
 )
+from egress.config.audit_spec import parse_audit
 from egress.config.checker import Checker, file_path, opt_file_path
 from egress.config.includes import (
     Document,
@@ -213,10 +214,7 @@ def _parse(main: Document) -> Config:
     check_secret_set(c, secrets)
     check_grants(c, agents, [s.name for s in secrets], groups)
 
-    audit = c.mapping(top.get("audit"), "audit", ("path",)) or {}
-    audit_path = c.typed(audit, "audit", "path", str, "stdout")
-    if audit_path not in ("stdout", "stderr"):
-        audit_path = str(file_path(base, audit_path))
+    audit = parse_audit(c, top.get("audit"), base)
 
     limits_node = c.mapping(top.get("limits"), "limits", tuple(Limits.__dataclass_fields__)) or {}
     limit_values: dict[str, int] = {}
@@ -265,7 +263,10 @@ def _parse(main: Document) -> Config:
         dns=dns,
         rules=tuple(rules),
         secrets=tuple(secrets),
-        audit_path=audit_path,
+        audit_path=audit.path,
+        audit_format=audit.format,
+        audit_syslog=audit.syslog,
+        audit_otlp=audit.otlp,
         limits=limits,
         mode=mode,
         admin=admin,

@@ -292,6 +292,42 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class SyslogConfig:
+    """audit.syslog: RFC 5424 to a syslog server (egress.auditsinks)."""
+
+    address: str  # "host:port" (udp, tcp) or a socket path (unix)
+    protocol: str = "udp"  # udp | tcp (RFC 6587 octet counting) | unix (datagram)
+    facility: str = "local0"
+    app_name: str = "egress"
+    format: str = "egress"  # the message: egress's JSON record or its OCSF form
+
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    def describe(self) -> str:
+        return f"syslog {self.protocol}:{self.address}"
+
+
+@dataclass(frozen=True)
+class OtlpConfig:
+    """audit.otlp: OpenTelemetry logs over OTLP/HTTP (egress.auditsinks)."""
+
+    endpoint: str  # e.g. http://otel-collector:4318/v1/logs
+    headers: tuple[tuple[str, str], ...] = ()
+    timeout_seconds: float = 5.0
+    ca_file: Path | None = None  # for an https endpoint with a private CA
+    format: str = "egress"  # the log record's body: egress's JSON record or its OCSF form
+
+    def __repr__(self) -> str:  # headers may carry a collector's API key
+        return f"OtlpConfig(endpoint={self.endpoint!r}, headers=<{len(self.headers)} redacted>)"
+
+
+@dataclass(frozen=True)
 class ReloadConfig:
     """Live reload (docs/reload.md): SIGHUP always; a poll of the config's files with
     ``watch``."""
@@ -343,6 +379,10 @@ class Config:
     groups: tuple[GroupSpec, ...] = ()
     locked: LockedLayer = LockedLayer()
     reload: ReloadConfig = ReloadConfig()
+    # audit.format (the records written to audit_path) and the sinks (docs/audit.md)
+    audit_format: str = "egress"
+    audit_syslog: SyslogConfig | None = None
+    audit_otlp: OtlpConfig | None = None
     # The files it was read from (the config file, then each included file in include
     # order; presets too) and the SHA-256 of their bytes one after the other: what a reload
     # watches and what its audit record names (egress.reload).
