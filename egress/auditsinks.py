@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import logging
 import os
 import queue
@@ -34,12 +35,25 @@ from egress.ocsf import to_ocsf
 log = logging.getLogger("egress")
 
 QUEUE_MAX = 10_000  # records waiting for a slow syslog server, per process
+# A field longer than this is cut in a sink's copy (audit.path keeps it whole): an agent's
+# path of 64 KiB of escaped bytes would otherwise make megabyte messages, over a UDP
+# datagram's limit, times the queue. A record then stays under ~32 KiB in any format.
+FIELD_MAX = 1024
 
 FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6,
     "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
     **{f"local{i}": 16 + i for i in range(8)},
 }  # fmt: skip
+
+
+def bounded(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with every string field cut to FIELD_MAX characters, marked."""
+    if all(not isinstance(v, str) or len(v) <= FIELD_MAX for v in record.values()):
+        return record
+    return {k: (f"{v[:FIELD_MAX]}...[{len(v) - FIELD_MAX} more characters cut]"
+                if isinstance(v, str) and len(v) > FIELD_MAX else v)
+            for k, v in record.items()}  # fmt: skip
 
 
 def render(record: dict[str, Any], fmt: str) -> str:
@@ -108,7 +122,7 @@ class SyslogSink:
             self._thread = threading.Thread(target=self._run, name="egress-syslog", daemon=True)
             self._thread.start()
         try:
-            self._queue.put_nowait(rfc5424(record, self.facility, self.cfg.app_name, self.host,
+            self._queue.put_nowait(rfc5424(bounded(record), self.facility, self.cfg.app_name, self.host,
                                            self.cfg.format))  # fmt: skip
         except queue.Full:
             self.outage.failed(f"more than {QUEUE_MAX} records waiting")
@@ -142,6 +156,9 @@ class SyslogSink:
                     self.outage.ok()
                     break
                 except OSError as e:
+                    if e.errno == errno.EMSGSIZE:  # this message only: not an outage
+                        self.outage.on_error(self.name)
+                        break
                     with contextlib.suppress(OSError):
                         if sock is not None:
                             sock.close()
@@ -151,6 +168,10 @@ class SyslogSink:
                             f"{self.cfg.describe()}: {e.strerror or type(e).__name__}"
                         )
                         time.sleep(0.5)  # while it is down, do not spin on each record
+                except Exception as e:  # noqa: BLE001 (this thread must outlive any failure)
+                    self.outage.failed(f"{self.cfg.describe()}: {type(e).__name__}")
+                    time.sleep(0.5)
+                    break
         if sock is not None:
             sock.close()
 
@@ -191,12 +212,15 @@ class OtlpSink:
             try:
                 result = export(batch)
             except Exception as e:  # noqa: BLE001 (a sink never stops egress)
-                outage.failed(type(e).__name__)
-                return LogExportResult.FAILURE
+                result, why = LogExportResult.FAILURE, type(e).__name__
+            else:
+                why = f"{self.cfg.endpoint} did not take {len(batch)} record(s)"
             if result == LogExportResult.SUCCESS:
                 outage.ok()
-            else:
-                outage.failed(f"{self.cfg.endpoint} did not take {len(batch)} record(s)")
+            else:  # counted per record, as the metric says
+                outage.failed(why)
+                for _ in range(len(batch) - 1):
+                    outage.on_error(outage.name)
             return result
 
         exporter.export = counted  # type: ignore[method-assign]
@@ -215,10 +239,13 @@ class OtlpSink:
         if self._pid != os.getpid():  # first record of this process (a forked worker too)
             self._pid = os.getpid()
             self._start()
+        record = bounded(record)
         sev = severity(record)
         number = {3: SeverityNumber.ERROR, 4: SeverityNumber.WARN}.get(sev, SeverityNumber.INFO)
-        attributes = {f"egress.{k}": v for k, v in record.items()
-                      if isinstance(v, str | int | float | bool)}  # fmt: skip
+        # Protobuf takes only valid UTF-8: a path's undecodable bytes (\udcXX) are escaped.
+        attributes = {f"egress.{k}": v.encode("utf-8", "backslashreplace").decode("utf-8")
+                      if isinstance(v, str) else v
+                      for k, v in record.items() if isinstance(v, str | int | float | bool)}  # fmt: skip
         if isinstance(record.get("secrets"), list):
             attributes["egress.secrets"] = [str(s) for s in record["secrets"]]
         self._logger.emit(
@@ -227,10 +254,19 @@ class OtlpSink:
         )  # fmt: skip
 
     def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued, for ``timeout`` seconds at most (the SDK's flush does not
+        bound itself: it runs in a thread, left behind if it overruns)."""
         if self._provider is not None and self._pid == os.getpid():
-            self._provider.force_flush(int(timeout * 1000))
-            self._provider.shutdown()
-            self._provider = None
+            provider, self._provider = self._provider, None
+
+            def flush() -> None:
+                with contextlib.suppress(Exception):
+                    provider.force_flush(int(timeout * 1000))
+                    provider.shutdown()
+
+            t = threading.Thread(target=flush, name="egress-otlp-close", daemon=True)
+            t.start()
+            t.join(timeout)
 
 
 def _ns(iso: object) -> int:

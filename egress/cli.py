@@ -267,7 +267,7 @@ async def _exec(cfg: Config, argv: Sequence[str], audit_option: str | None = Non
 
     # Not stdout (CMD's) nor, by default, stderr (the agent's screen): a file, named here.
     target = exec_audit_target(audit_option, cfg.audit_path)
-    audit = AuditWriter(target)
+    audit = AuditWriter(target, cfg.audit_format)
     if target != "stderr":
         print(f"egress: audit log: {target}", file=sys.stderr, flush=True)
         if denial_lines(log_level, sys.stderr):

@@ -136,8 +136,10 @@ def _http(record: dict[str, Any]) -> dict[str, Any]:
         "actor": {"user": {"name": record["agent"]}} if record.get("agent") else None,
         "duration": int(record["duration_ms"]) if record.get("duration_ms") is not None else None,
         "traffic": {
-            "bytes_in": record.get("bytes_in") or 0,
-            "bytes_out": record.get("bytes_out") or 0,
+            # OCSF counts from the source's side: bytes_out is what the agent sent (egress's
+            # bytes_in, the request body), bytes_in what came back to it.
+            "bytes_out": record.get("bytes_in") or 0,
+            "bytes_in": record.get("bytes_out") or 0,
         },  # fmt: skip
         "unmapped": {
             "event": record.get("event"),

@@ -478,3 +478,23 @@ def test_a_sink_that_is_down_holds_up_nothing_and_is_counted(
         rx.close()
     err = p.stderr_path.read_text()
     assert err.count("audit syslog:") == 1 and err.count("audit otlp:") == 1, err
+
+
+def test_an_agents_long_path_is_cut_in_a_sinks_copy() -> None:
+    """A 64 KiB head of undecodable bytes is a path of ~380 KB of JSON escapes: a sink's
+    copy cuts it, so a message fits a UDP datagram and a queue stays small."""
+    from egress.auditsinks import FIELD_MAX, bounded
+
+    record = {**BASE, "path": "/" + "\udcff" * 60_000, "detail": "d" * 10_000}
+    for fmt in ("egress", "ocsf"):
+        wire = rfc5424(bounded(record), 16, "egress", "h", fmt)
+        assert len(wire) < 32 * 1024, len(wire)  # under a UDP datagram's 65,507 bytes
+        msg = json.loads(RFC5424.match(wire)["msg"])  # type: ignore[index]
+        text = json.dumps(msg)
+        assert "more characters cut" in text
+    assert bounded(BASE) is BASE and len(bounded(record)["detail"]) < FIELD_MAX + 40
+
+
+def test_ocsf_counts_bytes_from_the_agents_side() -> None:
+    out = to_ocsf({**BASE, "bytes_in": 1000, "bytes_out": 7})  # an upload of 1000 bytes
+    assert out["traffic"] == {"bytes_out": 1000, "bytes_in": 7}
