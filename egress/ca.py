@@ -4,7 +4,8 @@ The certificate carries X.509 name constraints that permit only what the allowli
 (an exact name or a ``*.example.com`` rule as that domain's subtree, address rules as IP
 ranges; every other address is excluded). Even a leaked key can then mint nothing a
 constraint-checking client accepts for any other name. A config change that allows names
-outside the constraints needs a new CA, which every start makes anyway.
+outside the constraints needs a new CA: every start makes one, and a reload adds one only
+for such names (``covers``; docs/reload.md).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from egress.config import Rule
+from egress.config import Config, Rule
 
 # RFC 6761 reserves "invalid": a permitted subtree that matches no real name, used when the
 # allowlist names no host at all.
@@ -178,3 +179,18 @@ def covers(cas: list[EphemeralCA], wanted: x509.NameConstraints | None) -> bool:
             ):
                 return False
     return True
+
+
+def ca_constraints(cfg: Config) -> x509.NameConstraints | None:
+    """The name constraints of a CA for ``cfg``; None: unconstrained (report mode)."""
+    # The CA's names cover every agent's rules; an agent in report mode may reach any host,
+    # so then the CA is not constrained either.
+    report = cfg.mode == "report" or any(a.mode == "report" for a in cfg.agents)
+    ca_rules = cfg.all_rules
+    if report and cfg.agents and cfg.locked.hosts is not None:
+        # Report-mode agents reach no further than locked.hosts and the shared rules
+        # (AgentView.enforces): the CA stays constrained to those.
+        ca_rules += tuple(Rule(i, p, (443,), ("https",), None, None, scope="locked.hosts.")
+                          for i, p in enumerate(cfg.locked.hosts))  # fmt: skip
+        report = False
+    return None if report else name_constraints(ca_rules)

@@ -85,16 +85,17 @@ def secret_env_vars(cfg: Config, rt: Runtime) -> set[str]:
 def protect_process(cfg: Config, rt: Runtime) -> None:
     """Once secrets are loaded: no same-user process may read them out of this one
     (egress.hardening), and their variables leave the environment (and so CMD's)."""
-    from egress.hardening import make_undumpable, scrub_environ
+    from egress.hardening import make_undumpable
 
     if not make_undumpable():
         print("egress: warning: this system does not let egress make its memory unreadable to "
               "processes of the same user; see docs/secrets.md", file=sys.stderr)  # fmt: skip
-    scrub_environ(secret_env_vars(cfg, rt))
+    scrub_secret_env(cfg, rt)
 
 
 def scrub_secret_env(cfg: Config, rt: Runtime) -> None:
-    """After a reload: the variables new secrets or tokens were read from leave too."""
+    """The variables secrets and tokens were read from leave the environment: at start, and
+    after a reload for the ones it read."""
     from egress.hardening import scrub_environ
 
     scrub_environ(secret_env_vars(cfg, rt))

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from egress import config as config_mod
 from egress.agents import load_credentials
 from egress.audit import now_iso
-from egress.ca import EphemeralCA, covers
+from egress.ca import EphemeralCA, ca_constraints, covers
 from egress.config import Config, SecretSpec
 from egress.errors import EgressError
 from egress.identity import Credentials
@@ -270,7 +270,7 @@ def _prepare_secrets(
         if name in old_by_name and (name not in new_names or name in sources) and _leased(src)
     ]  # fmt: skip
     new_ca = None
-    constraints = rt.ca_constraints(new)
+    constraints = ca_constraints(new)
     if not covers(rt.cas, constraints):
         new_ca = EphemeralCA.create_with(constraints, new.ca_validity_hours)
     changes = summarize(old, new)

@@ -21,8 +21,8 @@ from egress.addresses import AddressPolicy
 from egress.agentfiles import write_agent_files
 from egress.agents import AgentView, address_ranges, load_credentials
 from egress.audit import AuditWriter
-from egress.ca import EphemeralCA, name_constraints, permits
-from egress.config import Config, Rule, SecretSpec
+from egress.ca import EphemeralCA, ca_constraints, permits
+from egress.config import Config, SecretSpec
 from egress.encodings import SecretForms, value_forms
 from egress.errors import EgressError
 from egress.hostnames import IPAddress
@@ -37,8 +37,6 @@ from egress.trust import system_trust_bundle
 
 if TYPE_CHECKING:  # imported where Vault is used: hvac and requests cost ~0.1 s at start-up
     from collections.abc import Callable
-
-    from cryptography import x509
 
     from egress.mintsource import MintedSource, MintRefresher
     from egress.reload import Prepared
@@ -308,10 +306,6 @@ class Runtime:
         return self.policy.default_view.allowlist
 
     @property
-    def views(self) -> dict[str, AgentView]:
-        return dict(self.policy.views)
-
-    @property
     def credentials(self) -> Credentials | None:
         return self.policy.credentials
 
@@ -387,9 +381,6 @@ class Runtime:
 
     def ca_bundle(self) -> bytes:
         return b"".join(ca.cert_pem() for ca in self.cas)
-
-    def ca_constraints(self, cfg: Config) -> x509.NameConstraints | None:
-        return ca_constraints(cfg)
 
     # reload (egress.reload)
 
@@ -473,21 +464,6 @@ class Runtime:
         if self.ca_lock is not None:
             self.ca_lock.release()
         self.audit.close()
-
-
-def ca_constraints(cfg: Config) -> x509.NameConstraints | None:
-    """The name constraints of a CA for ``cfg``; None: unconstrained (report mode)."""
-    # The CA's names cover every agent's rules; an agent in report mode may reach any host,
-    # so then the CA is not constrained either.
-    report = cfg.mode == "report" or any(a.mode == "report" for a in cfg.agents)
-    ca_rules = cfg.all_rules
-    if report and cfg.agents and cfg.locked.hosts is not None:
-        # Report-mode agents reach no further than locked.hosts and the shared rules
-        # (AgentView.enforces): the CA stays constrained to those.
-        ca_rules += tuple(Rule(i, p, (443,), ("https",), None, None, scope="locked.hosts.")
-                          for i, p in enumerate(cfg.locked.hosts))  # fmt: skip
-        report = False
-    return None if report else name_constraints(ca_rules)
 
 
 def address_policy(cfg: Config) -> AddressPolicy:

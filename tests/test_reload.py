@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from egress.ca import EphemeralCA, covers, permits
+from egress.ca import EphemeralCA, ca_constraints, covers, permits
 from egress.config import parse
 from egress.reload import (
     RESTART_ONLY,
@@ -34,7 +34,6 @@ from egress.reload import (
     restart_only_changes,
     summarize,
 )
-from egress.runtime import ca_constraints
 from egress.secrets import SecretStore, SecretValue
 from tests.canary import CANARIES
 from tests.conftest import (
