@@ -115,7 +115,7 @@ embedded_body = st.builds(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=750, deadline=None)
 @given(body=embedded_body)
 def test_buffered_scrub_never_leaves_a_decodable_secret(body: bytes) -> None:
     assert find(body, FORMS) is not None  # the generator really hides it
@@ -123,7 +123,7 @@ def test_buffered_scrub_never_leaves_a_decodable_secret(body: bytes) -> None:
     assert n >= 1 and find(out, FORMS) is None, body
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=750, deadline=None)
 @given(body=embedded_body, sizes=st.lists(st.integers(1, 97), min_size=1, max_size=30))
 def test_stream_scrub_never_leaves_a_decodable_secret(body: bytes, sizes: list[int]) -> None:
     s = StreamScrubber(FORMS)

@@ -63,7 +63,7 @@ hosts = (
 )  # fmt: skip
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=750, deadline=None)
 @given(raw=hosts)
 def test_generated_hosts_get_the_uncached_answer(raw: str) -> None:
     same_answers(raw)

@@ -127,7 +127,7 @@ def same(allow: Allowlist, ref: Reference, req: tuple) -> None:  # type: ignore[
         assert allow.restricts_methods(host) == ref.restricts_methods(host)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(rules=st.lists(rule_st, max_size=8), requests=st.lists(request_st, min_size=1, max_size=15))
 def test_generated_rules_and_requests_get_the_uncached_decision(
     rules: list[Rule],

@@ -72,7 +72,7 @@ def _h11_parse(data: bytes) -> list[h11.Request]:
                 conn.start_next_cycle()
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(method=methods, prefix=start, target=targets,
        headers=st.lists(st.tuples(header_names, header_values), max_size=3))  # fmt: skip
 def test_a_decided_request_is_one_request_with_the_same_identity(
@@ -273,7 +273,7 @@ def test_generated_requests_upstream_parses_what_egress_decided(
     check_differential(nginx_proxy, nginx, version, method, prefix + target, extra)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=350, deadline=None)
 @given(st.binary(max_size=20))
 def test_token_check_is_the_byte_set(name: bytes) -> None:
     """Header names and methods are checked with one compiled class: the same answer as

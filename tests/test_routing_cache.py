@@ -50,7 +50,7 @@ def test_cached_readings_equal_the_uncached(path: str) -> None:
 path_text = st.text(alphabet="/%.;\\2eEfF5cC0a\u00e9\uff0e\u2024x", max_size=30)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
     path=path_text
     | st.text(max_size=40)
@@ -116,7 +116,7 @@ headers = st.lists(
 )  # fmt: skip
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(query=query_text | st.text(max_size=30), hdrs=headers)
 def test_generated_requests_get_the_reference_overrides(
     query: str, hdrs: list[tuple[str, str]]

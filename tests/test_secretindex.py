@@ -335,7 +335,7 @@ def test_a_request_with_100_secrets_costs_about_what_it_costs_with_2() -> None:
 _REFERENCE_JSON_TOKEN = re.compile(rb'"((?:[^"\\\n]|\\.)*)"(\s*:)?|([^"]+|")')
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(
     st.binary(max_size=40)
     | st.lists(
