@@ -362,15 +362,20 @@ def test_only_the_admin_port_answers_inbound_connections(sidecar: Sidecar) -> No
     probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
     assert probe.recv(100).startswith(b"HTTP/1.1 200")
     probe.close()
+    # The agent's listener answers "exfil" until it is told "quit" (over loopback, below);
+    # `timeout` bounds it if the test fails first.
     listener = threading.Thread(target=sidecar.agent, args=(
         "timeout 6 /usr/bin/python3 -c 'import socket; s=socket.create_server((\"0.0.0.0\", 9000))\n"
-        "while True: c, _ = s.accept(); c.sendall(b\"exfil\"); c.close()'",
+        "while True:\n c, _ = s.accept(); c.sendall(b\"exfil\"); q = c.recv(4); c.close()\n"
+        " if q == b\"quit\": break'",
     ))  # fmt: skip
     listener.start()
 
-    def fetch(host: str) -> bytes:
-        with socket.create_connection((host, 9000), 3) as c:
-            return c.recv(10)
+    def fetch(host: str, timeout: float = 3, send: bytes = b"") -> bytes:
+        with socket.create_connection((host, 9000), timeout) as c:
+            got = c.recv(10)
+            c.sendall(send)
+            return got
 
     deadline = time.monotonic() + 5
     while True:  # control: the agent's listener is up (from inside the pod, over loopback)
@@ -381,5 +386,6 @@ def test_only_the_admin_port_answers_inbound_connections(sidecar: Sidecar) -> No
             assert time.monotonic() < deadline, "the agent's listener did not start"
             time.sleep(0.1)
     with pytest.raises(OSError):  # from outside: the SYN-ACK never leaves, so it times out
-        call_in(sidecar.pair.upstream, lambda: fetch(agent_ip))
+        call_in(sidecar.pair.upstream, lambda: fetch(agent_ip, 1.5))
+    assert call_in(sidecar.pair.agent, lambda: fetch("127.0.0.1", send=b"quit")) == b"exfil"
     listener.join()
