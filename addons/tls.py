@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import ipaddress
+import os
 from typing import Any
 
 from cryptography import x509
@@ -37,9 +38,19 @@ _SKIPPED_OPTIONS = {
 def build_certstore(rt: Runtime, ca: EphemeralCA | None = None) -> certs.CertStore:
     ca = ca or rt.ca
     dh = certs.CertStore.load_dhparam(rt.private_dir / "dhparam.pem")  # public parameters
+    chain = None
+    if ca.anchor is not None:
+        # Signed by a PKI issuer (ca.vault_pki): agents trust the issuer, so the CA's own
+        # certificate must follow the leaf. mitmproxy sends what OpenSSL builds from the
+        # chain file (public certificates only; the key never leaves memory).
+        chain = rt.private_dir / f"ca-chain-{ca.cert.serial_number:x}.pem"
+        if not chain.exists():
+            tmp = chain.with_name(f"{chain.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(ca.cert_pem())
+            os.replace(tmp, chain)
     kwargs: dict[str, Any] = dict(
         default_privatekey=ca.key, default_ca=certs.Cert(ca.cert),
-        default_chain_file=None, dhparams=dh,
+        default_chain_file=chain, dhparams=dh,
     )  # fmt: skip
     if "default_crl" in inspect.signature(certs.CertStore.__init__).parameters:
         kwargs["default_crl"] = b""  # mitmproxy 12 serves a CRL; we issue none

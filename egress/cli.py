@@ -52,7 +52,7 @@ def agent_env(
         k: v for k, v in base.items()
         if k not in consumed and find(v.encode("utf-8", "surrogateescape"), forms) is None
     }  # fmt: skip
-    target = Target(proxy_url, ca_path, rt.ca.cert_pem(), rt.private_dir, cfg.secrets, cfg.rules)
+    target = Target(proxy_url, ca_path, rt.ca.trust_pem(), rt.private_dir, cfg.secrets, cfg.rules)
     setup = client_setup(target, env)
     write_files(rt.private_dir, setup.files)
     for var in setup.unset:
@@ -110,10 +110,13 @@ def _banner(cfg: Config, host: str, port: int, workers: int = 1) -> str:
     url = f"http://{host}:{port}"
     ca = cfg.ca_cert_path
     procs = "" if workers == 1 else f", {workers} worker processes"
+    made = (f"made at this start, valid up to {cfg.ca_validity_hours} h, signed by the PKI "
+            f"issuer {cfg.ca_vault_pki.mount}/issuer/{cfg.ca_vault_pki.issuer}, which is what "
+            "the file holds" if cfg.ca_vault_pki else
+            f"made at this start, valid {cfg.ca_validity_hours} h")  # fmt: skip
     lines = [
         f"egress {__version__}: listening on {host}:{port} (config: {cfg.path}{procs})",
-        f"CA certificate: {ca} (made at this start, valid {cfg.ca_validity_hours} h; "
-        "its key stays in memory)",
+        f"CA certificate: {ca} ({made}; its key stays in memory)",
     ]
     if cfg.listen_mode == "transparent":
         lines += [

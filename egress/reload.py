@@ -66,6 +66,7 @@ class Why(StrEnum):
     RESTART_REQUIRED = "restart_required"
     SECRET_LOAD_FAILED = "secret_load_failed"  # noqa: S105 (a reason code)
     CREDENTIAL_LOAD_FAILED = "credential_load_failed"
+    CA_SIGNING_FAILED = "ca_signing_failed"  # ca.vault_pki did not sign a CA the reload needs
     WORKER_FAILED = "worker_failed"
     INTERNAL_ERROR = "internal_error"
 
@@ -76,7 +77,7 @@ RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("workers", lambda c: c.workers),
     ("admin", lambda c: c.admin),
     ("audit", lambda c: (c.audit_path, c.audit_format, c.audit_syslog, c.audit_otlp)),
-    ("ca", lambda c: (c.ca_cert_path, c.ca_validity_hours)),
+    ("ca", lambda c: (c.ca_cert_path, c.ca_validity_hours, c.ca_vault_pki)),
     ("agent", lambda c: (c.agent_dir, c.agent_proxy_url)),
     ("upstream.ca_files", lambda c: c.upstream_ca_files),
     ("limits", lambda c: c.limits),
@@ -272,7 +273,17 @@ def _prepare_secrets(
     new_ca = None
     constraints = ca_constraints(new)
     if not covers(rt.cas, constraints):
-        new_ca = EphemeralCA.create_with(constraints, new.ca_validity_hours)
+        if new.ca_vault_pki is not None:
+            from egress.capki import issue_ca
+
+            assert rt.vault is not None  # restart_only_changes: ca.vault_pki is as at start
+            try:
+                new_ca = issue_ca(rt.vault.client, new.ca_vault_pki, constraints,
+                                  new.ca_validity_hours)  # fmt: skip
+            except EgressError as e:
+                raise Rejected(Why.CA_SIGNING_FAILED, str(e), new.sha256) from None
+        else:
+            new_ca = EphemeralCA.create_with(constraints, new.ca_validity_hours)
     changes = summarize(old, new)
     if rotated:
         changes["tokens_changed"] = rotated

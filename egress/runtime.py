@@ -21,7 +21,7 @@ from egress.addresses import AddressPolicy
 from egress.agentfiles import write_agent_files
 from egress.agents import AgentView, address_ranges, load_credentials
 from egress.audit import AuditWriter
-from egress.ca import EphemeralCA, ca_constraints, permits
+from egress.ca import EphemeralCA, ca_constraints, permits, trust_bundle
 from egress.config import Config, SecretSpec
 from egress.encodings import SecretForms, value_forms
 from egress.errors import EgressError
@@ -179,7 +179,7 @@ class Runtime:
         vault_sources: list[VaultSource] = []
         client: VaultClient | None = None
         vault_specs = [s for s in cfg.secrets if s.source.kind == "vault"]
-        if vault_specs:
+        if vault_specs or cfg.ca_vault_pki is not None:
             from egress.vault import VaultClient, VaultError, VaultSource
 
             assert cfg.vault is not None
@@ -187,9 +187,12 @@ class Runtime:
             try:
                 client.login()
             except VaultError as e:
-                names = ", ".join(s.name for s in vault_specs)
+                needs = (
+                    [f"secrets: {', '.join(s.name for s in vault_specs)}"] if vault_specs else []
+                )
+                needs += ["ca.vault_pki"] if cfg.ca_vault_pki is not None else []
                 raise VaultError(
-                    f"vault at {client.conn.address}: {e} (needed for secrets: {names})"
+                    f"vault at {client.conn.address}: {e} (needed for {'; '.join(needs)})"
                 ) from None
         minted: list[MintedSource] = []
         transport = None
@@ -256,7 +259,13 @@ class Runtime:
             if cfg.mode == "report":
                 log.warning("report mode: allowlist denials are logged as would_deny and let through; the CA "
                             "carries no name constraints so that it can serve hosts outside the allowlist")  # fmt: skip
-            ca = EphemeralCA.create_with(ca_constraints(cfg), cfg.ca_validity_hours)
+            if cfg.ca_vault_pki is not None:
+                from egress.capki import issue_ca
+
+                assert client is not None
+                ca = issue_ca(client, cfg.ca_vault_pki, ca_constraints(cfg), cfg.ca_validity_hours)
+            else:
+                ca = EphemeralCA.create_with(ca_constraints(cfg), cfg.ca_validity_hours)
             lock = None
             if private_ca:
                 ca_path = private / "egress-ca.pem"
@@ -264,10 +273,12 @@ class Runtime:
             else:
                 ca_path = cfg.ca_cert_path
                 lock = CaFileLock.take(ca_path, cfg.path)
-                lock.write(ca.cert_pem())
-                write_agent_files(cfg, ca.cert_pem(), system_trust_bundle())
+                lock.write(ca.trust_pem())
+                write_agent_files(cfg, ca.trust_pem(), system_trust_bundle())
         except BaseException:
             shutil.rmtree(private, ignore_errors=True)
+            if client is not None:
+                client.abandon()
             raise
         if refresher is not None and refresh:
             refresher.start()
@@ -380,7 +391,7 @@ class Runtime:
         return self.cas[-1]
 
     def ca_bundle(self) -> bytes:
-        return b"".join(ca.cert_pem() for ca in self.cas)
+        return trust_bundle(self.cas)
 
     # reload (egress.reload)
 
@@ -390,7 +401,7 @@ class Runtime:
         files) is done first, so that a failure changes nothing in force."""
         cfg = prepared.config
         cas = [*self.cas, prepared.new_ca] if prepared.new_ca is not None else self.cas
-        bundle = b"".join(ca.cert_pem() for ca in cas)
+        bundle = trust_bundle(cas)
         # The agent's files name its placeholders and the CAs: rewritten (atomically) for an
         # agent that starts after the reload; one already running keeps what it read.
         if self.ca_lock is not None:

@@ -180,6 +180,13 @@ class VaultClient:
                     f"{what}: {describe_error(e, self.conn.address, self.conn.timeout)}"
                 ) from None
 
+    def request(self, what: str, method: str, path: str, data: dict[str, Any] | None = None) -> Any:
+        """One call to ``path`` (a read, or a write of ``data``), errors as VaultError
+        (egress.capki signs the CA with it)."""
+        if method == "read":
+            return self._call(what, lambda: self.client.read(path))
+        return self._call(what, lambda: self.client.write_data(path, data=data or {}))
+
     # --- authentication -------------------------------------------------------------
 
     def _read_file(self, path: os.PathLike[str] | str, what: str) -> str:

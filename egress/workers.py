@@ -694,7 +694,8 @@ def policy_message(rt: Any, new_ca: Any) -> dict[str, Any]:
         key = new_ca.key.private_bytes(serialization.Encoding.PEM,
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption())  # fmt: skip
-        ca = {"key": key.decode(), "cert": new_ca.cert_pem().decode()}
+        ca = {"key": key.decode(), "cert": new_ca.cert_pem().decode(),
+              "anchor": new_ca.trust_pem().decode() if new_ca.anchor is not None else None}  # fmt: skip
     policy = rt.policy
     store = rt.secrets
     values = {s.name: (v.to_wire() if (v := store.get(s.name)) else None) for s in store.specs}
@@ -719,7 +720,9 @@ def apply_policy_message(rt: Any, msg: dict[str, Any]) -> None:
         cert = x509.load_pem_x509_certificate(msg["ca"]["cert"].encode())
         if all(c.cert.serial_number != cert.serial_number for c in rt.cas):
             key = serialization.load_pem_private_key(msg["ca"]["key"].encode(), None)
-            new_ca = EphemeralCA(key=key, cert=cert)  # type: ignore[arg-type]
+            anchor = msg["ca"].get("anchor")
+            new_ca = EphemeralCA(key=key, cert=cert,  # type: ignore[arg-type]
+                                 anchor=x509.load_pem_x509_certificate(anchor.encode()) if anchor else None)  # fmt: skip
     values = {k: (SecretValue.from_wire(v) if v is not None else None)
               for k, v in msg["values"].items()}  # fmt: skip
     rt.apply_secrets(cfg.secrets, values)

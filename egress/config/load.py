@@ -41,6 +41,7 @@ from egress.config.includes import (
 from egress.config.model import (
     EMBEDDED_DEFAULT,
     AdminConfig,
+    CaPki,
     Config,
     Limits,
     ReloadConfig,
@@ -132,11 +133,12 @@ def _parse(main: Document) -> Config:
         c.err("listen.host", f"{listen_host!r}: in transparent mode egress listens on loopback "
               "only (127.0.0.1 or ::1), where the redirect rules send the agent's traffic")  # fmt: skip
 
-    ca = c.mapping(top.get("ca"), "ca", ("cert_path", "validity_hours")) or {}
+    ca = c.mapping(top.get("ca"), "ca", ("cert_path", "validity_hours", "vault_pki")) or {}
     cert_path = file_path(base, c.typed(ca, "ca", "cert_path", str, "egress-ca.pem"))
     validity = c.typed(ca, "ca", "validity_hours", int, 24)
     if not 1 <= validity <= 24 * 31:
         c.err("ca.validity_hours", f"{validity} must be between 1 and 744 (31 days)")
+    ca_pki = parse_ca_pki(c, ca.get("vault_pki")) if "vault_pki" in ca else None
 
     up = (
         c.mapping(top.get("upstream"), "upstream", ("ca_files", "resolve", "allow_private", "dns"))
@@ -243,7 +245,8 @@ def _parse(main: Document) -> Config:
         admin = AdminConfig(admin_host, admin_port, drain)
     workers = parse_workers(c, top)
     vault = parse_vault(c, top.get("vault"), base)
-    if "vault" not in top and any(s.source.kind == "vault" for s in secrets):
+    needs_vault = ca_pki is not None or any(s.source.kind == "vault" for s in secrets)
+    if "vault" not in top and needs_vault:
         vault = parse_vault(c, {}, base)  # all from VAULT_* variables, token auth
 
     reload = parse_reload(c, top)
@@ -267,13 +270,14 @@ def _parse(main: Document) -> Config:
         audit_format=audit.format,
         audit_syslog=audit.syslog,
         audit_otlp=audit.otlp,
+        ca_vault_pki=ca_pki,
         limits=limits,
         mode=mode,
         admin=admin,
         workers=workers,
         agent_dir=agent_dir,
         agent_proxy_url=agent_proxy_url,
-        vault=vault if "vault" in top or any(s.source.kind == "vault" for s in secrets) else None,
+        vault=vault if "vault" in top or needs_vault else None,
         origins=origins(main, items),
         agents=tuple(agents),
         identity=identity,
@@ -283,6 +287,29 @@ def _parse(main: Document) -> Config:
         files=tuple(d.path for d in docs if d.path is not None),
         sha256=hashlib.sha256(b"".join(d.raw for d in docs)).hexdigest(),
     )
+
+
+_MOUNT = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_ISSUER = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def parse_ca_pki(c: Checker, node: Any) -> CaPki | None:
+    """ca.vault_pki: which Vault/OpenBao PKI issuer signs egress's CA (docs/gateway.md)."""
+    k = "ca.vault_pki"
+    n = c.mapping(node, k, ("mount", "issuer"), required=("mount",))
+    if n is None:
+        return None
+    mount = c.typed(n, k, "mount", str, "")
+    issuer = c.typed(n, k, "issuer", str, "default")
+    ok = True
+    if "mount" in n and (not _MOUNT.match(mount) or ".." in mount.split("/")):
+        c.err(f"{k}.mount", f"{mount!r} must be a mount path such as pki or pki/egress "
+              "(no leading or trailing '/')")  # fmt: skip
+        ok = False
+    if not _ISSUER.match(issuer) or issuer in (".", ".."):
+        c.err(f"{k}.issuer", f"{issuer!r} must be an issuer's name or ID, or default")
+        ok = False
+    return CaPki(mount, issuer) if ok and mount else None
 
 
 def parse_reload(c: Checker, top: dict[str, Any]) -> ReloadConfig:

@@ -328,6 +328,24 @@ class OtlpConfig:
 
 
 @dataclass(frozen=True)
+class CaPki:
+    """ca.vault_pki: egress's CA (its key made in memory, as always) is signed by a Vault or
+    OpenBao PKI issuer, so that agents trust that issuer's certificate, one for every
+    replica of a gateway and across restarts (docs/gateway.md: The CA)."""
+
+    mount: str  # the pki secrets engine's mount, e.g. "pki"
+    issuer: str = "default"  # the issuer on that mount (a name, an ID or "default")
+
+    @property
+    def sign_path(self) -> str:
+        return f"{self.mount}/issuer/{self.issuer}/sign-self-issued"
+
+    @property
+    def issuer_path(self) -> str:
+        return f"{self.mount}/issuer/{self.issuer}/json"
+
+
+@dataclass(frozen=True)
 class ReloadConfig:
     """Live reload (docs/reload.md): SIGHUP always; a poll of the config's files with
     ``watch``."""
@@ -383,6 +401,7 @@ class Config:
     audit_format: str = "egress"
     audit_syslog: SyslogConfig | None = None
     audit_otlp: OtlpConfig | None = None
+    ca_vault_pki: CaPki | None = None  # None: a self-signed CA (egress.ca)
     # The files it was read from (the config file, then each included file in include
     # order; presets too) and the SHA-256 of their bytes one after the other: what a reload
     # watches and what its audit record names (egress.reload).
