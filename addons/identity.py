@@ -1,18 +1,30 @@
 """Which agent sent each request (docs/agents.md), decided before the allowlist.
 
 With ``agents:`` configured every request is an agent's or is refused: a sidecar's fixed
-agent, or the agent whose proxy credential a CONNECT (and every plain-HTTP proxy request)
-presents. A tunnel is one agent's: the credential of its CONNECT holds for every request
-inside it, and a Proxy-Authorization header inside the tunnel is not read (egress strips it
-before the upstream). Without agents this addon does nothing.
+agent, the agent whose proxy credential a CONNECT (and every plain-HTTP proxy request)
+presents, or the agent whose client certificate the connection's TLS to egress verified
+(identity.client_certificates: every request on that connection is that agent's). A tunnel
+is one agent's: the credential of its CONNECT holds for every request inside it, and a
+Proxy-Authorization header inside the tunnel is not read (egress strips it before the
+upstream). With ``listen.tls``, a proxy request that did not come over TLS is refused
+(407), agents or not. Without agents and without ``listen.tls`` this addon does nothing.
 """
 
 from __future__ import annotations
 
+from cryptography import x509
 from egress.addons.base import EgressAddon, deny, fail_closed, meta, policy_of
-from mitmproxy import connection, http
+from egress.addons.tls import is_proxy_tls
+from mitmproxy import certs, connection, http, tls
 
-from egress.identity import Identified, Unidentified, authenticate
+from egress.config import Config
+from egress.identity import (
+    Identified,
+    Unidentified,
+    authenticate,
+    certificate_agent,
+    certificate_identity,
+)
 from egress.reasons import Reason
 
 CHALLENGE = 'Basic realm="egress", charset="UTF-8"'
@@ -20,9 +32,25 @@ CHALLENGE = 'Basic realm="egress", charset="UTF-8"'
 
 class AgentIdentity(EgressAddon):
     @fail_closed
+    def tls_established_client(self, data: tls.TlsData) -> None:
+        rt = self.runtime
+        cfg = rt.config
+        if not (cfg.identity and cfg.identity.client_certificates and is_proxy_tls(data.context)):
+            return
+        client = data.conn
+        found = _certificate_agent(client.certificate_list, cfg)
+        if isinstance(found, Identified):
+            rt.principals[client.id] = found.agent
+            rt.refusals.pop(client.id, None)
+        else:
+            rt.refusals[client.id] = found
+
+    @fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         rt = self.runtime
-        if not policy_of(flow, rt).config.agents or flow.response is not None:
+        if flow.response is not None or self._refuse_plaintext(flow):
+            return
+        if not policy_of(flow, rt).config.agents:
             return
         agent = self._identify(flow)
         if agent is None:
@@ -38,7 +66,11 @@ class AgentIdentity(EgressAddon):
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         rt = self.runtime
-        if not policy_of(flow, rt).config.agents or flow.response is not None:
+        if flow.response is not None:
+            return
+        if flow.client_conn.id not in rt.tunnels and self._refuse_plaintext(flow):
+            return
+        if not policy_of(flow, rt).config.agents:
             return
         inside = rt.client_agent(flow.client_conn.id)
         if inside is not None:  # a fixed identity, or a request inside an agent's tunnel
@@ -53,6 +85,8 @@ class AgentIdentity(EgressAddon):
         if identity.fixed is not None:
             meta(flow)["agent"] = identity.fixed
             return identity.fixed
+        if identity.client_certificates:
+            return self._certificate_holder(flow)
         assert policy.credentials is not None
         result = authenticate(flow.request.headers.get("proxy-authorization"), policy.credentials)
         if isinstance(result, Unidentified):
@@ -61,6 +95,32 @@ class AgentIdentity(EgressAddon):
         assert isinstance(result, Identified)
         meta(flow)["agent"] = result.agent
         return result.agent
+
+    def _certificate_holder(self, flow: http.HTTPFlow) -> str | None:
+        """The agent the connection's client certificate proved (at its TLS handshake)."""
+        rt = self.runtime
+        client_id = flow.client_conn.id
+        agent = rt.principals.get(client_id)
+        if agent is not None:
+            meta(flow)["agent"] = agent
+            return agent
+        why = rt.refusals.get(client_id) or Unidentified(
+            Reason.PROXY_AUTH_REQUIRED,
+            "no client certificate: this egress knows agents by the certificates they present "
+            "over TLS (HTTPS_PROXY=https://..., with the agent's certificate and key)",
+        )
+        self._refuse(flow, why)
+        return None
+
+    def _refuse_plaintext(self, flow: http.HTTPFlow) -> bool:
+        """listen.tls: a proxy request must come over TLS (a credential or a request sent in
+        the clear is refused, never served)."""
+        if self.runtime.config.listen_tls is None or flow.client_conn.tls_established:
+            return False
+        self._refuse(flow, Unidentified(
+            Reason.PROXY_AUTH_REQUIRED,
+            "this egress takes agents over TLS only (listen.tls): HTTPS_PROXY=https://..."))  # fmt: skip
+        return True
 
     def _refuse(self, flow: http.HTTPFlow, why: Unidentified) -> None:
         m = meta(flow)
@@ -73,6 +133,17 @@ class AgentIdentity(EgressAddon):
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.runtime.principals.pop(client.id, None)
+        self.runtime.refusals.pop(client.id, None)
+
+
+def _certificate_agent(chain: list[certs.Cert], cfg: Config) -> Identified | Unidentified:
+    if not chain:
+        return Unidentified(Reason.PROXY_AUTH_REQUIRED, "no client certificate was presented: "
+                            "give the agent's certificate and key to its proxy client")  # fmt: skip
+    found = certificate_identity(x509.load_pem_x509_certificate(chain[0].to_pem()))
+    if isinstance(found, Unidentified):
+        return found
+    return certificate_agent(found, {a.client_id: a.name for a in cfg.agents if a.client_id})
 
 
 addons = [AgentIdentity()]

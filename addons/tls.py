@@ -18,9 +18,12 @@ from cryptography import x509
 from mitmproxy import certs, ctx, http, tls
 from mitmproxy.addons.tlsconfig import TlsConfig
 from mitmproxy.proxy import context
+from mitmproxy.proxy.layers import ClientTLSLayer, modes
 from mitmproxy.proxy.mode_specs import TransparentMode
+from OpenSSL import SSL
 
 from egress.ca import EphemeralCA
+from egress.config import ListenTls
 from egress.errors import InvalidHost
 from egress.hostnames import canonical_host, is_ip
 from egress.runtime import Runtime, shared
@@ -65,6 +68,7 @@ class EgressTls(TlsConfig):
         self._certstore: certs.CertStore | None = None
         # One store per CA a reload added (Runtime.more_cas), by the CA's serial number.
         self._more_stores: dict[int, certs.CertStore] = {}
+        self._proxy_ctx: SSL.Context | None = None
 
     def load(self, loader: Any) -> None:
         if "tls_version_client_min" not in loader.master.options:
@@ -128,6 +132,10 @@ class EgressTls(TlsConfig):
     def tls_start_client(self, tls_start: tls.TlsData) -> None:
         # Loaded beside mitmproxy's own TlsConfig (mitmdump -s), rebuild what it made.
         tls_start.ssl_conn = None
+        listen_tls = self._runtime.config.listen_tls if self._runtime is not None else None
+        if listen_tls is not None and is_proxy_tls(tls_start.context):
+            self._start_proxy_tls(tls_start, listen_tls)
+            return
         super().tls_start_client(tls_start)
         client, server = tls_start.context.client, tls_start.context.server
         if (
@@ -167,6 +175,49 @@ class EgressTls(TlsConfig):
     def tls_start_server(self, tls_start: tls.TlsData) -> None:
         tls_start.ssl_conn = None
         super().tls_start_server(tls_start)
+
+    # The agent's TLS to egress itself (listen.tls): egress's own certificate, not a leaf of
+    # its CA (whose constraints name only upstreams), and the agent's client certificate
+    # verified against listen.tls.client_ca_file (identity.client_certificates).
+
+    def _proxy_context(self, listen_tls: ListenTls) -> SSL.Context:
+        if self._proxy_ctx is None:
+            c = SSL.Context(SSL.TLS_SERVER_METHOD)
+            c.set_min_proto_version(SSL.TLS1_2_VERSION)
+            c.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+            c.use_certificate_chain_file(str(listen_tls.cert_file))
+            c.use_privatekey_file(str(listen_tls.key_file))
+            c.check_privatekey()
+            if listen_tls.client_ca_file is not None:
+                c.load_verify_locations(str(listen_tls.client_ca_file))
+                # Asked for, and verified if given (a certificate that does not verify ends
+                # the handshake); one not given gets its 407 with an audit record
+                # (addons/identity.py), which a failed handshake could not carry.
+                c.set_verify(SSL.VERIFY_PEER, lambda _conn, _cert, _errno, _depth, ok: bool(ok))
+                c.set_verify_depth(4)
+            # CONNECT over HTTP/2 is not supported by mitmproxy: HTTP/1.1 to the proxy.
+            c.set_alpn_select_callback(lambda _conn, offers: b"http/1.1" if b"http/1.1" in offers
+                                       else SSL.NO_OVERLAPPING_PROTOCOLS)  # fmt: skip
+            self._proxy_ctx = c
+        return self._proxy_ctx
+
+    def _start_proxy_tls(self, tls_start: tls.TlsData, listen_tls: ListenTls) -> None:
+        conn = SSL.Connection(self._proxy_context(listen_tls))
+        conn.set_accept_state()
+        tls_start.ssl_conn = conn
+
+
+def is_proxy_tls(ctx_: context.Context) -> bool:
+    """Is this the agent's TLS to egress itself (an HTTPS proxy), not to an upstream? An
+    explicit proxy whose first layer after the mode is TLS, and no other TLS layer: the TLS
+    inside a CONNECT is a second one, or comes after the HTTP layer."""
+    layers = ctx_.layers
+    return (
+        len(layers) >= 2
+        and isinstance(layers[0], modes.HttpProxy)
+        and isinstance(layers[1], ClientTLSLayer)
+        and sum(isinstance(layer, ClientTLSLayer) for layer in layers) == 1
+    )
 
 
 addons = [EgressTls()]

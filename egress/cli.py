@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shlex
@@ -118,7 +119,18 @@ def _banner(cfg: Config, host: str, port: int, workers: int = 1) -> str:
         f"egress {__version__}: listening on {host}:{port} (config: {cfg.path}{procs})",
         f"CA certificate: {ca} ({made}; its key stays in memory)",
     ]
-    if cfg.listen_mode == "transparent":
+    if cfg.listen_tls is not None:
+        certs = (
+            " with their client certificates"
+            if cfg.identity and cfg.identity.client_certificates
+            else ""
+        )
+        lines += [
+            f"agents connect over TLS (listen.tls){certs}: HTTPS_PROXY=https://<a name in "
+            f"{cfg.listen_tls.cert_file}>:{port}; their proxy client trusts that certificate's "
+            f"CA, and they trust {ca} for the upstreams (docs/agents.md: Client certificates)",
+        ]
+    elif cfg.listen_mode == "transparent":
         lines += [
             "transparent mode: send the agent's traffic here with the redirect rules:",
             f"  egress redirect apply --proxy-port {port} --proxy-uid <egress's UID>",
@@ -276,6 +288,9 @@ async def _exec(cfg: Config, argv: Sequence[str], audit_option: str | None = Non
         print(f"egress: audit log: {target}", file=sys.stderr, flush=True)
         if denial_lines(log_level, sys.stderr):
             audit.listeners.append(denial_printer(sys.stderr))
+    # exec's proxy listens on loopback for its own child, in plain HTTP: listen.* is the
+    # config's `egress run` listener, TLS included.
+    cfg = dataclasses.replace(cfg, listen_tls=None)
     # The CA stays in this process's private directory: ca.cert_path may be another egress's.
     rt = Runtime.start(cfg, audit=audit, private_ca=True)
     protect_process(cfg, rt)

@@ -14,7 +14,11 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from egress.reasons import Reason
 
@@ -99,3 +103,76 @@ def authenticate(header: str | None, credentials: Credentials) -> Identified | U
 
 
 _NOBODY = hashlib.sha256(b"egress: no such agent").digest()
+
+
+# --- client certificates (identity.client_certificates) -----------------------------------
+
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def spiffe_problem(text: str) -> str | None:
+    """What makes ``text`` not a SPIFFE ID (SPIFFE-ID.md), or None. Strict: lowercase
+    scheme and trust domain, no port, userinfo, query, fragment or percent-encoding, no
+    empty, "." or ".." path segment; at most 2048 bytes."""
+    if len(text.encode()) > 2048:
+        return "longer than 2048 bytes"
+    if not text.startswith("spiffe://"):
+        return "it must start with spiffe:// (lowercase)"
+    rest = text[len("spiffe://") :]
+    domain, slash, path = rest.partition("/")
+    if not domain:
+        return "the trust domain is empty"
+    if len(domain) > 255 or not _TRUST_DOMAIN.match(domain):
+        return (f"the trust domain {domain!r} may hold only lowercase letters, digits, '.', '-' "
+                "and '_' (no port, no user)")  # fmt: skip
+    if not slash:
+        return None
+    for segment in path.split("/"):
+        if segment in ("", ".", ".."):
+            return "a path segment is empty, '.' or '..'"
+        if not _SEGMENT.match(segment):
+            return (f"the path segment {segment!r} may hold only letters, digits, '.', '-' and "
+                    "'_' (no query, fragment or percent-encoding)")  # fmt: skip
+    return None
+
+
+def certificate_identity(cert: x509.Certificate) -> str | Unidentified:
+    """Who a verified client certificate says its holder is: its SPIFFE ID (an X.509-SVID
+    carries exactly one URI SAN), else the subject's one common name. Never a CA."""
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if bc.ca:
+            return Unidentified(Reason.PROXY_AUTH_FAILED, "the client certificate is a CA "
+                                "certificate, not an agent's")  # fmt: skip
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    if any(u.lower().startswith("spiffe:") for u in uris):
+        if len(uris) != 1:
+            return Unidentified(Reason.PROXY_AUTH_FAILED, "the client certificate carries "
+                                f"{len(uris)} URIs: an X.509-SVID carries exactly one")  # fmt: skip
+        problem = spiffe_problem(uris[0])
+        if problem:
+            return Unidentified(Reason.PROXY_AUTH_FAILED,
+                                f"the client certificate's SPIFFE ID is not valid: {problem}")  # fmt: skip
+        return uris[0]
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1 or not isinstance(names[0].value, str) or not names[0].value:
+        return Unidentified(Reason.PROXY_AUTH_FAILED, "the client certificate names no one: "
+                            "no SPIFFE ID (URI SAN) and not exactly one common name")  # fmt: skip
+    return names[0].value
+
+
+def certificate_agent(identity: str, client_ids: dict[str, str]) -> Identified | Unidentified:
+    """The agent whose client_id is ``identity`` (exactly: no case folding, no prefix)."""
+    agent = client_ids.get(identity)
+    if agent is None:
+        shown = identity if identity.isprintable() and len(identity) <= 256 else "(unprintable)"
+        return Unidentified(Reason.PROXY_AUTH_FAILED, f"the client certificate's identity "
+                            f"{shown!r} is no agent's client_id")  # fmt: skip
+    return Identified(agent)

@@ -73,7 +73,7 @@ class Why(StrEnum):
 
 # What only a restart changes, with the reason: (label in the message, value read).
 RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
-    ("listen", lambda c: (c.listen_host, c.listen_port, c.listen_mode)),
+    ("listen", lambda c: (c.listen_host, c.listen_port, c.listen_mode, c.listen_tls)),
     ("workers", lambda c: c.workers),
     ("admin", lambda c: c.admin),
     ("audit", lambda c: (c.audit_path, c.audit_format, c.audit_syslog, c.audit_otlp)),

@@ -26,7 +26,7 @@ from egress.config import Config, SecretSpec
 from egress.encodings import SecretForms, value_forms
 from egress.errors import EgressError
 from egress.hostnames import IPAddress
-from egress.identity import Credentials
+from egress.identity import Credentials, Unidentified
 from egress.metrics import Metrics
 from egress.policy import Allowlist
 from egress.policyset import Policy, build_policy
@@ -148,6 +148,8 @@ class Runtime:
     # Agents (docs/agents.md): which agent each client connection proved to be (CONNECT),
     # by client connection id.
     principals: dict[str, str] = field(default_factory=dict)
+    # why a client certificate proved no agent, by client connection id (addons/identity.py)
+    refusals: dict[str, Unidentified] = field(default_factory=dict)
     # CONNECT tunnels by client connection id
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
     # checked addresses for plain-HTTP requests: (client id, host, port) -> address
@@ -434,12 +436,20 @@ class Runtime:
         generation = old.generation + 1 if generation is None else generation
         self.policy = build_policy(cfg, credentials, generation=generation, sha256=cfg.sha256,
                                    own=old.resolver.policy.own)  # fmt: skip
+
         # A connection that proved an agent that is gone, or whose token changed, proves
         # nothing any more: its next request is refused (407) and it reconnects.
+        # (A client certificate's agent: its client_id changed, or identity did.)
+        def proof(c: Config, digests: dict[str, bytes], agent: str) -> object:
+            spec = c.agent(agent)
+            return (c.identity, digests.get(agent), spec.client_id if spec else None)
+
         before = old.credentials.digests if old.credentials else {}
         after = credentials.digests if credentials else {}
         for client, agent in list(self.principals.items()):
-            if agent not in self.policy.views or before.get(agent) != after.get(agent):
+            if agent not in self.policy.views or proof(old.config, before, agent) != proof(
+                cfg, after, agent
+            ):
                 del self.principals[client]
 
     def apply_secrets(

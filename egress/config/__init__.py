@@ -20,6 +20,7 @@ from egress.config.model import (
     CaPki,
     Config,
     Limits,
+    ListenTls,
     Origin,
     ReloadConfig,
     Rule,
@@ -33,7 +34,7 @@ from egress.config.model import (
 
 __all__ = [
     "DEFAULT_PORTS", "EMBEDDED_DEFAULT", "K8S_TOKEN_FILE", "SCHEMES", "SURFACES", "TOP_KEYS",
-    "VAULT_AUTH_METHODS", "VAULT_ENGINES", "AdminConfig", "CaPki", "Config", "Limits", "Origin", "ReloadConfig", "Rule",
+    "VAULT_AUTH_METHODS", "VAULT_ENGINES", "AdminConfig", "CaPki", "Config", "Limits", "ListenTls", "Origin", "ReloadConfig", "Rule",
     "SecretSpec", "SourceSpec", "VaultAuth", "VaultConfig", "auto_placeholder",
     "default_placeholder", "load", "load_default", "load_or_default", "parse",
 ]  # fmt: skip

@@ -26,6 +26,7 @@ from egress.config.model import (
     AgentSpec,
     GroupSpec,
     IdentityConfig,
+    ListenTls,
     LockedLayer,
     Rule,
     TokenSpec,
@@ -142,7 +143,8 @@ def parse_agents(
     agents: list[AgentSpec] = []
     for i, item in enumerate(node):
         key = f"agents[{i}]"
-        m = c.mapping(item, key, ("name", "token", "groups", "allow", "secrets", "mode"), ("name",))
+        m = c.mapping(item, key, ("name", "token", "client_id", "groups", "allow", "secrets", "mode"),
+                      ("name",))  # fmt: skip
         if m is None or "name" not in m:
             continue
         name = _name(c, m, key, [a.name for a in agents], "agent")
@@ -166,8 +168,11 @@ def parse_agents(
             grants |= g.secrets
         mode = c.choice(m, key, "mode", ("enforce", "report"), default_mode) or default_mode
         token = _parse_token(c, m.get("token"), f"{key}.token", base) if "token" in m else None
+        client_id = c.typed(m, key, "client_id", str, None)
+        if client_id is not None and (problem := check_client_id(client_id)):
+            c.err(f"{key}.client_id", problem)
         agents.append(AgentSpec(i, name, tuple(rules), frozenset(grants), mode, token,
-                                tuple(g.name for g in member)))  # fmt: skip
+                                tuple(g.name for g in member), client_id))  # fmt: skip
     return agents
 
 
@@ -198,29 +203,72 @@ def _parse_token(c: Checker, node: Any, key: str, base: Path) -> TokenSpec | Non
     return TokenSpec("file", file=file_path(base, value))
 
 
+def check_client_id(text: str) -> str | None:
+    """What is wrong with an agent's client_id (None: nothing): a SPIFFE ID, or the common
+    name of a certificate that carries none (egress.identity.certificate_identity)."""
+    from egress.identity import spiffe_problem
+
+    if text.startswith("spiffe:"):
+        problem = spiffe_problem(text)
+        return f"{text!r} is not a SPIFFE ID: {problem}" if problem else None
+    if not text or len(text) > 256 or not text.isprintable() or text != text.strip():
+        return (f"{text!r} must be a SPIFFE ID (spiffe://trust-domain/path) or a certificate's "
+                "common name: printable, at most 256 characters, no surrounding spaces")  # fmt: skip
+    return None
+
+
+CHOOSE = ("choose one: 'proxy_authorization: true', 'client_certificates: true' or "
+          "'fixed: <agent>'")  # fmt: skip
+
+
 def parse_identity(
-    c: Checker, node: Any, agents: list[AgentSpec], listen_mode: str
-) -> IdentityConfig | None:
+    c: Checker, node: Any, agents: list[AgentSpec], listen_mode: str,
+    listen_tls: ListenTls | None = None,
+) -> IdentityConfig | None:  # fmt: skip
     """How requests are attributed to agents. With agents, one way must be chosen; without,
     there is nothing to choose."""
     if node is None:
         if agents:
             c.err("identity", "with agents: say how egress tells them apart: "
                   "'proxy_authorization: true' (each agent sends its own token as its proxy "
-                  "credential) or 'fixed: <agent>' (a sidecar serving one agent)")  # fmt: skip
+                  "credential), 'client_certificates: true' (each agent's TLS client "
+                  "certificate, listen.tls) or 'fixed: <agent>' (a sidecar serving one agent)")  # fmt: skip
         return None
-    m = c.mapping(node, "identity", ("proxy_authorization", "fixed"))
+    m = c.mapping(node, "identity", ("proxy_authorization", "client_certificates", "fixed"))
     if m is None:
         return None
     if not agents:
         c.err("identity", "there are no agents: to attribute requests, define them under agents:")
         return None
     proxy_auth = c.typed(m, "identity", "proxy_authorization", bool, False)
+    certs = c.typed(m, "identity", "client_certificates", bool, False)
     fixed = c.typed(m, "identity", "fixed", str, None)
     names = [a.name for a in agents]
-    if proxy_auth == (fixed is not None):
-        c.err("identity", "choose one: 'proxy_authorization: true' or 'fixed: <agent>'")
+    if [bool(proxy_auth), bool(certs), fixed is not None].count(True) != 1:
+        c.err("identity", CHOOSE)
         return None
+    for a in agents:
+        if a.client_id is not None and not certs:
+            c.err(f"agents[{a.index}].client_id", "is read only with identity.client_certificates: "
+                  "remove it, or identify agents by their client certificates")  # fmt: skip
+    if certs:
+        if listen_mode == "transparent":
+            c.err("identity.client_certificates", "transparent mode receives the agent's TLS to "
+                  "its destination, never to egress: use 'fixed: <agent>' in a sidecar")  # fmt: skip
+        elif listen_tls is None or listen_tls.client_ca_file is None:
+            c.err("identity.client_certificates", "agents present certificates over TLS to "
+                  "egress: set listen.tls (cert_file, key_file) and listen.tls.client_ca_file, "
+                  "the CA bundle (e.g. SPIFFE's) that issues them")  # fmt: skip
+        seen: dict[str, str] = {}
+        for a in agents:
+            if a.client_id is None:
+                c.err(f"agents[{a.index}].client_id", f"agent {a.name!r} needs a client_id: the "
+                      "SPIFFE ID (or common name) of its client certificate")  # fmt: skip
+            elif a.client_id in seen:
+                c.err(f"agents[{a.index}].client_id", f"{a.client_id!r} is agent "
+                      f"{seen[a.client_id]!r}'s already: one certificate identity, one agent")  # fmt: skip
+            else:
+                seen[a.client_id] = a.name
     if fixed is not None and fixed not in names:
         near = difflib.get_close_matches(fixed, names, n=1)
         hint = f"did you mean {near[0]!r}?" if near else f"agents: {', '.join(names)}"
@@ -236,7 +284,7 @@ def parse_identity(
             if a.token is None:
                 c.err(f"agents[{a.index}].token", f"agent {a.name!r} needs a token: its proxy "
                       "credential (identity.proxy_authorization)")  # fmt: skip
-    return IdentityConfig(bool(proxy_auth), fixed)
+    return IdentityConfig(bool(proxy_auth), fixed, bool(certs))
 
 
 def check_grants(

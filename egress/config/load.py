@@ -38,6 +38,7 @@ from egress.config.includes import (
     read_document,
     relocate,
 )
+from egress.config.listen_spec import parse_listen_tls
 from egress.config.model import (
     EMBEDDED_DEFAULT,
     AdminConfig,
@@ -123,7 +124,7 @@ def _parse(main: Document) -> Config:
         raise ConfigError(file, c.problems)
     docs = [main, *gather(c, main)]
 
-    listen = c.mapping(top.get("listen"), "listen", ("host", "port", "mode")) or {}
+    listen = c.mapping(top.get("listen"), "listen", ("host", "port", "mode", "tls")) or {}
     listen_mode = c.choice(listen, "listen", "mode", ("explicit", "transparent"), "explicit")
     transparent = listen_mode == "transparent"
     listen_host, listen_port = _host_port(c, listen, "listen", 15001 if transparent else 8080)
@@ -132,6 +133,8 @@ def _parse(main: Document) -> Config:
         # other machines use the proxy, and its secrets, by connecting to it directly.
         c.err("listen.host", f"{listen_host!r}: in transparent mode egress listens on loopback "
               "only (127.0.0.1 or ::1), where the redirect rules send the agent's traffic")  # fmt: skip
+
+    listen_tls = parse_listen_tls(c, listen["tls"], base, transparent) if "tls" in listen else None
 
     ca = c.mapping(top.get("ca"), "ca", ("cert_path", "validity_hours", "vault_pki")) or {}
     cert_path = file_path(base, c.typed(ca, "ca", "cert_path", str, "egress-ca.pem"))
@@ -199,7 +202,7 @@ def _parse(main: Document) -> Config:
     if groups and "agents" not in top:
         c.err("groups", "groups serve agents: define them under agents: (agents[i].groups)")
     agents = parse_agents(c, top.get("agents"), base, mode, groups)
-    identity = parse_identity(c, top.get("identity"), agents, listen_mode or "explicit")
+    identity = parse_identity(c, top.get("identity"), agents, listen_mode or "explicit", listen_tls)
     locked = parse_locked(c, top.get("locked"))
     if locked.hosts is not None and "agents" not in top:
         c.err("locked.hosts", "limits what agents' and groups' rules may name, and there are "
@@ -271,6 +274,7 @@ def _parse(main: Document) -> Config:
         audit_syslog=audit.syslog,
         audit_otlp=audit.otlp,
         ca_vault_pki=ca_pki,
+        listen_tls=listen_tls,
         limits=limits,
         mode=mode,
         admin=admin,

@@ -251,6 +251,7 @@ class AgentSpec:
     mode: str  # "enforce" | "report"
     token: TokenSpec | None  # its proxy credential (identity.proxy_authorization)
     groups: tuple[str, ...] = ()
+    client_id: str | None = None  # its client certificate's identity (identity.client_certificates)
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,18 @@ class IdentityConfig:
 
     proxy_authorization: bool  # explicit mode: Proxy-Authorization: Basic <agent>:<token>
     fixed: str | None  # every request is this agent's (a sidecar serves one)
+    # explicit mode over TLS (listen.tls): the agent is the client certificate's SPIFFE ID
+    # (else its subject's common name), matched against each agent's client_id
+    client_certificates: bool = False
+
+
+@dataclass(frozen=True)
+class ListenTls:
+    """listen.tls: agents reach egress over TLS (HTTPS_PROXY=https://...)."""
+
+    cert_file: Path  # egress's own certificate for the name agents connect to (and chain)
+    key_file: Path
+    client_ca_file: Path | None = None  # verifies agents' client certificates
 
 
 AGENT_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -402,6 +415,7 @@ class Config:
     audit_syslog: SyslogConfig | None = None
     audit_otlp: OtlpConfig | None = None
     ca_vault_pki: CaPki | None = None  # None: a self-signed CA (egress.ca)
+    listen_tls: ListenTls | None = None  # None: agents connect in plain HTTP (loopback, a pod)
     # The files it was read from (the config file, then each included file in include
     # order; presets too) and the SHA-256 of their bytes one after the other: what a reload
     # watches and what its audit record names (egress.reload).
