@@ -31,6 +31,11 @@ CHALLENGE = 'Basic realm="egress", charset="UTF-8"'
 
 
 class AgentIdentity(EgressAddon):
+    def client_connected(self, client: connection.Client) -> None:
+        # identity.source_addresses reads it (Runtime.client_agent), in the policy in force.
+        if client.peername:
+            self.runtime.client_addresses[client.id] = str(client.peername[0])
+
     @fail_closed
     def tls_established_client(self, data: tls.TlsData) -> None:
         rt = self.runtime
@@ -87,6 +92,13 @@ class AgentIdentity(EgressAddon):
             return identity.fixed
         if identity.client_certificates:
             return self._certificate_holder(flow)
+        if identity.source_addresses:
+            address = self.runtime.client_addresses.get(flow.client_conn.id, "unknown")
+            self._refuse(flow, Unidentified(
+                Reason.PROXY_AUTH_REQUIRED,
+                f"the connection's source address {address} is no agent's "
+                "(identity.source_addresses)"))  # fmt: skip
+            return None
         assert policy.credentials is not None
         result = authenticate(flow.request.headers.get("proxy-authorization"), policy.credentials)
         if isinstance(result, Unidentified):
@@ -134,6 +146,7 @@ class AgentIdentity(EgressAddon):
     def client_disconnected(self, client: connection.Client) -> None:
         self.runtime.principals.pop(client.id, None)
         self.runtime.refusals.pop(client.id, None)
+        self.runtime.client_addresses.pop(client.id, None)
 
 
 def _certificate_agent(chain: list[certs.Cert], cfg: Config) -> Identified | Unidentified:

@@ -130,6 +130,12 @@ def _banner(cfg: Config, host: str, port: int, workers: int = 1) -> str:
             f"{cfg.listen_tls.cert_file}>:{port}; their proxy client trusts that certificate's "
             f"CA, and they trust {ca} for the upstreams (docs/agents.md: Client certificates)",
         ]
+    elif cfg.listen_mode == "transparent" and cfg.identity and cfg.identity.source_addresses:
+        lines += [
+            "transparent mode on a shared node: redirect the agents' TCP 80/443 here in "
+            "PREROUTING, with strict reverse-path filtering (docs/agents.md: Source addresses);",
+            f"  agents are known by their source addresses and trust {ca}",
+        ]
     elif cfg.listen_mode == "transparent":
         lines += [
             "transparent mode: send the agent's traffic here with the redirect rules:",

@@ -14,12 +14,14 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from egress.hostnames import IPNetwork
 from egress.reasons import Reason
 
 # The longest Proxy-Authorization value egress decodes (a name of 63 and a token of a few
@@ -176,3 +178,25 @@ def certificate_agent(identity: str, client_ids: dict[str, str]) -> Identified |
         return Unidentified(Reason.PROXY_AUTH_FAILED, f"the client certificate's identity "
                             f"{shown!r} is no agent's client_id")  # fmt: skip
     return Identified(agent)
+
+
+# --- source addresses (identity.source_addresses) ------------------------------------------
+
+
+def source_agent(address: str | None, table: tuple[tuple[IPNetwork, str], ...]) -> str | None:
+    """The agent whose source_addresses hold ``address`` (a connection's peer address), or
+    None. An IPv4-mapped IPv6 address (a dual-stack socket's view of an IPv4 peer) is its
+    IPv4 address; a zone index is dropped. The config allows no overlap, so at most one
+    agent matches."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for net, agent in table:
+        if ip.version == net.version and ip in net:
+            return agent
+    return None

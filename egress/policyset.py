@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from egress.addresses import AddressPolicy
 from egress.agents import AgentView, address_ranges, agent_views, locked_networks
 from egress.config import Config
+from egress.hostnames import IPNetwork
 from egress.identity import Credentials
 from egress.resolver import Resolver
 
@@ -28,6 +29,8 @@ class Policy:
     resolver: Resolver  # static answers, private ranges and locked ranges of this config
     generation: int = 0  # 0 at start, +1 at each reload that took effect
     sha256: str = ""  # of the config's files (egress.reload.config_sha256)
+    # identity.source_addresses: each agent's networks (no two overlap)
+    sources: tuple[tuple[IPNetwork, str], ...] = ()
 
     def view(self, agent: str | None) -> AgentView | None:
         """The view a request of ``agent`` is decided with; None when agents are configured
@@ -53,4 +56,5 @@ def build_policy(
         static_only=cfg.dns == "static",
         locked=locked_networks(cfg),
     )
-    return Policy(cfg, default_view, views, credentials, resolver, generation, sha256)
+    sources = tuple((net, a.name) for a in cfg.agents for net in a.source_networks)
+    return Policy(cfg, default_view, views, credentials, resolver, generation, sha256, sources)

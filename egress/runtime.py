@@ -26,7 +26,7 @@ from egress.config import Config, SecretSpec
 from egress.encodings import SecretForms, value_forms
 from egress.errors import EgressError
 from egress.hostnames import IPAddress
-from egress.identity import Credentials, Unidentified
+from egress.identity import Credentials, Unidentified, source_agent
 from egress.metrics import Metrics
 from egress.policy import Allowlist
 from egress.policyset import Policy, build_policy
@@ -148,6 +148,8 @@ class Runtime:
     # Agents (docs/agents.md): which agent each client connection proved to be (CONNECT),
     # by client connection id.
     principals: dict[str, str] = field(default_factory=dict)
+    # each client connection's source address (identity.source_addresses)
+    client_addresses: dict[str, str] = field(default_factory=dict)
     # why a client certificate proved no agent, by client connection id (addons/identity.py)
     refusals: dict[str, Unidentified] = field(default_factory=dict)
     # CONNECT tunnels by client connection id
@@ -332,10 +334,14 @@ class Runtime:
         return self.policy.view(agent)
 
     def client_agent(self, client_id: str) -> str | None:
-        """The agent a client connection is: the fixed one, or the one its CONNECT proved."""
+        """The agent a client connection is: the fixed one, the one its source address
+        names (looked up in the policy in force, so a reload applies at once), or the one
+        its CONNECT or its client certificate proved."""
         identity = self.config.identity
         if identity is not None and identity.fixed is not None:
             return identity.fixed
+        if identity is not None and identity.source_addresses:
+            return source_agent(self.client_addresses.get(client_id), self.policy.sources)
         return self.principals.get(client_id)
 
     def client_view(self, client_id: str) -> AgentView | None:

@@ -185,9 +185,9 @@ def start_proxy(
     while time.monotonic() < deadline:
         text = err.read_text(errors="replace")
         if "ready;" in text:
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", text)
+            m = re.search(r"listening on (\S+):(\d+) ", text)
             assert m, text
-            port = int(m.group(1))
+            port = int(m.group(2))
             cfg = yaml.safe_load(config.read_text())
             audit = Path(cfg.get("audit", {}).get("path", tmp / "none"))
             OUTPUTS.append(audit)

@@ -378,3 +378,53 @@ def test_bad_configs_name_the_key(tmp_path: Path, test_ca: trustme.CA, test_ca_f
         parse(cfg, str(tmp_path / "egress.yaml"), tmp_path)
     text = str(e.value)
     assert key in text and said in text, text
+
+
+# ------------------------------------------------------------------ reload
+
+
+def test_a_reload_that_changes_a_client_id_unproves_its_connections(
+    tmp_path: Path, test_ca: trustme.CA, test_ca_file: Path, upstream: Upstream
+) -> None:
+    import os
+    import signal
+    import time
+
+    import yaml
+
+    issuer = Issuer.root("agents.example SPIFFE CA")
+    client_ca = tmp_path / "bundle.pem"
+    client_ca.write_bytes(issuer.cert.public_bytes(serialization.Encoding.PEM))
+    cfg = gateway_config(
+        tmp_path, test_ca_file, upstream.port, test_ca.issue_cert("127.0.0.1"), client_ca
+    )
+    cfg["reload"] = {"watch": False}
+    path = write_config(tmp_path, cfg)
+    p = start_proxy(path, tmp_path)
+    g = Gateway(p, f"https://127.0.0.1:{p.port}", tmp_path, test_ca_file, issuer, issuer)
+    old = g.cert_files("old", issuer.issue(uris=(RESEARCHER,)))
+    moved = f"{TD}/ns/agents/sa/researcher-v2"
+    new = g.cert_files("new", issuer.issue(uris=(moved,)))
+    url = f"https://{API}:{upstream.port}/reload"
+    try:
+        with g.client(old) as kept:  # one tunnel, kept alive across the reload
+            assert kept.get(url).status_code == 200
+            cfg["agents"][0]["client_id"] = moved
+            tmp = path.with_name("egress.yaml.new")
+            tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            os.replace(tmp, path)
+            p.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 30
+            while not [r for r in p.audit() if r.get("event") == "reload"]:
+                assert time.monotonic() < deadline, p.stderr_path.read_text()
+                time.sleep(0.05)
+            # The tunnel's agent was proved by a certificate that no longer proves it.
+            r = kept.get(url)
+            assert r.status_code == 407 and r.headers["x-egress-reason"] == "proxy_auth_required"
+        assert g.get(old, API, upstream.port, API_PH).startswith("407")  # the old ID: no agent's
+        assert _last(p)["reason"] == "proxy_auth_failed"
+        assert g.get(new, API, upstream.port, API_PH) == 200  # the new one is researcher
+        assert _last(p)["agent"] == "researcher"
+    finally:
+        assert p.stop() == 0, p.stderr_path.read_text()
+    assert "Traceback" not in p.stderr_path.read_text()

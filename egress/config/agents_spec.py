@@ -15,6 +15,7 @@ agents:
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ from egress.config.model import (
     TokenSpec,
 )
 from egress.config.rules import covers, parse_rule
-from egress.hostnames import HostPattern, parse_host_pattern
+from egress.hostnames import HostPattern, IPNetwork, parse_host_pattern
 
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -143,8 +144,8 @@ def parse_agents(
     agents: list[AgentSpec] = []
     for i, item in enumerate(node):
         key = f"agents[{i}]"
-        m = c.mapping(item, key, ("name", "token", "client_id", "groups", "allow", "secrets", "mode"),
-                      ("name",))  # fmt: skip
+        m = c.mapping(item, key, ("name", "token", "client_id", "source_addresses", "groups",
+                                  "allow", "secrets", "mode"), ("name",))  # fmt: skip
         if m is None or "name" not in m:
             continue
         name = _name(c, m, key, [a.name for a in agents], "agent")
@@ -171,8 +172,9 @@ def parse_agents(
         client_id = c.typed(m, key, "client_id", str, None)
         if client_id is not None and (problem := check_client_id(client_id)):
             c.err(f"{key}.client_id", problem)
+        sources = _source_networks(c, m, key) if "source_addresses" in m else ()
         agents.append(AgentSpec(i, name, tuple(rules), frozenset(grants), mode, token,
-                                tuple(g.name for g in member), client_id))  # fmt: skip
+                                tuple(g.name for g in member), client_id, sources))  # fmt: skip
     return agents
 
 
@@ -203,6 +205,23 @@ def _parse_token(c: Checker, node: Any, key: str, base: Path) -> TokenSpec | Non
     return TokenSpec("file", file=file_path(base, value))
 
 
+def _source_networks(c: Checker, m: dict[str, Any], key: str) -> tuple[IPNetwork, ...]:
+    """An agent's source_addresses: addresses or CIDR ranges (host bits must be zero)."""
+    out: list[IPNetwork] = []
+    for j, text in enumerate(c.str_list(m, key, "source_addresses") or []):
+        try:
+            net = ipaddress.ip_network(str(text), strict=True)
+        except ValueError as e:
+            c.err(f"{key}.source_addresses[{j}]", f"{text!r} is not an address or a range such "
+                  f"as 10.0.0.5 or 10.0.1.0/28 ({e})")  # fmt: skip
+            continue
+        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped:
+            c.err(f"{key}.source_addresses[{j}]", f"{text!r}: write an IPv4-mapped range as IPv4")
+            continue
+        out.append(net)
+    return tuple(out)
+
+
 def check_client_id(text: str) -> str | None:
     """What is wrong with an agent's client_id (None: nothing): a SPIFFE ID, or the common
     name of a certificate that carries none (egress.identity.certificate_identity)."""
@@ -217,8 +236,8 @@ def check_client_id(text: str) -> str | None:
     return None
 
 
-CHOOSE = ("choose one: 'proxy_authorization: true', 'client_certificates: true' or "
-          "'fixed: <agent>'")  # fmt: skip
+CHOOSE = ("choose one: 'proxy_authorization: true', 'client_certificates: true', "
+          "'source_addresses: true' or 'fixed: <agent>'")  # fmt: skip
 
 
 def parse_identity(
@@ -234,7 +253,8 @@ def parse_identity(
                   "credential), 'client_certificates: true' (each agent's TLS client "
                   "certificate, listen.tls) or 'fixed: <agent>' (a sidecar serving one agent)")  # fmt: skip
         return None
-    m = c.mapping(node, "identity", ("proxy_authorization", "client_certificates", "fixed"))
+    m = c.mapping(node, "identity", ("proxy_authorization", "client_certificates",
+                                     "source_addresses", "fixed"))  # fmt: skip
     if m is None:
         return None
     if not agents:
@@ -242,11 +262,32 @@ def parse_identity(
         return None
     proxy_auth = c.typed(m, "identity", "proxy_authorization", bool, False)
     certs = c.typed(m, "identity", "client_certificates", bool, False)
+    by_source = c.typed(m, "identity", "source_addresses", bool, False)
     fixed = c.typed(m, "identity", "fixed", str, None)
     names = [a.name for a in agents]
-    if [bool(proxy_auth), bool(certs), fixed is not None].count(True) != 1:
+    if [bool(proxy_auth), bool(certs), bool(by_source), fixed is not None].count(True) != 1:
         c.err("identity", CHOOSE)
         return None
+    for a in agents:
+        if a.source_networks and not by_source:
+            c.err(f"agents[{a.index}].source_addresses", "is read only with "
+                  "identity.source_addresses: remove it, or identify agents by their addresses")  # fmt: skip
+    if by_source:
+        if listen_mode != "transparent":
+            c.err("identity.source_addresses", "is for transparent mode on a shared node; in "
+                  "explicit mode agents prove who they are (proxy_authorization or "
+                  "client_certificates): an address is not a credential")  # fmt: skip
+        owned: list[tuple[IPNetwork, str]] = []
+        for a in agents:
+            if not a.source_networks:
+                c.err(f"agents[{a.index}].source_addresses", f"agent {a.name!r} needs its "
+                      "source addresses (identity.source_addresses)")  # fmt: skip
+            for net in a.source_networks:
+                for other, who in owned:
+                    if who != a.name and net.version == other.version and net.overlaps(other):  # type: ignore[arg-type]
+                        c.err(f"agents[{a.index}].source_addresses", f"{net} overlaps {other} "
+                              f"of agent {who!r}: one address, one agent")  # fmt: skip
+                owned.append((net, a.name))
     for a in agents:
         if a.client_id is not None and not certs:
             c.err(f"agents[{a.index}].client_id", "is read only with identity.client_certificates: "
@@ -284,7 +325,7 @@ def parse_identity(
             if a.token is None:
                 c.err(f"agents[{a.index}].token", f"agent {a.name!r} needs a token: its proxy "
                       "credential (identity.proxy_authorization)")  # fmt: skip
-    return IdentityConfig(bool(proxy_auth), fixed, bool(certs))
+    return IdentityConfig(bool(proxy_auth), fixed, bool(certs), bool(by_source))
 
 
 def check_grants(

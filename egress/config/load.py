@@ -128,11 +128,17 @@ def _parse(main: Document) -> Config:
     listen_mode = c.choice(listen, "listen", "mode", ("explicit", "transparent"), "explicit")
     transparent = listen_mode == "transparent"
     listen_host, listen_port = _host_port(c, listen, "listen", 15001 if transparent else 8080)
+    raw_identity = top.get("identity")
+    by_source = isinstance(raw_identity, dict) and raw_identity.get("source_addresses") is True
     if transparent and _is_ip(listen_host) and not ipaddress.ip_address(listen_host).is_loopback:
         # The kernel's REDIRECT (nat OUTPUT) sends to loopback; any other address would let
-        # other machines use the proxy, and its secrets, by connecting to it directly.
-        c.err("listen.host", f"{listen_host!r}: in transparent mode egress listens on loopback "
-              "only (127.0.0.1 or ::1), where the redirect rules send the agent's traffic")  # fmt: skip
+        # other machines use the proxy, and its secrets, by connecting to it directly. On a
+        # shared node (PREROUTING) egress serves only the sources its agents are known by.
+        if not by_source:
+            c.err("listen.host", f"{listen_host!r}: in transparent mode egress listens on "
+                  "loopback only (127.0.0.1 or ::1), where a sidecar's redirect rules send the "
+                  "agent's traffic; on a shared node, identify agents by identity.source_addresses "
+                  "and egress serves those sources only")  # fmt: skip
 
     listen_tls = parse_listen_tls(c, listen["tls"], base, transparent) if "tls" in listen else None
 

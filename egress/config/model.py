@@ -252,6 +252,7 @@ class AgentSpec:
     token: TokenSpec | None  # its proxy credential (identity.proxy_authorization)
     groups: tuple[str, ...] = ()
     client_id: str | None = None  # its client certificate's identity (identity.client_certificates)
+    source_networks: tuple[IPNetwork, ...] = ()  # its addresses (identity.source_addresses)
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,9 @@ class IdentityConfig:
     # explicit mode over TLS (listen.tls): the agent is the client certificate's SPIFFE ID
     # (else its subject's common name), matched against each agent's client_id
     client_certificates: bool = False
+    # transparent mode on a shared node: the agent is the one whose source_addresses hold the
+    # connection's source address (the network must prevent spoofing: docs/agents.md)
+    source_addresses: bool = False
 
 
 @dataclass(frozen=True)
