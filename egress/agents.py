@@ -9,6 +9,7 @@ egress.checkcmd decides with them.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,3 +119,28 @@ def locked_networks(cfg: Config) -> tuple[IPNetwork, ...]:
     return tuple(
         p.network for p in cfg.locked.deny if p.kind == "address" and p.network is not None
     )
+
+
+def read_workload(cfg: Config, environ: Mapping[str, str]) -> dict[str, str] | None:
+    """identity.workload_env's values (a sidecar's pod, namespace, service account, node,
+    from the Downward API), for every audit record; None when not configured. A variable
+    that is unset, empty or not a plain name stops the start, naming the key and the fix."""
+    pairs = cfg.identity.workload_env if cfg.identity is not None else ()
+    if not pairs:
+        return None
+    fields = {"pod": "metadata.name", "namespace": "metadata.namespace",
+              "service_account": "spec.serviceAccountName", "node": "spec.nodeName"}  # fmt: skip
+    out: dict[str, str] = {}
+    for name, var in pairs:
+        value = environ.get(var, "")
+        if not value:
+            raise CredentialLoadError(
+                f"identity.workload_env.{name}: ${var} is not set; in the pod, set it from the "
+                f"Downward API (env: - name: {var}, valueFrom: {{fieldRef: {{fieldPath: "
+                f"{fields[name]}}}}})"
+            )
+        if len(value) > 253 or not value.isprintable():
+            raise CredentialLoadError(f"identity.workload_env.{name}: ${var} is not a "
+                                      "Kubernetes name (printable, at most 253 characters)")  # fmt: skip
+        out[name] = value
+    return out

@@ -128,6 +128,8 @@ class AuditWriter:
         self.format = fmt
         # Copies for a security team's pipeline (egress.auditsinks): never holding up a write.
         self.sinks: list[Any] = []
+        # identity.workload_env: the sidecar's pod, namespace... added to every record.
+        self.workload: dict[str, str] | None = None
         # Called with each record after it is written (egress exec's one-line denials).
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._lock = threading.Lock()
@@ -157,6 +159,8 @@ class AuditWriter:
 
     def write(self, record: AuditRecord | dict[str, Any]) -> None:
         data = record.to_dict() if isinstance(record, AuditRecord) else record
+        if self.workload:
+            data = {**data, "workload": dict(self.workload)}
         if self.format == "ocsf":
             from egress.ocsf import to_ocsf
 

@@ -149,6 +149,7 @@ def _http(record: dict[str, Any]) -> dict[str, Any]:
             "secrets": record.get("secrets") or None,
             "scrubbed": record.get("scrubbed") or None,
             "agent": record.get("agent"),
+            "workload": record.get("workload"),
         },  # fmt: skip
     }
     if http_like:
@@ -179,5 +180,6 @@ def _reload(record: dict[str, Any]) -> dict[str, Any]:
             "event": "reload", "trigger": record.get("trigger"), "outcome": outcome,
             "old_sha256": record.get("old_sha256"), "new_sha256": record.get("new_sha256"),
             "generation": record.get("generation"), "changes": record.get("changes") or None,
+            "workload": record.get("workload"),
         },  # fmt: skip
     })  # fmt: skip

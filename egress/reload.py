@@ -83,6 +83,8 @@ RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("limits", lambda c: c.limits),
     ("vault", lambda c: c.vault),
     ("reload", lambda c: c.reload),
+    # read from egress's environment at start (the Downward API's values do not change)
+    ("identity.workload_env", lambda c: c.identity.workload_env if c.identity else ()),
 )
 
 

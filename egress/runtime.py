@@ -19,7 +19,7 @@ from egress import config as config_mod
 from egress import secretindex
 from egress.addresses import AddressPolicy
 from egress.agentfiles import write_agent_files
-from egress.agents import AgentView, address_ranges, load_credentials
+from egress.agents import AgentView, address_ranges, load_credentials, read_workload
 from egress.audit import AuditWriter
 from egress.ca import EphemeralCA, ca_constraints, permits, trust_bundle
 from egress.config import Config, SecretSpec
@@ -179,6 +179,7 @@ class Runtime:
         ``refresh=False``: the Vault refresher thread is made but not started; the caller
         starts it (``rt.vault.start()``) once it has forked its workers (egress.workers)."""
         credentials = load_credentials(cfg)  # first: a missing token stops before Vault
+        workload = read_workload(cfg, os.environ)
         sources: dict[str, SecretSource] = {}
         vault_sources: list[VaultSource] = []
         client: VaultClient | None = None
@@ -299,6 +300,7 @@ class Runtime:
             vault=refresher,
             minter=minter,
         )
+        rt.audit.workload = workload
         if audit is None and (cfg.audit_syslog is not None or cfg.audit_otlp is not None):
             from egress.auditsinks import make_sinks
 

@@ -46,6 +46,12 @@ pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 POD = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/20-agent-pod.yaml").read_text()))[1]
 SIDECAR = next(c for c in POD["spec"]["initContainers"] if c["name"] == "egress")
 REDIRECT = next(c for c in POD["spec"]["initContainers"] if c["name"] == "egress-redirect")
+# What the kubelet sets from the Downward API for the sidecar's env (its fieldRefs).
+_FIELDS = {"metadata.name": "agent", "metadata.namespace": "agents",
+           "spec.serviceAccountName": "agent", "spec.nodeName": "node-1"}  # fmt: skip
+DOWNWARD = {
+    e["name"]: _FIELDS[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in SIDECAR.get("env", [])
+}
 LOCKS = ROOT / "deploy" / "image"
 UID = 1337
 PLACEHOLDER = "egress-api_token-placeholder"
@@ -295,7 +301,7 @@ def _run_sidecar(
     image: Image, root: Path, volumes: dict[str, Path], out: Path, *, read_only: bool,
     prefix: tuple[str, ...] = (), strace: bool = False,
 ) -> Pod:  # fmt: skip
-    env = {**image.env, "EGRESS_TEST_API_TOKEN": SECRET}
+    env = {**image.env, "EGRESS_TEST_API_TOKEN": SECRET, **DOWNWARD}
     binds = []
     for inside, host in volumes.items():
         kind = "--ro-bind" if inside == "/etc/egress" else "--bind"
@@ -680,6 +686,9 @@ def test_the_pod_from_the_image_end_to_end(
         assert r.returncode == 28 and servers[1].recorder.requests == [], r.stderr
         records = [a for a in pod.audit() if a.get("host") == API]
         assert [(a["decision"], a.get("secrets")) for a in records] == [("allow", ["api_token"])]
+        # The sidecar's workload, from the Downward API as the manifest wires it.
+        assert records[0]["workload"] == {"pod": "agent", "namespace": "agents",
+                                          "service_account": "agent", "node": "node-1"}  # fmt: skip
 
         os.kill(pod.egress_pid, signal.SIGTERM)
         assert pod.proc.wait(timeout=30) == 0, pod.outputs()

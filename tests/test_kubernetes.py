@@ -100,6 +100,19 @@ def test_ports_and_uids_agree_across_config_rules_image_and_probes(tmp_path: Pat
     assert PROXY["args"] == ["run", "--config", "/etc/egress/egress.yaml"]
 
 
+def test_the_sidecar_knows_its_workload_from_the_downward_api(tmp_path: Path) -> None:
+    path = tmp_path / "egress.yaml"
+    path.write_text(EGRESS_YAML)
+    cfg = config.load(path)
+    assert cfg.identity is not None
+    fields = {"pod": "metadata.name", "namespace": "metadata.namespace",
+              "service_account": "spec.serviceAccountName", "node": "spec.nodeName"}  # fmt: skip
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in PROXY["env"]}
+    assert dict(cfg.identity.workload_env).keys() == fields.keys()
+    for name, var in cfg.identity.workload_env:
+        assert env[var] == fields[name], (name, var)
+
+
 def test_egress_is_a_native_sidecar_started_after_the_redirect() -> None:
     assert REDIRECT["name"] == "egress-redirect" and "restartPolicy" not in REDIRECT
     assert PROXY["name"] == "egress" and PROXY["restartPolicy"] == "Always"

@@ -222,6 +222,32 @@ def _source_networks(c: Checker, m: dict[str, Any], key: str) -> tuple[IPNetwork
     return tuple(out)
 
 
+WORKLOAD_FIELDS = ("pod", "namespace", "service_account", "node")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _workload_env(c: Checker, node: Any) -> tuple[tuple[str, str], ...]:
+    """identity.workload_env: which environment variable holds each field of the sidecar's
+    workload (the Downward API's fieldRef: metadata.name, metadata.namespace,
+    spec.serviceAccountName, spec.nodeName)."""
+    k = "identity.workload_env"
+    m = c.mapping(node, k, WORKLOAD_FIELDS)
+    if m is None:
+        return ()
+    if not m:
+        c.err(k, f"name at least one of {', '.join(WORKLOAD_FIELDS)}")
+    out = []
+    for name in WORKLOAD_FIELDS:
+        var = c.typed(m, k, name, str, None)
+        if var is None:
+            continue
+        if not _ENV_NAME.match(var):
+            c.err(f"{k}.{name}", f"{var!r} is not an environment variable name")
+            continue
+        out.append((name, var))
+    return tuple(out)
+
+
 def check_client_id(text: str) -> str | None:
     """What is wrong with an agent's client_id (None: nothing): a SPIFFE ID, or the common
     name of a certificate that carries none (egress.identity.certificate_identity)."""
@@ -254,12 +280,17 @@ def parse_identity(
                   "certificate, listen.tls) or 'fixed: <agent>' (a sidecar serving one agent)")  # fmt: skip
         return None
     m = c.mapping(node, "identity", ("proxy_authorization", "client_certificates",
-                                     "source_addresses", "fixed"))  # fmt: skip
+                                     "source_addresses", "fixed", "workload_env"))  # fmt: skip
     if m is None:
         return None
+    workload = _workload_env(c, m["workload_env"]) if "workload_env" in m else ()
     if not agents:
-        c.err("identity", "there are no agents: to attribute requests, define them under agents:")
-        return None
+        if set(m) - {"workload_env"}:
+            c.err(
+                "identity", "there are no agents: to attribute requests, define them under agents:"
+            )
+            return None
+        return IdentityConfig(False, None, workload_env=workload)
     proxy_auth = c.typed(m, "identity", "proxy_authorization", bool, False)
     certs = c.typed(m, "identity", "client_certificates", bool, False)
     by_source = c.typed(m, "identity", "source_addresses", bool, False)
@@ -325,7 +356,10 @@ def parse_identity(
             if a.token is None:
                 c.err(f"agents[{a.index}].token", f"agent {a.name!r} needs a token: its proxy "
                       "credential (identity.proxy_authorization)")  # fmt: skip
-    return IdentityConfig(bool(proxy_auth), fixed, bool(certs), bool(by_source))
+    if workload and fixed is None:
+        c.err("identity.workload_env", "names the one workload a sidecar serves: with agents, "
+              "only with 'fixed: <agent>'")  # fmt: skip
+    return IdentityConfig(bool(proxy_auth), fixed, bool(certs), bool(by_source), workload)
 
 
 def check_grants(

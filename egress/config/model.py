@@ -287,6 +287,9 @@ class IdentityConfig:
     # transparent mode on a shared node: the agent is the one whose source_addresses hold the
     # connection's source address (the network must prevent spoofing: docs/agents.md)
     source_addresses: bool = False
+    # a sidecar's workload from the Downward API, in every audit record: (field, variable)
+    # pairs, e.g. (("pod", "POD_NAME"), ("namespace", "POD_NAMESPACE")); read at start
+    workload_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
