@@ -586,8 +586,9 @@ def test_sbom_validation_refuses_an_invalid_document(image: Image) -> None:
     if shutil.which("uv") is None:
         pytest.skip("needs uv to install the SBOM generator (pip install uv; a test dependency)")
     sbom = _sbom_module()
+    # (A valid document passes: test_sbom_lists_every_package_in_the_image, whose sbom.py
+    # run validates before it writes.)
     good = {"bomFormat": "CycloneDX", "specVersion": "1.6", "version": 1, "components": []}
-    sbom.validate(image.rootfs, json.dumps(good))
     for bad in (
         {**good, "bomFormat": "SPDX"},
         {**good, "components": [{"name": "x"}]},

@@ -241,6 +241,7 @@ class Balancer:
 
     def __init__(self, backends: list[int]):
         self.backends, self.counts = backends, [0] * len(backends)
+        self.open: list[socket.socket] = []  # closed at stop: no connection outlives the test
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self._next, self._closed = 0, threading.Event()
@@ -259,6 +260,7 @@ class Balancer:
             self._next += 1
             self.counts[i] += 1
             upstream = socket.create_connection(("127.0.0.1", self.backends[i]), 5)
+            self.open += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -278,8 +280,19 @@ class Balancer:
 
     def stop(self) -> None:
         self._closed.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
+        except OSError:
+            pass
         self.sock.close()
         self._thread.join(5)
+        assert not self._thread.is_alive()
+        for s in self.open:  # the replicas then stop at once, nothing in flight
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
 
 
 GH_VALUE = "ghp_gateway0real0value0000000000000000"  # noqa: S105 (a test value)
