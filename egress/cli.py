@@ -541,7 +541,7 @@ def _add_other_commands(sub: Any, cfg_help: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser("run" if argv[:1] == ["run"] else None).parse_args(argv)
-    from egress.proxy import configure_logging
+    from egress.logsetup import configure_logging
 
     configure_logging()
     if args.command == "redirect":

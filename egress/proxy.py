@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import logging
 import socket
 import sys
 from typing import Any
@@ -56,6 +55,7 @@ from egress.addons.protocol import ProtocolGuard  # noqa: E402
 from egress.addons.scrub import ResponseScrubber  # noqa: E402
 from egress.addons.tls import EgressTls  # noqa: E402
 from egress.errors import EgressError  # noqa: E402
+from egress.logsetup import configure_logging  # noqa: E402,F401 (egress.proxy.configure_logging)
 from egress.runtime import Runtime  # noqa: E402
 
 # On stop: how long requests in flight may take to finish once the listener is closed.
@@ -109,42 +109,6 @@ def _serve_on_inherited_sockets(sockets: list[socket.socket]) -> None:
         return [await asyncio.start_server(self.handle_stream, sock=sock, backlog=1024)]
 
     mode_servers.AsyncioServerInstance.listen = listen  # type: ignore[method-assign]
-
-
-class _QuietMitmproxyLogs(logging.Filter):
-    """mitmproxy logs every connection at INFO and, when upstream verification fails while
-    the client keeps sending, a spurious 'mitmproxy has crashed!' traceback. The user sees
-    the outcome in the audit log and the client's 502 instead. Its advice on a busy port
-    names mitmproxy's flags, not egress's."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
-            return False  # connections cancelled at shutdown
-        if "failed to listen on" in record.getMessage():
-            # It suggests `--mode regular@PORT`, a flag egress does not have; egress says
-            # what to change itself (ProxyStartError: listen.port, or 0 for a free port).
-            return False
-        if "has crashed" in record.getMessage():
-            # One line, no traceback (it can quote request bytes); the flows of that
-            # connection are audited as errors when it closes (AuditLog).
-            error = record.exc_info[1] if record.exc_info else None
-            record.msg, record.args, record.exc_info = (
-                "mitmproxy failed on a connection (%s); it was closed",
-                (type(error).__name__ if error else "unknown error",),
-                None,
-            )
-            record.exc_text = None
-        return True
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("egress: %(levelname)s: %(message)s"))
-    handler.addFilter(_QuietMitmproxyLogs())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("mitmproxy").setLevel(logging.WARNING)
 
 
 class EmbeddedProxy:
