@@ -16,14 +16,17 @@ from egress.request_checks import (
 )
 
 
-def grammar_problem(flow: http.HTTPFlow) -> str | None:
+def grammar_problem(flow: http.HTTPFlow, proxy_tls_only: bool = False) -> str | None:
     """Bytes the HTTP grammar forbids in the method, target, scheme, authority or headers
     would be read differently by the next parser (an HTTP/1.1 upstream reading an HTTP/2
-    request, for one): refuse rather than forward. The same rules on every version."""
+    request, for one): refuse rather than forward. The same rules on every version.
+    ``proxy_tls_only``: the connection's TLS is the one to egress itself (listen.tls), not
+    to the upstream's name: its requests are plain HTTP requests."""
     req = flow.request
+    tls = flow.client_conn.tls_established and not proxy_tls_only
     return request_problem(
         req.data.method, req.data.scheme, req.data.authority, req.data.path,
-        req.headers.fields, http2=req.is_http2, tls=flow.client_conn.tls_established,
+        req.headers.fields, http2=req.is_http2, tls=tls,
     )  # fmt: skip
 
 

@@ -12,10 +12,10 @@ upstream). With ``listen.tls``, a proxy request that did not come over TLS is re
 
 from __future__ import annotations
 
-from cryptography import x509
 from egress.addons.base import EgressAddon, deny, fail_closed, meta, policy_of
 from egress.addons.tls import is_proxy_tls
-from mitmproxy import certs, connection, http, tls
+from mitmproxy import connection, http, tls
+from OpenSSL import SSL
 
 from egress.config import Config
 from egress.identity import (
@@ -39,11 +39,19 @@ class AgentIdentity(EgressAddon):
     @fail_closed
     def tls_established_client(self, data: tls.TlsData) -> None:
         rt = self.runtime
-        cfg = rt.config
-        if not (cfg.identity and cfg.identity.client_certificates and is_proxy_tls(data.context)):
-            return
         client = data.conn
-        found = _certificate_agent(client.certificate_list, cfg)
+        if not is_proxy_tls(data.context):
+            rt.proxy_tls_only.discard(client.id)  # TLS towards an upstream's name
+            return
+        rt.proxy_tls_only.add(client.id)  # only the TLS to egress itself, so far
+        cfg = rt.config
+        if not (cfg.identity and cfg.identity.client_certificates):
+            return
+        try:
+            found = _certificate_agent(data.ssl_conn, cfg)
+        except Exception as e:  # noqa: BLE001 (an unreadable certificate proves no one)
+            found = Unidentified(Reason.PROXY_AUTH_FAILED,
+                                 f"the client certificate could not be read ({type(e).__name__})")  # fmt: skip
         if isinstance(found, Identified):
             rt.principals[client.id] = found.agent
             rt.refusals.pop(client.id, None)
@@ -147,13 +155,18 @@ class AgentIdentity(EgressAddon):
         self.runtime.principals.pop(client.id, None)
         self.runtime.refusals.pop(client.id, None)
         self.runtime.client_addresses.pop(client.id, None)
+        self.runtime.proxy_tls_only.discard(client.id)
 
 
-def _certificate_agent(chain: list[certs.Cert], cfg: Config) -> Identified | Unidentified:
-    if not chain:
+def _certificate_agent(conn: SSL.Connection | None, cfg: Config) -> Identified | Unidentified:
+    """The agent of the leaf OpenSSL verified: from the TLS connection itself, never from
+    mitmproxy's parsed copy of what the client sent (which skips a certificate it cannot
+    parse, so that the next one the client sent, unverified, would take the leaf's place)."""
+    peer = conn.get_peer_certificate() if conn is not None else None
+    if peer is None:
         return Unidentified(Reason.PROXY_AUTH_REQUIRED, "no client certificate was presented: "
                             "give the agent's certificate and key to its proxy client")  # fmt: skip
-    found = certificate_identity(x509.load_pem_x509_certificate(chain[0].to_pem()))
+    found = certificate_identity(peer.to_cryptography())
     if isinstance(found, Unidentified):
         return found
     return certificate_agent(found, {a.client_id: a.name for a in cfg.agents if a.client_id})

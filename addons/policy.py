@@ -145,7 +145,7 @@ class Allowlist(EgressAddon):
         transparent = is_transparent(flow.client_conn)
         if transparent:
             m["transparent"] = True
-        malformed = grammar_problem(flow)
+        malformed = grammar_problem(flow, flow.client_conn.id in self.runtime.proxy_tls_only)
         if malformed is not None:
             host, port = (tunnel.host, tunnel.port) if tunnel else (req.host, req.port)
             m.update(host=host, port=port, scheme=scheme, path=redact_path(req.path))

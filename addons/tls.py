@@ -68,7 +68,7 @@ class EgressTls(TlsConfig):
         self._certstore: certs.CertStore | None = None
         # One store per CA a reload added (Runtime.more_cas), by the CA's serial number.
         self._more_stores: dict[int, certs.CertStore] = {}
-        self._proxy_ctx: SSL.Context | None = None
+        self._proxy_ctx: tuple[ListenTls, SSL.Context] | None = None
 
     def load(self, loader: Any) -> None:
         if "tls_version_client_min" not in loader.master.options:
@@ -181,10 +181,17 @@ class EgressTls(TlsConfig):
     # verified against listen.tls.client_ca_file (identity.client_certificates).
 
     def _proxy_context(self, listen_tls: ListenTls) -> SSL.Context:
-        if self._proxy_ctx is None:
+        # One context per listen.tls in force: a reload that changes its files (a rotated
+        # certificate, a new trust bundle; ListenTls carries their SHA-256) gets a new one
+        # at the next handshake.
+        if self._proxy_ctx is None or self._proxy_ctx[0] != listen_tls:
             c = SSL.Context(SSL.TLS_SERVER_METHOD)
             c.set_min_proto_version(SSL.TLS1_2_VERSION)
-            c.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+            # No session resumption: a resumed session skips the client certificate's
+            # verification (and without an id context OpenSSL refuses it anyway).
+            c.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
+            c.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            c.set_session_id(b"egress-listen-tls")
             c.use_certificate_chain_file(str(listen_tls.cert_file))
             c.use_privatekey_file(str(listen_tls.key_file))
             c.check_privatekey()
@@ -198,8 +205,8 @@ class EgressTls(TlsConfig):
             # CONNECT over HTTP/2 is not supported by mitmproxy: HTTP/1.1 to the proxy.
             c.set_alpn_select_callback(lambda _conn, offers: b"http/1.1" if b"http/1.1" in offers
                                        else SSL.NO_OVERLAPPING_PROTOCOLS)  # fmt: skip
-            self._proxy_ctx = c
-        return self._proxy_ctx
+            self._proxy_ctx = (listen_tls, c)
+        return self._proxy_ctx[1]
 
     def _start_proxy_tls(self, tls_start: tls.TlsData, listen_tls: ListenTls) -> None:
         conn = SSL.Connection(self._proxy_context(listen_tls))

@@ -109,8 +109,8 @@ _NOBODY = hashlib.sha256(b"egress: no such agent").digest()
 
 # --- client certificates (identity.client_certificates) -----------------------------------
 
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")  # fullmatch: no trailing newline slips through
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def spiffe_problem(text: str) -> str | None:
@@ -125,7 +125,7 @@ def spiffe_problem(text: str) -> str | None:
     domain, slash, path = rest.partition("/")
     if not domain:
         return "the trust domain is empty"
-    if len(domain) > 255 or not _TRUST_DOMAIN.match(domain):
+    if len(domain) > 255 or not _TRUST_DOMAIN.fullmatch(domain):
         return (f"the trust domain {domain!r} may hold only lowercase letters, digits, '.', '-' "
                 "and '_' (no port, no user)")  # fmt: skip
     if not slash:
@@ -133,15 +133,17 @@ def spiffe_problem(text: str) -> str | None:
     for segment in path.split("/"):
         if segment in ("", ".", ".."):
             return "a path segment is empty, '.' or '..'"
-        if not _SEGMENT.match(segment):
+        if not _SEGMENT.fullmatch(segment):
             return (f"the path segment {segment!r} may hold only letters, digits, '.', '-' and "
                     "'_' (no query, fragment or percent-encoding)")  # fmt: skip
     return None
 
 
-def certificate_identity(cert: x509.Certificate) -> str | Unidentified:
-    """Who a verified client certificate says its holder is: its SPIFFE ID (an X.509-SVID
-    carries exactly one URI SAN), else the subject's one common name. Never a CA."""
+def certificate_identity(cert: x509.Certificate) -> tuple[str, str] | Unidentified:
+    """Who a verified client certificate says its holder is, and by which kind of name:
+    ("spiffe", its SPIFFE ID) when it carries one (an X.509-SVID carries exactly one URI
+    SAN), ("cn", its subject's one common name) when it carries no URI at all. Never a CA;
+    a certificate with URIs but no SPIFFE ID names no one (which URI would it be?)."""
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         if bc.ca:
@@ -154,7 +156,10 @@ def certificate_identity(cert: x509.Certificate) -> str | Unidentified:
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     except x509.ExtensionNotFound:
         uris = []
-    if any(u.lower().startswith("spiffe:") for u in uris):
+    if uris:
+        if not any(u.lower().startswith("spiffe:") for u in uris):
+            return Unidentified(Reason.PROXY_AUTH_FAILED, "the client certificate carries URIs "
+                                "but no SPIFFE ID (spiffe://...)")  # fmt: skip
         if len(uris) != 1:
             return Unidentified(Reason.PROXY_AUTH_FAILED, "the client certificate carries "
                                 f"{len(uris)} URIs: an X.509-SVID carries exactly one")  # fmt: skip
@@ -162,20 +167,32 @@ def certificate_identity(cert: x509.Certificate) -> str | Unidentified:
         if problem:
             return Unidentified(Reason.PROXY_AUTH_FAILED,
                                 f"the client certificate's SPIFFE ID is not valid: {problem}")  # fmt: skip
-        return uris[0]
+        return ("spiffe", uris[0])
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(names) != 1 or not isinstance(names[0].value, str) or not names[0].value:
         return Unidentified(Reason.PROXY_AUTH_FAILED, "the client certificate names no one: "
                             "no SPIFFE ID (URI SAN) and not exactly one common name")  # fmt: skip
-    return names[0].value
+    return ("cn", names[0].value)
 
 
-def certificate_agent(identity: str, client_ids: dict[str, str]) -> Identified | Unidentified:
-    """The agent whose client_id is ``identity`` (exactly: no case folding, no prefix)."""
+def client_id_kind(client_id: str) -> str:
+    """An agent's client_id is a SPIFFE ID (matched against a URI SAN only) or a common
+    name (matched against a certificate without URIs only): a common name that spells a
+    SPIFFE ID proves nothing."""
+    return "spiffe" if client_id.startswith("spiffe:") else "cn"
+
+
+def certificate_agent(
+    found: tuple[str, str], client_ids: dict[str, str]
+) -> Identified | Unidentified:
+    """The agent whose client_id is the certificate's identity, of the same kind, exactly
+    (no case folding, no prefix)."""
+    kind, identity = found
     agent = client_ids.get(identity)
-    if agent is None:
+    if agent is None or client_id_kind(identity) != kind:
         shown = identity if identity.isprintable() and len(identity) <= 256 else "(unprintable)"
-        return Unidentified(Reason.PROXY_AUTH_FAILED, f"the client certificate's identity "
+        what = "SPIFFE ID" if kind == "spiffe" else "common name"
+        return Unidentified(Reason.PROXY_AUTH_FAILED, f"the client certificate's {what} "
                             f"{shown!r} is no agent's client_id")  # fmt: skip
     return Identified(agent)
 

@@ -73,7 +73,7 @@ class Why(StrEnum):
 
 # What only a restart changes, with the reason: (label in the message, value read).
 RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
-    ("listen", lambda c: (c.listen_host, c.listen_port, c.listen_mode, c.listen_tls)),
+    ("listen", lambda c: (c.listen_host, c.listen_port, c.listen_mode)),
     ("workers", lambda c: c.workers),
     ("admin", lambda c: c.admin),
     ("audit", lambda c: (c.audit_path, c.audit_format, c.audit_syslog, c.audit_otlp)),
@@ -234,8 +234,8 @@ def prepare(rt: Runtime, path: str) -> Prepared | None:
     before = rt.credentials.digests if rt.credentials else {}
     after = credentials.digests if credentials else {}
     rotated = sorted(a for a in set(before) & set(after) if before[a] != after[a])
-    if new.sha256 == old.sha256 and not rotated:
-        return None
+    if new.sha256 == old.sha256 and not rotated and new.listen_tls == old.listen_tls:
+        return None  # (listen.tls's files rotate in place: ListenTls carries their SHA-256)
     fetched: list[SecretSource] = []
     try:
         return _prepare_secrets(rt, old, new, credentials, rotated, fetched)
@@ -417,8 +417,11 @@ def _real(files: Sequence[Path]) -> str | None:
 
 
 def token_files(cfg: Config) -> list[Path]:
-    """The agents' token files: a rotated token file is a reason to reload too."""
-    return [a.token.file for a in cfg.agents if a.token is not None and a.token.file is not None]
+    """The files besides the config's whose change is a reason to reload: the agents'
+    token files and listen.tls's certificate, key and client CA bundle (cert-manager and
+    SPIRE rotate them in place)."""
+    tokens = [a.token.file for a in cfg.agents if a.token is not None and a.token.file is not None]
+    return tokens + list(cfg.listen_tls.files if cfg.listen_tls is not None else ())
 
 
 class ConfigWatcher:

@@ -30,6 +30,7 @@ from egress.identity import Credentials, Unidentified, source_agent
 from egress.metrics import Metrics
 from egress.policy import Allowlist
 from egress.policyset import Policy, build_policy
+from egress.reasons import Reason
 from egress.resolver import Resolver
 from egress.secretindex import SecretIndex
 from egress.secrets import ParentHeld, SecretSource, SecretStore, SecretValue, make_source
@@ -148,6 +149,9 @@ class Runtime:
     # Agents (docs/agents.md): which agent each client connection proved to be (CONNECT),
     # by client connection id.
     principals: dict[str, str] = field(default_factory=dict)
+    # client connections whose only TLS is the one to egress itself (listen.tls): a request
+    # on them is plain HTTP as far as the upstream is concerned (addons/flowchecks.py)
+    proxy_tls_only: set[str] = field(default_factory=set)
     # each client connection's source address (identity.source_addresses)
     client_addresses: dict[str, str] = field(default_factory=dict)
     # why a client certificate proved no agent, by client connection id (addons/identity.py)
@@ -459,6 +463,10 @@ class Runtime:
                 cfg, after, agent
             ):
                 del self.principals[client]
+                self.refusals[client] = Unidentified(
+                    Reason.PROXY_AUTH_REQUIRED,
+                    "the config changed since this connection proved its agent: connect again",
+                )
 
     def apply_secrets(
         self, specs: tuple[SecretSpec, ...], values: dict[str, SecretValue | None]

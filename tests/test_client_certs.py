@@ -28,7 +28,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from egress.config import parse
 from egress.errors import ConfigError
-from egress.identity import Unidentified, certificate_identity, spiffe_problem
+from egress.identity import (
+    Identified,
+    Unidentified,
+    certificate_agent,
+    certificate_identity,
+    spiffe_problem,
+)
 from tests.conftest import (
     API,
     OTHER,
@@ -151,13 +157,16 @@ def gateway_config(tmp: Path, test_ca_file: Path, port: int, server: trustme.Lea
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, test_ca: trustme.CA, test_ca_file: Path,
-            upstream: Upstream) -> Iterator[Gateway]:  # fmt: skip
+            upstream: Upstream, plain_upstream: Upstream) -> Iterator[Gateway]:  # fmt: skip
     tmp = tmp_path_factory.mktemp("svid")
     issuer, stranger = Issuer.root("agents.example SPIFFE CA"), Issuer.root("somebody else's CA")
     client_ca = tmp / "spiffe-bundle.pem"
     client_ca.write_bytes(issuer.cert.public_bytes(serialization.Encoding.PEM))
     cfg = gateway_config(
         tmp, test_ca_file, upstream.port, test_ca.issue_cert("127.0.0.1", "localhost"), client_ca
+    )
+    cfg["agents"][0]["allow"].append(
+        {"host": API, "ports": [plain_upstream.port], "schemes": ["http"]}
     )
     p = start_proxy(write_config(tmp, cfg), tmp)
     try:
@@ -229,6 +238,10 @@ REFUSED: list[tuple[str, Any, str, str, str]] = [
      "407", "proxy_auth_failed", "CA certificate"),
     ("a CN that is a prefix of a client_id", lambda g: g.issuer.issue(cn="legacy"),
      "407", "proxy_auth_failed", "no agent's client_id"),
+    ("a CN that spells a SPIFFE ID", lambda g: g.issuer.issue(cn=RESEARCHER),
+     "407", "proxy_auth_failed", "common name"),
+    ("a URI that is not a SPIFFE ID, and a CN", lambda g: g.issuer.issue(cn="legacy-agent", uris=(" " + RESEARCHER,)),
+     "407", "proxy_auth_failed", "no SPIFFE ID"),
 ]  # fmt: skip
 
 
@@ -278,6 +291,44 @@ def test_curl_as_an_agent_with_its_svid(gateway: Gateway, upstream: Upstream) ->
     assert upstream.requests[-1].headers["authorization"] == f"Bearer {SECRET}"
 
 
+def test_plain_http_over_the_tls_listener_is_served_as_plain_http(
+    gateway: Gateway, plain_upstream: Upstream
+) -> None:
+    """An http:// URL through an HTTPS proxy: the TLS is to egress, the request to the
+    upstream is plain HTTP (absolute form, and inside a CONNECT tunnel to port 80)."""
+    g = gateway
+    cert = g.cert_files("plain", g.issuer.issue(uris=(RESEARCHER,)))
+    plain_upstream.recorder.clear()
+    with g.client(cert) as c:
+        assert c.get(f"http://{API}:{plain_upstream.port}/absolute").status_code == 200
+    assert [r.path for r in plain_upstream.requests] == ["/absolute"]
+    assert _last(g.proxy)["agent"] == "researcher"
+
+
+def test_a_client_offering_to_resume_its_session_gets_a_full_handshake(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    """A client that offers its previous TLS session back (curl, Python and browsers do) is
+    served with a full handshake, its certificate verified again: egress resumes none."""
+    import socket
+
+    g = gateway
+    cert = g.cert_files("resume", g.issuer.issue(uris=(RESEARCHER,)))
+    ctx = ssl.create_default_context(cafile=str(g.server_ca))
+    ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    connect = (
+        f"CONNECT {API}:{upstream.port} HTTP/1.1\r\nHost: {API}:{upstream.port}\r\n\r\n".encode()
+    )
+    session = None
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", g.proxy.port), 10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+                tls.sendall(connect)
+                assert tls.recv(100).startswith(b"HTTP/1.1 200"), "the CONNECT was not answered"
+                assert not tls.session_reused
+                session = tls.session or session
+
+
 def test_plain_http_to_a_tls_listener_is_refused(gateway: Gateway, upstream: Upstream) -> None:
     """A proxy request in the clear (an agent's HTTPS_PROXY=http://...) is answered 407,
     never served: with listen.tls, egress takes agents over TLS only."""
@@ -313,6 +364,11 @@ SPIFFE_IDS = [
     ("spiffe://example.org/a?b=c", "no query"),
     ("spiffe://example.org/a#b", "no query"),
     ("spiffe://example.org/a%2Fb", "percent"),
+    (
+        "spiffe://example.org/a\n",
+        "path segment",
+    ),  # a trailing newline ($ in a regex lets it through)
+    ("spiffe://example.org\n/a", "trust domain"),
     ("spiffe://example.org/" + "a" * 2040, "2048"),
 ]
 
@@ -329,15 +385,18 @@ def test_certificate_identity_table() -> None:
     def cert(**kw: Any) -> x509.Certificate:
         return x509.load_pem_x509_certificate(issuer.issue(**kw)[0])
 
-    assert certificate_identity(cert(uris=(RESEARCHER,))) == RESEARCHER
-    assert certificate_identity(cert(cn="legacy-agent")) == "legacy-agent"
-    # A URI that is not a SPIFFE ID leaves the CN as the identity (not an X.509-SVID).
-    assert (
-        certificate_identity(cert(cn="legacy-agent", uris=("https://a.example/",)))
-        == "legacy-agent"
-    )
+    assert certificate_identity(cert(uris=(RESEARCHER,))) == ("spiffe", RESEARCHER)
+    assert certificate_identity(cert(cn="legacy-agent")) == ("cn", "legacy-agent")
+    # A common name is the identity only of a certificate without URIs; and a common name
+    # that spells a SPIFFE ID is a common name, which no SPIFFE client_id matches.
+    assert certificate_identity(cert(cn=RESEARCHER)) == ("cn", RESEARCHER)
+    ids = {RESEARCHER: "researcher", "legacy-agent": "legacy"}
+    assert isinstance(certificate_agent(("cn", RESEARCHER), ids), Unidentified)
+    assert isinstance(certificate_agent(("spiffe", "legacy-agent"), ids), Unidentified)
+    assert certificate_agent(("spiffe", RESEARCHER), ids) == Identified("researcher")
     for bad in (cert(uris=(RESEARCHER, REVIEWER)), cert(uris=(RESEARCHER,), ca=True),
-                cert(uris=("spiffe://EXAMPLE/x",))):  # fmt: skip
+                cert(uris=("spiffe://EXAMPLE/x",)), cert(cn="legacy-agent", uris=("https://a.example/",)),
+                cert(cn="legacy-agent", uris=(" " + RESEARCHER,))):  # fmt: skip
         assert isinstance(certificate_identity(bad), Unidentified)
 
 
@@ -428,3 +487,40 @@ def test_a_reload_that_changes_a_client_id_unproves_its_connections(
     finally:
         assert p.stop() == 0, p.stderr_path.read_text()
     assert "Traceback" not in p.stderr_path.read_text()
+
+
+def test_rotated_tls_files_take_effect_without_a_restart(
+    tmp_path: Path, test_ca: trustme.CA, test_ca_file: Path, upstream: Upstream
+) -> None:
+    """cert-manager and SPIRE rewrite the files in place: the watcher sees the bundle
+    change, the reload applies it, the next handshake trusts the new CA and not the old."""
+    import os
+    import time
+
+    old_ca, new_ca = Issuer.root("SPIFFE CA 1"), Issuer.root("SPIFFE CA 2")
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(old_ca.cert.public_bytes(serialization.Encoding.PEM))
+    cfg = gateway_config(
+        tmp_path, test_ca_file, upstream.port, test_ca.issue_cert("127.0.0.1"), bundle
+    )
+    cfg["reload"] = {"watch": True, "interval_seconds": 0.2}
+    p = start_proxy(write_config(tmp_path, cfg), tmp_path)
+    g = Gateway(p, f"https://127.0.0.1:{p.port}", tmp_path, test_ca_file, old_ca, new_ca)
+    first = g.cert_files("first", old_ca.issue(uris=(RESEARCHER,)))
+    second = g.cert_files("second", new_ca.issue(uris=(RESEARCHER,)))
+    try:
+        assert g.get(first, API, upstream.port, API_PH) == 200
+        tmp = bundle.with_name("bundle.pem.new")
+        tmp.write_bytes(new_ca.cert.public_bytes(serialization.Encoding.PEM))
+        os.replace(tmp, bundle)
+        deadline = time.monotonic() + 30
+        while not [r for r in p.audit() if r.get("event") == "reload"]:
+            assert time.monotonic() < deadline, p.stderr_path.read_text()
+            time.sleep(0.05)
+        record = [r for r in p.audit() if r.get("event") == "reload"][0]
+        assert (record["trigger"], record["outcome"]) == ("file", "applied"), record
+        assert g.get(second, API, upstream.port, API_PH) == 200
+        with pytest.raises(httpx.TransportError):
+            g.client(first).get(f"https://{API}:{upstream.port}/")
+    finally:
+        assert p.stop() == 0, p.stderr_path.read_text()

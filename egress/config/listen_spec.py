@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -52,4 +53,8 @@ def parse_listen_tls(c: Checker, node: Any, base: Path, transparent: bool) -> Li
     if "client_ca_file" in m:
         client_ca = file_path(base, c.typed(m, k, "client_ca_file", str, ""))
         _certs(c, client_ca, f"{k}.client_ca_file")
-    return ListenTls(cert_path, key_path, client_ca)
+    digest = hashlib.sha256()
+    for path in (cert_path, key_path, client_ca):
+        if path is not None and path.is_file():
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return ListenTls(cert_path, key_path, client_ca, digest.hexdigest())

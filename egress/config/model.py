@@ -299,6 +299,17 @@ class ListenTls:
     cert_file: Path  # egress's own certificate for the name agents connect to (and chain)
     key_file: Path
     client_ca_file: Path | None = None  # verifies agents' client certificates
+    # SHA-256 of the three files' bytes when loaded: a reload with rotated files is a change
+    # (addons/tls.py builds a new TLS context), not "the same config"
+    sha256: str = ""
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (
+            self.cert_file,
+            self.key_file,
+            *([self.client_ca_file] if self.client_ca_file else []),
+        )
 
 
 AGENT_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
