@@ -9,6 +9,7 @@ egress.checkcmd decides with them.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,11 @@ def locked_networks(cfg: Config) -> tuple[IPNetwork, ...]:
     )
 
 
+# An RFC 1123 subdomain: what Kubernetes allows for pod, namespace, service account and node
+# names (a namespace is the stricter label, which this also admits).
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
 def read_workload(cfg: Config, environ: Mapping[str, str]) -> dict[str, str] | None:
     """identity.workload_env's values (a sidecar's pod, namespace, service account, node,
     from the Downward API), for every audit record; None when not configured. A variable
@@ -139,8 +145,9 @@ def read_workload(cfg: Config, environ: Mapping[str, str]) -> dict[str, str] | N
                 f"Downward API (env: - name: {var}, valueFrom: {{fieldRef: {{fieldPath: "
                 f"{fields[name]}}}}})"
             )
-        if len(value) > 253 or not value.isprintable():
+        if len(value) > 253 or not _K8S_NAME.fullmatch(value):
             raise CredentialLoadError(f"identity.workload_env.{name}: ${var} is not a "
-                                      "Kubernetes name (printable, at most 253 characters)")  # fmt: skip
+                                      "Kubernetes name (RFC 1123: lowercase letters, digits, "
+                                      "'-' and '.', at most 253 characters)")  # fmt: skip
         out[name] = value
     return out

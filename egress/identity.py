@@ -202,17 +202,19 @@ def certificate_agent(
 
 def source_agent(address: str | None, table: tuple[tuple[IPNetwork, str], ...]) -> str | None:
     """The agent whose source_addresses hold ``address`` (a connection's peer address), or
-    None. An IPv4-mapped IPv6 address (a dual-stack socket's view of an IPv4 peer) is its
-    IPv4 address; a zone index is dropped. The config allows no overlap, so at most one
-    agent matches."""
-    if not address:
-        return None
+    None. An IPv4-mapped IPv6 address is its IPv4 address; a link-local peer (with or
+    without a zone) is no one (the config refuses such ranges too). The config allows no
+    overlap, so at most one agent matches."""
+    if not address or "%" in address:
+        return None  # a zone: a link-local peer, whose address any agent's link may carry
     try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    if ip.is_link_local:
+        return None
     for net, agent in table:
         if ip.version == net.version and ip in net:
             return agent

@@ -181,23 +181,29 @@ def start_proxy(
         stdout=out.open("wb"), stderr=err.open("wb"), env=env or proxy_env(),
     )  # fmt: skip
     OUTPUTS.extend([out, err])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        text = err.read_text(errors="replace")
-        if "ready;" in text:
-            m = re.search(r"listening on (\S+):(\d+) ", text)
-            assert m, text
-            port = int(m.group(2))
-            cfg = yaml.safe_load(config.read_text())
-            audit = Path(cfg.get("audit", {}).get("path", tmp / "none"))
-            OUTPUTS.append(audit)
-            return RunningProxy(proc, f"http://127.0.0.1:{port}", port,
-                                Path(cfg["ca"]["cert_path"]), config, out, err, audit)  # fmt: skip
-        if proc.poll() is not None:
-            raise AssertionError(f"egress exited with {proc.returncode}:\n{text}")
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("egress did not become ready:\n" + err.read_text())
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = err.read_text(errors="replace")
+            if "ready;" in text:
+                m = re.search(r"listening on (\S+):(\d+) ", text)
+                assert m, text
+                port = int(m.group(2))
+                cfg = yaml.safe_load(config.read_text())
+                audit = Path(cfg.get("audit", {}).get("path", tmp / "none"))
+                OUTPUTS.append(audit)
+                return RunningProxy(proc, f"http://127.0.0.1:{port}", port,
+                                    Path(cfg["ca"]["cert_path"]), config, out, err, audit)  # fmt: skip
+            if proc.poll() is not None:
+                raise AssertionError(f"egress exited with {proc.returncode}:\n{text}")
+            time.sleep(0.05)
+        raise AssertionError("egress did not become ready:\n" + err.read_text())
+    except BaseException:
+        # Whatever failed here (the caller gets no RunningProxy to stop): no egress outlives it.
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        raise
 
 
 @pytest.fixture(scope="module")

@@ -60,9 +60,12 @@ class Node:
         return []
 
 
-def _node_rules(interfaces: list[str]) -> str:
-    """The docs' recipe, for these agent-facing interfaces."""
-    lines = ["*nat"]
+def _node_rules(interfaces: list[str], addresses: list[str]) -> str:
+    """The docs' recipe, for these agent-facing interfaces and their agents' addresses."""
+    lines = ["*raw"]
+    for dev, addr in zip(interfaces, addresses, strict=True):
+        lines.append(f"-A PREROUTING -i {dev} ! -s {addr} -j DROP")
+    lines += ["COMMIT", "*nat"]
     for dev in interfaces:
         lines.append(
             f"-A PREROUTING -i {dev} -p tcp -m multiport --dports 80,443 -j REDIRECT --to-ports {PORT}"
@@ -102,6 +105,9 @@ def shared_node(tmp_path_factory: pytest.TempPathFactory, test_ca: trustme.CA,
             gw, me = f"10.236.{o}.{4 * i + 1}", f"10.236.{o}.{4 * i + 2}"
             run("ip", "-n", node, "addr", "add", f"{gw}/30", "dev", outside)
             run("ip", "-n", node, "link", "set", outside, "up")
+            run(
+                "ip", "netns", "exec", node, "sysctl", "-qw", f"net.ipv4.conf.{outside}.rp_filter=1"
+            )
             run("ip", "-n", ns, "addr", "add", f"{me}/30", "dev", inside)
             run("ip", "-n", ns, "link", "set", inside, "up")
             run("ip", "-n", ns, "route", "add", "default", "via", gw)
@@ -116,7 +122,7 @@ def shared_node(tmp_path_factory: pytest.TempPathFactory, test_ca: trustme.CA,
         run("ip", "-n", node, "link", "set", f"eu{tag}", "up")
         run("ip", "-n", up, "link", "set", f"ev{tag}", "up")
         rules = tmp / "rules"
-        rules.write_text(_node_rules(interfaces))
+        rules.write_text(_node_rules(interfaces, list(addresses.values())))
         run("ip", "netns", "exec", node, "iptables-restore", str(rules))
         for ns in agents.values():  # names for curl, never the machine's resolver
             d = Path("/etc/netns") / ns
@@ -209,8 +215,9 @@ def test_an_address_of_no_agent_is_refused_and_audited(shared_node: Node) -> Non
 
 
 def test_an_agent_cannot_send_from_another_agents_address(shared_node: Node) -> None:
-    """The table is only as good as the network's anti-spoofing: strict reverse-path
-    filtering on the node drops a packet whose source is routed through another interface."""
+    """The table is only as good as the network's anti-spoofing: the node's raw rule (and
+    strict reverse-path filtering) drops what an agent's interface carries from another's
+    address."""
     n = shared_node
     ns = n.agents["researcher"]
     reviewer = n.addresses["reviewer"]
@@ -239,7 +246,9 @@ SOURCES = [
     ("::ffff:10.0.0.5", "a"),  # a dual-stack socket's view of an IPv4 peer
     ("10.0.1.7", "b"),
     ("10.0.1.16", None),
-    ("fd00::1%eth0", "c"),
+    ("fd00::1%eth0", None),  # a zone: link-scoped, no one's
+    ("fe80::aa", None),  # link-local: the same address on every agent's link
+    ("fe80::aa%veth-a", None),
     ("fd00::2", None),
     ("not-an-address", None),
     ("", None),
@@ -255,6 +264,7 @@ def test_source_lookup(address: str | None, agent: str | None) -> None:
         (ipaddress.ip_network("10.0.0.5/32"), "a"),
         (ipaddress.ip_network("10.0.1.0/28"), "b"),
         (ipaddress.ip_network("fd00::1/128"), "c"),
+        (ipaddress.ip_network("fe80::aa/128"), "d"),  # refused by the config; inert even so
     )
     assert source_agent(address, table) == agent  # type: ignore[arg-type]
 
@@ -284,6 +294,18 @@ BAD = [
      "agents[0].source_addresses[0]", "as IPv4"),
     ("without the identity", _cfg(identity={"fixed": "a"}, agents=[{"name": "a", "source_addresses": ["10.0.0.1"]}]),
      "agents[0].source_addresses", "read only with identity.source_addresses"),
+    ("link-local", _cfg(agents=[{"name": "a", "source_addresses": ["fe80::aa"]}]),
+     "agents[0].source_addresses[0]", "link-local"),
+    ("link-local v4", _cfg(agents=[{"name": "a", "source_addresses": ["169.254.1.2"]}]),
+     "agents[0].source_addresses[0]", "link-local"),
+    ("loopback", _cfg(agents=[{"name": "a", "source_addresses": ["127.0.0.1"]}]),
+     "agents[0].source_addresses[0]", "loopback"),
+    ("everything", _cfg(agents=[{"name": "a", "source_addresses": ["0.0.0.0/0"]}]),
+     "agents[0].source_addresses[0]", "unspecified"),
+    ("multicast", _cfg(agents=[{"name": "a", "source_addresses": ["224.0.0.0/4"]}]),
+     "agents[0].source_addresses[0]", "multicast"),
+    ("too wide", _cfg(agents=[{"name": "a", "source_addresses": ["10.0.0.0/8"]}]),
+     "agents[0].source_addresses[0]", "too wide"),
     ("a shared node without it", {"listen": {"mode": "transparent", "host": "0.0.0.0"}}, "listen.host",
      "identify agents by identity.source_addresses"),
 ]  # fmt: skip

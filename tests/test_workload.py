@@ -101,3 +101,15 @@ def test_bad_workload_configs(
     with pytest.raises(ConfigError) as e:
         parse(json.loads(json.dumps(cfg)), str(tmp_path / "egress.yaml"), tmp_path)
     assert key in str(e.value) and said in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("value", ["a b", "Agent", "раd", "x\ny", "a" * 254, "-a"])
+def test_a_value_that_is_no_kubernetes_name_stops_the_start(value: str) -> None:
+    from egress.agents import read_workload
+    from egress.errors import CredentialLoadError
+
+    cfg = parse({"allow": [{"host": API}], "identity": {"workload_env": {"pod": "POD_NAME"}}},
+                "egress.yaml", Path("."))  # fmt: skip
+    assert read_workload(cfg, {"POD_NAME": "agent-7d9f.x"}) == {"pod": "agent-7d9f.x"}
+    with pytest.raises(CredentialLoadError, match="not a Kubernetes name"):
+        read_workload(cfg, {"POD_NAME": value})

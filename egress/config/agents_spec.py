@@ -218,6 +218,11 @@ def _source_networks(c: Checker, m: dict[str, Any], key: str) -> tuple[IPNetwork
         if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped:
             c.err(f"{key}.source_addresses[{j}]", f"{text!r}: write an IPv4-mapped range as IPv4")
             continue
+        why = _not_an_agent_source(net)
+        if why:
+            c.err(f"{key}.source_addresses[{j}]", f"{text!r} {why}: give each agent its own "
+                  "routed address (e.g. 10.236.0.2, a /32)")  # fmt: skip
+            continue
         out.append(net)
     return tuple(out)
 
@@ -246,6 +251,22 @@ def _workload_env(c: Checker, node: Any) -> tuple[tuple[str, str], ...]:
             continue
         out.append((name, var))
     return tuple(out)
+
+
+def _not_an_agent_source(net: IPNetwork) -> str | None:
+    """Why a range cannot stand for agents (None: it can). Link-local addresses are per
+    link (any agent can take another's on its own veth, and the node answers it there);
+    loopback is the node's own processes; the unspecified, multicast and wide ranges are no
+    one's; a zone would only be dropped."""
+    a = net.network_address
+    if a.is_loopback or a.is_unspecified or a.is_multicast:
+        return "is loopback, unspecified or multicast: no agent's"
+    link_local = ipaddress.ip_network("fe80::/10" if net.version == 6 else "169.254.0.0/16")
+    if a.is_link_local or net.overlaps(link_local):  # type: ignore[arg-type]
+        return "is link-local: the same address exists on every link"
+    if net.prefixlen < (16 if net.version == 4 else 48):
+        return f"is too wide (/{net.prefixlen})"
+    return None
 
 
 def check_client_id(text: str) -> str | None:
