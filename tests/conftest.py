@@ -160,6 +160,16 @@ class RunningProxy:
             texts.append(self.audit_path.read_text())
         return "\n".join(texts)
 
+    def reload_record(self, n: int = 1, timeout: float = 30) -> dict[str, Any]:
+        """The n-th reload record (1-based) of the audit log, once it is written."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = [r for r in self.audit() if r.get("event") == "reload"]
+            if len(records) >= n:
+                return records[n - 1]
+            assert time.monotonic() < deadline, self.stderr_path.read_text()
+            time.sleep(0.05)
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
