@@ -172,8 +172,11 @@ class AuditLog(EgressAddon):
             duration_ms=round((end - req.timestamp_start) * 1000, 2),
             detail=detail,
             agent=m.get("agent"),
+            dlp=list(m["dlp"]) if m.get("dlp") else None,
         )
         self.runtime.audit.write(record)
+        for finding in record.dlp or ():
+            self.runtime.metrics.dlp_findings.labels(finding["detector"], finding["action"]).inc()
         if self.runtime.config.agents:
             self.runtime.metrics.agent_requests.labels(record.agent or "unidentified",
                                                        record.decision).inc()  # fmt: skip

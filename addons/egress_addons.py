@@ -7,6 +7,7 @@ the audit addon records what the others decided.
 """
 
 from egress.addons.audit import AuditLog
+from egress.addons.dlp import DataLossGuard
 from egress.addons.identity import AgentIdentity
 from egress.addons.inject import SecretInjector, StaleTokens
 from egress.addons.policy import Allowlist
@@ -19,6 +20,7 @@ addons = [
     AgentIdentity(),
     Allowlist(),
     ProtocolGuard(),
+    DataLossGuard(),
     SecretInjector(),
     StaleTokens(),
     ResponseScrubber(),

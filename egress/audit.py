@@ -65,6 +65,8 @@ class AuditRecord:
     duration_ms: float | None = None
     detail: str | None = None
     agent: str | None = None  # the agent that sent it (docs/agents.md); None: no agents
+    # Outbound data-loss findings (docs/dlp.md): detector, where, action, rule; never a value.
+    dlp: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as ``dataclasses.asdict`` gives it (the fields in their order, a copy
@@ -78,7 +80,7 @@ class AuditRecord:
             "would_deny": self.would_deny, "secrets": list(self.secrets),
             "scrubbed": self.scrubbed, "status": self.status, "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out, "duration_ms": self.duration_ms, "detail": self.detail,
-            "agent": self.agent,
+            "agent": self.agent, "dlp": self.dlp,
         }  # fmt: skip
 
     def to_json(self) -> str:

@@ -143,6 +143,12 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+def has_known_suffix(name: str) -> bool:
+    """Does ``name`` (lower case) end in a suffix of the Public Suffix List (com, co.uk...)
+    with a label before it? Not true of test, local, invalid or file names such as a.png."""
+    return "." in name and _psl().publicsuffix(name, accept_unknown=False) not in (None, name)
+
+
 @dataclass(frozen=True)
 class HostPattern:
     """One host entry of a rule or a secret binding: exact name, *.wildcard, address or CIDR."""

@@ -29,6 +29,10 @@ class Metrics:
                                       ["agent", "decision"], registry=r)  # fmt: skip
         self.injected = Counter("egress_secrets_injected", "Requests a secret was injected into", ["secret"],
                                 registry=r)  # fmt: skip
+        # Outbound data-loss findings (docs/dlp.md): detector names come from the catalogue
+        # and actions from three words, so the labels are bounded.
+        self.dlp_findings = Counter("egress_dlp_findings", "Data-loss findings by detector and action",
+                                    ["detector", "action"], registry=r)  # fmt: skip
         self.scrubbed = Counter(
             "egress_scrubbed_values", "Secret values replaced in responses", registry=r
         )

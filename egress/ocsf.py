@@ -150,6 +150,7 @@ def _http(record: dict[str, Any]) -> dict[str, Any]:
             "scrubbed": record.get("scrubbed") or None,
             "agent": record.get("agent"),
             "workload": record.get("workload"),
+            "dlp": record.get("dlp") or None,
         },  # fmt: skip
     }
     if http_like:

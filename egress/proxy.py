@@ -48,6 +48,7 @@ from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver  # noqa:
 from mitmproxy.master import Master  # noqa: E402
 
 from egress.addons.audit import AuditLog  # noqa: E402
+from egress.addons.dlp import DataLossGuard  # noqa: E402
 from egress.addons.identity import AgentIdentity  # noqa: E402
 from egress.addons.inject import SecretInjector, StaleTokens  # noqa: E402
 from egress.addons.policy import Allowlist  # noqa: E402
@@ -134,6 +135,7 @@ class EmbeddedProxy:
             AgentIdentity(rt),
             Allowlist(rt),
             ProtocolGuard(rt),
+            DataLossGuard(rt),
             SecretInjector(rt),
             StaleTokens(rt),
             ResponseScrubber(rt),

@@ -48,6 +48,8 @@ class Reason(StrEnum):
     AWS_CREDENTIAL_ACTION = "aws_credential_action"
     SECRET_NOT_GRANTED = "secret_not_granted"
     BODY_TOO_LARGE = "body_too_large"
+    # denied by an outbound data-loss rule (docs/dlp.md)
+    DLP_BLOCKED = "dlp_blocked"
     # refused below HTTP: a limit on what one client may make the proxy hold or do
     HEAD_TOO_LARGE = "head_too_large"
     STREAM_FLOOD = "stream_flood"
@@ -94,6 +96,7 @@ _STATUS: dict[Reason, int] = {
     Reason.AWS_CREDENTIAL_ACTION: 403,
     Reason.SECRET_NOT_GRANTED: 403,
     Reason.BODY_TOO_LARGE: 413,
+    Reason.DLP_BLOCKED: 403,
     Reason.HEAD_TOO_LARGE: 431,
     Reason.STREAM_FLOOD: 429,
     Reason.MESSAGE_TOO_LARGE: 413,

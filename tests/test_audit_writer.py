@@ -230,7 +230,7 @@ def test_stdout_and_stderr_keep_the_order_of_what_was_written(target: str) -> No
                    '"method":"GET","scheme":"https","host":"h","port":443,"path":"/\\u00e9",'
                    '"decision":"allow","reason":"allowed","rule":null,"would_deny":null,'
                    '"secrets":[],"scrubbed":0,"status":null,"bytes_in":0,"bytes_out":0,'
-                   '"duration_ms":null,"detail":null,"agent":null}', "after"]  # fmt: skip
+                   '"duration_ms":null,"detail":null,"agent":null,"dlp":null}', "after"]  # fmt: skip
 
 
 def test_a_stdout_without_a_file_descriptor_is_written_through(

@@ -26,6 +26,7 @@ from egress.config.agents_spec import (
 )
 from egress.config.audit_spec import parse_audit
 from egress.config.checker import Checker, file_path, opt_file_path
+from egress.config.dlp_spec import parse_dlp
 from egress.config.includes import (
     Document,
     Item,
@@ -57,7 +58,7 @@ from egress.hostnames import IPNetwork, canonical_host, is_ip
 
 TOP_KEYS = (
     "mode", "include", "listen", "admin", "agent", "ca", "upstream", "allow", "secrets",
-    "vault", "audit", "limits", "workers", "identity", "agents", "groups", "locked", "reload",
+    "vault", "audit", "limits", "workers", "identity", "agents", "groups", "locked", "reload", "dlp",
 )  # fmt: skip
 MAX_WORKERS = 256
 
@@ -259,6 +260,7 @@ def _parse(main: Document) -> Config:
         vault = parse_vault(c, {}, base)  # all from VAULT_* variables, token auth
 
     reload = parse_reload(c, top)
+    dlp = parse_dlp(c, top.get("dlp"), {a.name for a in agents} if agents else None)
     items: dict[str, list[Item]] = {"allow": rule_items, "secrets": secret_items}
     if c.problems:
         raise ConfigError(file, relocate(c.problems, items, file))
@@ -294,6 +296,7 @@ def _parse(main: Document) -> Config:
         groups=tuple(groups),
         locked=locked,
         reload=reload,
+        dlp=dlp,
         files=tuple(d.path for d in docs if d.path is not None),
         sha256=hashlib.sha256(b"".join(d.raw for d in docs)).hexdigest(),
     )

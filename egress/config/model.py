@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from secrets import token_urlsafe
 
+from egress.dlp.policy import DlpConfig
 from egress.hostnames import HostPattern, IPNetwork
 
 SCHEMES = ("https", "http")
@@ -434,6 +435,7 @@ class Config:
     audit_otlp: OtlpConfig | None = None
     ca_vault_pki: CaPki | None = None  # None: a self-signed CA (egress.ca)
     listen_tls: ListenTls | None = None  # None: agents connect in plain HTTP (loopback, a pod)
+    dlp: DlpConfig | None = None  # outbound data-loss rules (docs/dlp.md); None: no inspection
     # The files it was read from (the config file, then each included file in include
     # order; presets too) and the SHA-256 of their bytes one after the other: what a reload
     # watches and what its audit record names (egress.reload).

@@ -1,0 +1,241 @@
+"""Outbound data-loss prevention (docs/dlp.md): what an allowed request may say.
+
+Runs after the allowlist and before injection, on what the agent sent: the request target
+and headers when they arrive, the body when it is complete. egress's placeholders are
+blanked out before matching (they are never findings) and a real secret value is left to
+the secret guards (``secret_to_unbound_host``). Each finding gets the strongest action of
+the rules that cover it: ``block`` answers 403 ``dlp_blocked`` naming the detectors and
+where they matched; ``mask`` replaces each value by a typed token (``[EMAIL_1]``) and checks
+that nothing is left; ``report`` only records. Every finding goes into the audit record and
+the ``egress_dlp_findings`` counter, never its value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+from egress.addons.base import EgressAddon, decoded_body, deny, fail_closed, meta
+from mitmproxy import http
+
+from egress.audit import redact_path
+from egress.dlp.catalogue import catalogue
+from egress.dlp.fields import Field, body_fields, header_fields, url_fields
+from egress.dlp.policy import Decision, DlpConfig, DlpRule, decide, strongest, surfaces_of, too_deep
+from egress.dlp.scan import Masker, Scanner
+from egress.reasons import Reason
+
+# Bodies up to this size are inspected on the event loop; larger ones in a worker thread.
+INLINE_BYTES = 64 * 1024
+# The masked values of a request, for restoring them in its response. Not in
+# flow.metadata, which mitmproxy serializes when flows are saved: gone with the flow.
+_MASKERS: weakref.WeakKeyDictionary[http.HTTPFlow, Masker] = weakref.WeakKeyDictionary()
+
+
+def _where(d: Decision) -> str:
+    f = d.finding
+    at = f" at offset {f.offset}" if f.offset is not None else ""
+    how = f" ({f.how})" if f.how != "as sent" else ""
+    return f"{f.detector} in {f.where}{at}{how}"
+
+
+class DataLossGuard(EgressAddon):
+    _scanner: tuple[DlpConfig, Scanner] | None = None
+
+    def _config(self) -> DlpConfig | None:
+        return self.runtime.config.dlp
+
+    def _scanner_for(self, dlp: DlpConfig) -> Scanner:
+        cached = self._scanner
+        if cached is None or cached[0] is not dlp:
+            cached = self._scanner = (dlp, Scanner(catalogue(dlp.phone_regions)))
+        return cached[1]
+
+    def _rules(self, flow: http.HTTPFlow) -> tuple[DlpRule, ...]:
+        dlp = self._config()
+        m = meta(flow)
+        if dlp is None or flow.response is not None or m.get("decision") != "allow":
+            return ()
+        return dlp.active(m.get("host", ""), m.get("agent"))
+
+    def _neutral(self, text: str) -> str:
+        """``text`` with egress's placeholders blanked out (same length: offsets hold)."""
+        for spec in self.runtime.index().specs:
+            if spec.placeholder in text:
+                text = text.replace(spec.placeholder, " " * len(spec.placeholder))
+        return text
+
+    def _is_secret(self, value: str) -> bool:
+        """A loaded secret's real value: the secret guards decide about it."""
+        return self.runtime.index().find(value.encode("utf-8", "surrogateescape")) is not None
+
+    def _inspect(self, dlp: DlpConfig, rules: tuple[DlpRule, ...], fields: list[Field],
+                 surface: str) -> list[Decision]:  # fmt: skip
+        result = self._scanner_for(dlp).scan(fields, self._is_secret, neutral=self._neutral)
+        findings = list(result.findings)
+        if not result.complete:
+            findings.append(too_deep(surface, "request"))
+        return decide(findings, rules)
+
+    def _record(self, flow: http.HTTPFlow, decisions: list[Decision]) -> None:
+        m = meta(flow)
+        m["dlp"] = [*m.get("dlp", []), *(d.to_dict() for d in decisions)]
+        if any(d.finding.surface == "url" for d in decisions):
+            # The URL holds the value: neither the audit record nor the 403 repeats it (the
+            # query's values are redacted already; the path is too, when it is the field).
+            route, sep, query = flow.request.path.partition("?")
+            if any(d.finding.where.startswith("path") for d in decisions):
+                route = "/[redacted: data-loss finding]"
+            m["path"] = redact_path(route + sep + query)
+            m["url"] = (
+                f"{m.get('scheme', 'https')}://{m.get('host', '')}:{m.get('port', '')}{m['path']}"
+            )
+
+    def _block(self, flow: http.HTTPFlow, decisions: list[Decision], why: str = "") -> None:
+        blocking = [d for d in decisions if d.action == "block"] or decisions
+        rules = list(dict.fromkeys(d.rule.label for d in blocking))
+        found = "; ".join(_where(d) for d in blocking[:8])
+        more = f" and {len(blocking) - 8} more" if len(blocking) > 8 else ""
+        deny(flow, self.runtime, Reason.DLP_BLOCKED,
+             f"the request carries data a data-loss rule blocks{why}: {found}{more} "
+             f"(rule {', '.join(rules)}); it was not sent",
+             rule=", ".join(rules),
+             hint="take the value out of the request; if it must reach this host, change the "
+                  "rule's action or hosts under dlp.rules in the config")  # fmt: skip
+
+    def _masker(self, flow: http.HTTPFlow) -> Masker:
+        masker = _MASKERS.get(flow)
+        if masker is None:
+            masker = _MASKERS[flow] = Masker()
+        return masker
+
+    @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        rules = self._rules(flow)
+        if not rules:
+            return
+        dlp, req = self._config(), flow.request
+        assert dlp is not None
+        surfaces = surfaces_of(rules)
+        length = req.headers.get("content-length", "")
+        if (
+            "body" in surfaces_of(rules, strict=True)
+            and length.isdigit()
+            and int(length) > (limit := self.runtime.config.max_body_bytes)
+        ):
+            deny(flow, self.runtime, Reason.BODY_TOO_LARGE,
+                 f"the request body ({length} bytes) is over limits.max_body_bytes ({limit}) and "
+                 "cannot be inspected by the data-loss rules that apply to this host")  # fmt: skip
+            return
+        fields: list[Field] = []
+        if "url" in surfaces:
+            fields += url_fields(req.path)
+        if "headers" in surfaces:
+            fields += header_fields(list(req.headers.items(multi=True)))
+        if not fields:
+            return
+        decisions = self._inspect(dlp, rules, fields, "url" if "url" in surfaces else "headers")
+        if not decisions:
+            return
+        self._record(flow, decisions)
+        action = strongest(decisions)
+        if action == "block":
+            self._block(flow, decisions)
+        elif action == "mask":
+            self._mask_head(flow, dlp, rules, decisions)
+
+    def _mask_head(self, flow: http.HTTPFlow, dlp: DlpConfig, rules: tuple[DlpRule, ...],
+                   decisions: list[Decision]) -> None:  # fmt: skip
+        req, masker = flow.request, self._masker(flow)
+        masked = [d.finding for d in decisions if d.action == "mask"]
+        if any(not f.in_place for f in masked):
+            self._block(flow, decisions, " (found only once decoded: it cannot be masked in place)")
+            return
+        url = [f for f in masked if f.surface == "url"]
+        if url:
+            req.path = masker.replace(
+                req.path.encode("utf-8", "surrogateescape"), url, in_url=True
+            ).decode("utf-8", "surrogateescape")
+        if any(f.surface == "headers" for f in masked):
+            heads = [f for f in masked if f.surface == "headers"]
+            for name in list(req.headers.keys()):
+                values = req.headers.get_all(name)
+                new = [masker.replace(v.encode("utf-8", "surrogateescape"), heads).decode(
+                       "utf-8", "surrogateescape") for v in values]  # fmt: skip
+                if new != values:
+                    req.headers.set_all(name, new)
+        fields = url_fields(req.path) + header_fields(list(req.headers.items(multi=True)))
+        head = "url" if "url" in surfaces_of(rules) else "headers"
+        left = [d for d in self._inspect(dlp, rules, fields, head) if d.action != "report"]
+        if left:
+            self._block(flow, left, " (it could not be masked in place)")
+
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        rules = self._rules(flow)
+        if not rules or "body" not in surfaces_of(rules):
+            return
+        dlp, req, m = self._config(), flow.request, meta(flow)
+        assert dlp is not None
+        strict = "body" in surfaces_of(rules, strict=True)
+        if req.raw_content is None:  # streamed: grew past limits.max_body_bytes
+            if strict:
+                m.update(decision="deny", reason=Reason.DLP_BLOCKED.value, status=None,
+                         detail="the request body grew past limits.max_body_bytes without a "
+                         "Content-Length, so the data-loss rules could not inspect it: the "
+                         "request was cut off before its end and the connection closed")  # fmt: skip
+                flow.kill()
+            return
+        body = decoded_body(req, self.runtime.config.max_body_bytes)
+        if body is None:
+            if strict:
+                deny(flow, self.runtime, Reason.BODY_TOO_LARGE,
+                     "the request body's content-encoding cannot be decoded within "
+                     "limits.max_body_bytes, so the data-loss rules cannot inspect it")  # fmt: skip
+            return
+        if not body:
+            return
+        fields = body_fields(body, req.headers.get("content-type", ""))
+        if len(body) > INLINE_BYTES:
+            decisions = await asyncio.to_thread(self._inspect, dlp, rules, fields, "body")
+        else:
+            decisions = self._inspect(dlp, rules, fields, "body")
+        if not decisions:
+            return
+        self._record(flow, decisions)
+        action = strongest(decisions)
+        if action == "block":
+            self._block(flow, decisions)
+        elif action == "mask":
+            self._mask_body(flow, dlp, rules, decisions, body)
+
+    def _mask_body(self, flow: http.HTTPFlow, dlp: DlpConfig, rules: tuple[DlpRule, ...],
+                   decisions: list[Decision], body: bytes) -> None:  # fmt: skip
+        masked = [d.finding for d in decisions if d.action == "mask"]
+        if any(not f.in_place for f in masked):
+            self._block(flow, decisions, " (found only once decoded: it cannot be masked in place)")
+            return
+        new = self._masker(flow).replace(body, masked)
+        fields = body_fields(new, flow.request.headers.get("content-type", ""))
+        left = [d for d in self._inspect(dlp, rules, fields, "body") if d.action != "report"]
+        if left:
+            self._block(flow, left, " (it could not be masked in place)")
+            return
+        flow.request.content = new  # encoded again as the agent's Content-Encoding says
+
+    @fail_closed
+    def response(self, flow: http.HTTPFlow) -> None:
+        dlp, masker = self._config(), _MASKERS.get(flow)
+        resp = flow.response
+        if dlp is None or not dlp.restore_masked or not masker or resp is None:
+            return
+        if resp.stream or resp.raw_content is None:
+            return  # streamed responses keep their tokens (docs/dlp.md)
+        body = decoded_body(resp, self.runtime.config.max_body_bytes)
+        if not body:
+            return
+        media = resp.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        restored, n = masker.restore(body, json_escaped=media.endswith("json"))
+        if n:
+            resp.content = restored
+            meta(flow)["dlp_restored"] = n

@@ -1,0 +1,264 @@
+"""Outbound data-loss rules end to end through the real proxy (docs/dlp.md): block, mask
+and restore, report; every surface and encoding an agent can hide a value in; the echo
+upstream reports what it received, and no value reaches any output."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.canary import CANARIES
+from tests.conftest import API, OTHER, RunningProxy, base_config, start_proxy, write_config
+from tests.dlp_samples import VALID
+from tests.upstream import Upstream
+
+RNG = random.Random(1717)
+AWS_KEY = VALID["aws_access_key"](RNG)
+GH_TOKEN = VALID["github_token"](RNG)
+EMAIL = VALID["email_address"](RNG)
+EMAIL2 = VALID["email_address"](RNG)
+CARD = VALID["payment_card"](random.Random(5)).replace(" ", "")
+IBAN = VALID["iban"](random.Random(6)).replace(" ", "")
+# A placeholder shaped like a GitHub token: it must never count as a finding.
+PLACEHOLDER = "ghp_" + "Zq8Xv3Lm9Tb2Wc7Rn4Ks1Hd6Jf5Gy0Pa2Qe8Uo"
+VALUES = [AWS_KEY, GH_TOKEN, EMAIL, EMAIL2, CARD, IBAN]
+CANARIES.update(VALUES)
+
+
+@pytest.fixture(scope="module")
+def dlp_proxy(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream,
+              test_ca_file: Path) -> Iterator[RunningProxy]:  # fmt: skip
+    tmp = tmp_path_factory.mktemp("dlp")
+    cfg = base_config(tmp, test_ca_file, upstream.port)
+    cfg["secrets"].append({"name": "gh", "source": {"env": "EGRESS_TEST_GH"}, "hosts": [API],
+                           "placeholder": PLACEHOLDER, "inject": ["headers", "body"]})  # fmt: skip
+    cfg["dlp"] = {
+        "restore_masked": True,
+        "rules": [
+            {"name": "no-credentials", "detectors": ["credentials"], "action": "block"},
+            {"name": "mask-personal", "detectors": ["personal"], "action": "mask",
+             "hosts": [API]},
+            {"name": "report-personal", "detectors": ["personal"], "action": "report"},
+        ],
+    }  # fmt: skip
+    from tests.conftest import proxy_env
+
+    p = start_proxy(
+        write_config(tmp, cfg), tmp, proxy_env(EGRESS_TEST_GH="gh-real-value-0123456789")
+    )
+    yield p
+    assert p.stop() == 0
+    assert "Traceback" not in p.stderr_path.read_text()
+
+
+@pytest.fixture
+def client(dlp_proxy: RunningProxy) -> Iterator[httpx.Client]:
+    ctx = ssl.create_default_context(cafile=str(dlp_proxy.ca))
+    with httpx.Client(proxy=dlp_proxy.url, verify=ctx, timeout=30) as c:
+        yield c
+
+
+def _url(upstream: Upstream, host: str = API, path: str = "/v1/echo") -> str:
+    return f"https://{host}:{upstream.port}{path}"
+
+
+def _last(p: RunningProxy, path_part: str) -> dict[str, Any]:
+    records = [r for r in p.audit() if r.get("event") == "request" and path_part in r["path"]]
+    assert records, p.audit()[-3:]
+    return records[-1]
+
+
+def _assert_no_value(*texts: str | bytes) -> None:
+    for t in texts:
+        s = t.decode("utf-8", "replace") if isinstance(t, bytes) else t
+        for v in VALUES:
+            assert v not in s, f"a matched value is in an output: ...{s[:200]}"
+
+
+def _enc_b64(v: str, skip: int) -> str:
+    return base64.b64encode(b"x" * skip + v.encode() + b" trailing").decode()
+
+
+# (case, how the value is sent) for a credential: every surface and encoding.
+def _request(kind: str, value: str) -> dict[str, Any]:
+    zw = value[:4] + "\u200b" + value[4:]
+    homoglyph = value.replace("A", "\u0410", 1) if "A" in value else value.replace("a", "\u0430", 1)
+    bodies: dict[str, dict[str, Any]] = {
+        "json": {"json": {"messages": [{"role": "user", "content": f"use {value} please"}]}},
+        "json nested path": {"json": {"a": {"b": [1, {"c": value}]}}},
+        "json key": {"json": {value: 1}},
+        "json escaped": {"content": b'{"x": "' + "".join(f"\\u{ord(c):04x}" for c in value).encode() + b'"}',
+                         "headers": {"content-type": "application/json"}},
+        "form": {"data": {"note": value}},
+        "multipart": {"files": {"f": ("a.txt", f"key={value}\n".encode())}},
+        "text": {"content": f"log line: {value}\n".encode(), "headers": {"content-type": "text/plain"}},
+        "query": {"params": {"q": value}},
+        "path": {"path": f"/v1/items/{value}"},
+        "header": {"headers": {"x-note": f"see {value}"}},
+        **{f"base64 at offset {k}": {"json": {"blob": _enc_b64(value, k)}} for k in range(4)},
+        "base64url": {"json": {"blob": base64.urlsafe_b64encode(value.encode()).decode()}},
+        "hex": {"json": {"blob": value.encode().hex()}},
+        "hex with delimiters": {"json": {"blob": ":".join(f"{b:02x}" for b in value.encode())}},
+        "percent twice": {"params": {"q": quote(quote(value, safe=""), safe="")}},
+        "base64 of hex": {"json": {"blob": base64.b64encode(value.encode().hex().encode()).decode()}},
+        "zero-width inside": {"json": {"t": zw}},
+        "homoglyph": {"json": {"t": homoglyph}},
+        "full-width": {"json": {"t": "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in value)}},
+        "split across JSON fields": {"json": {"a": value[:8], "b": value[8:]}},
+        "split across query parameters": {"params": [("a", value[:6]), ("b", value[6:])]},
+        "gzip body": {"gzip": {"t": value}},
+    }  # fmt: skip
+    return bodies[kind]
+
+
+KINDS = [
+    "json", "json nested path", "json key", "json escaped", "form", "multipart", "text", "query",
+    "path", "header", "base64 at offset 0", "base64 at offset 1", "base64 at offset 2",
+    "base64 at offset 3", "base64url", "hex", "hex with delimiters", "percent twice",
+    "base64 of hex", "zero-width inside", "homoglyph", "full-width", "split across JSON fields",
+    "split across query parameters", "gzip body",
+]  # fmt: skip
+
+
+def _send(c: httpx.Client, upstream: Upstream, spec: dict[str, Any], host: str = API,
+          tag: str = "") -> httpx.Response:  # fmt: skip
+    import gzip
+
+    path = spec.get("path", "/v1/echo") + (f"-{tag}" if tag and "path" not in spec else "")
+    kw = {k: v for k, v in spec.items() if k not in ("path", "gzip")}
+    if "gzip" in spec:
+        kw["content"] = gzip.compress(json.dumps(spec["gzip"]).encode())
+        kw["headers"] = {"content-type": "application/json", "content-encoding": "gzip"}
+    method = "GET" if set(kw) <= {"params", "headers"} else "POST"
+    return c.request(method, _url(upstream, host, path), **kw)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("value", [AWS_KEY, GH_TOKEN], ids=["aws_key", "github_token"])
+def test_a_credential_is_blocked_on_every_surface_and_encoding(
+    dlp_proxy: RunningProxy, client: httpx.Client, upstream: Upstream, kind: str, value: str
+) -> None:
+    tag = f"c{abs(hash((kind, value))) % 10**8}"
+    r = _send(client, upstream, _request(kind, value), tag=tag)
+    assert r.status_code == 403, (kind, r.text)
+    assert r.headers["x-egress-reason"] == "dlp_blocked"
+    detector = "aws_access_key" if value == AWS_KEY else "github_token"
+    assert detector in r.text and "no-credentials" in r.text
+    assert not [q for q in upstream.recorder.requests if tag in q.path or value in q.path]
+    _assert_no_value(r.text, str(r.headers))
+    rec = [x for x in dlp_proxy.audit() if x.get("reason") == "dlp_blocked"][-1]
+    assert rec["decision"] == "deny" and rec["status"] == 403
+    assert any(f["detector"] == detector and f["action"] == "block" for f in rec["dlp"]), rec
+    _assert_no_value(json.dumps(rec))
+
+
+def test_the_403_names_the_json_path_and_offset(
+    dlp_proxy: RunningProxy, client: httpx.Client, upstream: Upstream
+) -> None:
+    r = client.post(_url(upstream), json={"messages": [{"content": f"ab {AWS_KEY}"}]})
+    assert r.status_code == 403
+    assert "aws_access_key in $.messages[0].content at offset 3" in r.text
+    rec = _last(dlp_proxy, "/v1/echo")
+    assert {"detector": "aws_access_key", "where": "$.messages[0].content", "offset": 3,
+            "action": "block", "rule": "no-credentials"} in rec["dlp"]  # fmt: skip
+
+
+def test_personal_data_is_masked_consistently_and_restored_in_the_response(
+    dlp_proxy: RunningProxy, client: httpx.Client, upstream: Upstream
+) -> None:
+    body = {
+        "to": EMAIL,
+        "cc": [EMAIL2, EMAIL],
+        "text": f"charge {CARD} from {IBAN}, reply to {EMAIL}",
+    }
+    r = client.post(_url(upstream, path="/v1/mask"), json=body)
+    assert r.status_code == 200, r.text
+    got = upstream.recorder.requests[-1]
+    sent = json.loads(got.body)
+    # The upstream saw typed tokens, the same value always the same token.
+    assert sent["to"] == "[EMAIL_1]" and sent["cc"] == ["[EMAIL_2]", "[EMAIL_1]"]
+    assert sent["text"] == "charge [CARD_1] from [IBAN_1], reply to [EMAIL_1]"
+    _assert_no_value(got.body)
+    # The agent reads its own values back (restore_masked).
+    echoed = json.loads(r.json()["body"])
+    assert echoed == body
+    rec = _last(dlp_proxy, "/v1/mask")
+    assert rec["decision"] == "allow"
+    assert {(f["detector"], f["action"]) for f in rec["dlp"]} == {
+        ("email_address", "mask"), ("payment_card", "mask"), ("iban", "mask")}  # fmt: skip
+    _assert_no_value(json.dumps(rec))
+
+
+def test_masking_in_the_query(
+    dlp_proxy: RunningProxy, client: httpx.Client, upstream: Upstream
+) -> None:
+    r = client.get(_url(upstream, path="/v1/search"), params={"q": f"mail {EMAIL}"})
+    assert r.status_code == 200
+    assert upstream.recorder.requests[-1].path == "/v1/search?q=mail+%5BEMAIL_1%5D"
+
+
+def test_a_value_found_only_once_decoded_cannot_be_masked_and_is_blocked(
+    dlp_proxy: RunningProxy, client: httpx.Client, upstream: Upstream
+) -> None:
+    r = client.post(_url(upstream, path="/v1/b64mask"),
+                    json={"blob": base64.b64encode(EMAIL.encode()).decode()})  # fmt: skip
+    assert r.status_code == 403 and "cannot be masked in place" in r.text
+    assert not any("/v1/b64mask" in q.path for q in upstream.recorder.requests)
+
+
+def test_report_only_lets_the_value_through_and_records_it(
+    dlp_proxy: RunningProxy, client: httpx.Client, upstream: Upstream
+) -> None:
+    r = client.post(_url(upstream, OTHER, "/v1/report"), json={"to": EMAIL})
+    assert r.status_code == 200
+    assert json.loads(upstream.recorder.requests[-1].body) == {"to": EMAIL}
+    rec = _last(dlp_proxy, "/v1/report")
+    assert rec["decision"] == "allow"
+    assert rec["dlp"] == [{"detector": "email_address", "where": "$.to", "offset": 0,
+                           "action": "report", "rule": "report-personal"}]  # fmt: skip
+
+
+def test_egress_placeholders_are_never_findings(
+    dlp_proxy: RunningProxy, client: httpx.Client, upstream: Upstream
+) -> None:
+    r = client.post(_url(upstream, path="/v1/ph"), headers={"authorization": f"token {PLACEHOLDER}"},
+                    json={"token": PLACEHOLDER, "b64": base64.b64encode(PLACEHOLDER.encode()).decode()})  # fmt: skip
+    assert r.status_code == 200, r.text
+    got = upstream.recorder.requests[-1]
+    assert got.headers["authorization"] == "token gh-real-value-0123456789"
+    rec = _last(dlp_proxy, "/v1/ph")
+    assert rec["dlp"] is None and set(rec["secrets"]) == {"gh"}
+
+
+def test_a_clean_request_is_untouched(dlp_proxy: RunningProxy, client: httpx.Client,
+                                      upstream: Upstream) -> None:  # fmt: skip
+    body = {"model": "m", "messages": [{"role": "user", "content": "Summarise RFC 9110 section 9.3.1"}],
+            "id": "3f2a1c9e-8b7d-4e6f-a5c4-1b2d3e4f5a6b", "ts": 1733300000123}  # fmt: skip
+    r = client.post(_url(upstream, path="/v1/clean"), json=body)
+    assert r.status_code == 200
+    assert json.loads(upstream.recorder.requests[-1].body) == body
+    assert _last(dlp_proxy, "/v1/clean")["dlp"] is None
+
+
+def test_a_body_over_the_limit_is_refused_where_a_blocking_rule_applies(
+    dlp_proxy: RunningProxy, client: httpx.Client, upstream: Upstream
+) -> None:
+    with pytest.raises(httpx.HTTPError):
+        r = client.post(_url(upstream, path="/v1/big"), content=b"a" * 70_000)
+        assert r.status_code != 200  # the connection is closed: mitmproxy streams such a body
+    rec = _last(dlp_proxy, "/v1/big")
+    assert (rec["decision"], rec["reason"]) == ("deny", "body_too_large")
+    assert not any("/v1/big" in q.path for q in upstream.recorder.requests)
+
+
+def test_no_value_in_any_output(dlp_proxy: RunningProxy) -> None:
+    _assert_no_value(dlp_proxy.outputs())
