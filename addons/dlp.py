@@ -18,11 +18,11 @@ import weakref
 from egress.addons.base import EgressAddon, decoded_body, deny, fail_closed, meta
 from mitmproxy import http
 
-from egress.audit import redact_path
 from egress.dlp.catalogue import catalogue
 from egress.dlp.fields import Field, body_fields, header_fields, url_fields
 from egress.dlp.policy import Decision, DlpConfig, DlpRule, decide, strongest, surfaces_of, too_deep
 from egress.dlp.scan import Masker, Scanner
+from egress.dlp.stream import StreamInspector
 from egress.reasons import Reason
 
 # Bodies up to this size are inspected on the event loop; larger ones in a worker thread.
@@ -30,6 +30,8 @@ INLINE_BYTES = 64 * 1024
 # The masked values of a request, for restoring them in its response. Not in
 # flow.metadata, which mitmproxy serializes when flows are saved: gone with the flow.
 _MASKERS: weakref.WeakKeyDictionary[http.HTTPFlow, Masker] = weakref.WeakKeyDictionary()
+# The inspector of each request whose body streams (Content-Length over the limit).
+_STREAMS: weakref.WeakKeyDictionary[http.HTTPFlow, StreamInspector] = weakref.WeakKeyDictionary()
 
 
 def _where(d: Decision) -> str:
@@ -81,12 +83,13 @@ class DataLossGuard(EgressAddon):
         m = meta(flow)
         m["dlp"] = [*m.get("dlp", []), *(d.to_dict() for d in decisions)]
         if any(d.finding.surface == "url" for d in decisions):
-            # The URL holds the value: neither the audit record nor the 403 repeats it (the
-            # query's values are redacted already; the path is too, when it is the field).
-            route, sep, query = flow.request.path.partition("?")
+            # The URL holds the value: neither the audit record nor the 403 repeats it. The
+            # whole query goes (a parameter's name can be the value); the path too, when
+            # the value is there.
+            route, sep, _ = flow.request.path.partition("?")
             if any(d.finding.where.startswith("path") for d in decisions):
                 route = "/[redacted: data-loss finding]"
-            m["path"] = redact_path(route + sep + query)
+            m["path"] = route + ("?[redacted: data-loss finding]" if sep else "")
             m["url"] = (
                 f"{m.get('scheme', 'https')}://{m.get('host', '')}:{m.get('port', '')}{m['path']}"
             )
@@ -119,14 +122,14 @@ class DataLossGuard(EgressAddon):
         surfaces = surfaces_of(rules)
         length = req.headers.get("content-length", "")
         if (
-            "body" in surfaces_of(rules, strict=True)
+            "body" in surfaces
             and length.isdigit()
-            and int(length) > (limit := self.runtime.config.max_body_bytes)
+            and int(length) > self.runtime.config.max_body_bytes
         ):
-            deny(flow, self.runtime, Reason.BODY_TOO_LARGE,
-                 f"the request body ({length} bytes) is over limits.max_body_bytes ({limit}) and "
-                 "cannot be inspected by the data-loss rules that apply to this host")  # fmt: skip
-            return
+            # mitmproxy streams it (it has set req.stream): inspect it chunk by chunk.
+            req.stream = _STREAMS[flow] = StreamInspector(
+                self._scanner_for(dlp), rules, self._masker(flow), self._is_secret, self._neutral
+            )
         fields: list[Field] = []
         if "url" in surfaces:
             fields += url_fields(req.path)
@@ -178,6 +181,19 @@ class DataLossGuard(EgressAddon):
         dlp, req, m = self._config(), flow.request, meta(flow)
         assert dlp is not None
         strict = "body" in surfaces_of(rules, strict=True)
+        inspector = _STREAMS.pop(flow, None)
+        if inspector is not None:  # streamed through the inspector; the end is not sent yet
+            if inspector.decisions:
+                self._record(flow, inspector.decisions)
+            if inspector.blocked:
+                blocking = [d for d in inspector.decisions if d.action != "report"]
+                m.update(decision="deny", reason=Reason.DLP_BLOCKED.value, status=None,
+                         rule=", ".join(dict.fromkeys(d.rule.label for d in blocking)),
+                         detail="the streamed request body carries data a data-loss rule blocks: "
+                         + "; ".join(_where(d) for d in blocking[:8]) + "; nothing from the value "
+                         "on was sent and the request was cut off before its end")  # fmt: skip
+                flow.kill()
+            return
         if req.raw_content is None:  # streamed: grew past limits.max_body_bytes
             if strict:
                 m.update(decision="deny", reason=Reason.DLP_BLOCKED.value, status=None,

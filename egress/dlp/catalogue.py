@@ -60,9 +60,19 @@ class Detector:
             for m in pattern.finditer(text):
                 group: int | str = "value" if "value" in pattern.groupindex else self.group
                 value, start, end = m.group(group), m.start(group), m.end(group)
-                if value and self.validate(value, text, start, end):
+                try:
+                    valid = self.validate(value, text, start, end)
+                except Exception:  # noqa: BLE001 (a validator that fails: the match stands)
+                    valid = True
+                if value and valid:
                     out.append((value, start, end))
         return out
+
+
+def _ascii(pattern: str) -> re.Pattern[str]:
+    """\\d and \\w as ASCII only: a Unicode digit is folded to ASCII first (egress.dlp.fold),
+    and python-stdnum raises on anything else."""
+    return re.compile(pattern, re.ASCII)
 
 
 # --- shared checks -----------------------------------------------------------------------
@@ -171,13 +181,16 @@ def _jwt(value: str, text: str, start: int, end: int) -> bool:
     return value.count(".") >= 1 and JwtTokenDetector.is_formally_valid(value)
 
 
-_PRIVATE_KEY_BODY = re.compile(r"-*(?:\s|\\[rn])*(?:[A-Za-z-]+: [^\n]*(?:\n|\\n))*"
-                               r"(?:\s|\\[rn])*[A-Za-z0-9+/=]{64}")  # fmt: skip
+# Key material: 64 base64 characters in a row (a PEM line), searched in a bounded window
+# after the header (no nested repetition: linear whatever the text).
+_KEY_MATERIAL = re.compile(r"[A-Za-z0-9+/=]{64}")
+_KEY_WINDOW = 600
 
 
 def _private_key(value: str, text: str, start: int, end: int) -> bool:
-    """A key's header followed by key material: not a line of code that tests for one."""
-    return _PRIVATE_KEY_BODY.match(text, end, end + 512) is not None
+    """A key's header followed by key material within a few lines (its encryption
+    headers may come first): not a line of code that tests for one."""
+    return _KEY_MATERIAL.search(text, end, end + _KEY_WINDOW) is not None
 
 
 def _url_password(value: str, text: str, start: int, end: int) -> bool:
@@ -275,7 +288,7 @@ def _credential_detectors() -> list[Detector]:
 
 # --- personal data --------------------------------------------------------------------------
 
-_EMAIL = re.compile(
+_EMAIL = _ascii(
     r"(?<![A-Za-z0-9._%+-])([A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63})(?![A-Za-z0-9-])"
 )
@@ -295,7 +308,11 @@ def _email(value: str, text: str, start: int, end: int) -> bool:
 
 # Not a run inside a longer one: no letter, digit, dot or dash next to it, and no group of
 # digits before or after it across a space (an IBAN or an account number printed in groups).
-_CARD = re.compile(r"(?<![\w.-])(?<!\d )(\d(?:[ -]?\d){12,18})(?![\w-])(?! \d)")
+_CARD = re.compile(
+    r"(?<![\w.])(?<!\w-)([0-9]{13,19})(?![\w-])"  # bare: only its own neighbours count
+    r"|(?<![\w.-])(?<![0-9] )([0-9]{4}(?:[ ./-][0-9]{2,6}){2,4})(?![\w-])(?! [0-9])",
+    re.ASCII,
+)
 # Issuer prefixes (ISO/IEC 7812 ranges of the card networks) and lengths.
 _CARD_PREFIX = re.compile(
     r"4\d{12}(?:\d{3}){0,2}|5[1-5]\d{14}|2(?:2[2-9][1-9]|2[3-9]\d|[3-6]\d\d|7[01]\d|720)\d{12}"
@@ -307,12 +324,12 @@ _CARD_PREFIX = re.compile(
 def _card(value: str, text: str, start: int, end: int) -> bool:
     from stdnum import luhn
 
-    digits = value.replace(" ", "").replace("-", "")
+    digits = re.sub(r"[ ./-]", "", value)
     seps = {c for c in value if not c.isdigit()}
     if len(seps) > 1:
         return False
     if seps:  # grouped as printed: 4-4-4-4, 4-6-5 or 4-4-4-4-3
-        groups = [len(g) for g in re.split(r"[ -]", value)]
+        groups = [len(g) for g in re.split(r"[ ./-]", value)]
         if groups not in ([4, 4, 4, 4], [4, 6, 5], [4, 6, 4], [4, 4, 4, 4, 3], [4, 4, 4, 2]):
             return False
     return (
@@ -323,7 +340,7 @@ def _card(value: str, text: str, start: int, end: int) -> bool:
     )
 
 
-_IBAN = re.compile(
+_IBAN = _ascii(
     r"(?<![A-Za-z0-9])([A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?)(?![A-Za-z0-9])"
 )
 
@@ -335,8 +352,8 @@ def _iban(value: str, text: str, start: int, end: int) -> bool:
     return compact not in DOCUMENTATION_VALUES and iban.is_valid(compact)
 
 
-_SSN = re.compile(r"(?<![\d-])(\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4})(?![\d-])")
-_SSN_BARE = re.compile(r"(?i)(?:ssn|social.security)[^0-9\n]{0,24}(?<!\d)(?P<value>\d{9})(?!\d)")
+_SSN = _ascii(r"(?<![\d-])(\d{3}-\d{2}-\d{4}|\d{3} \d{2} \d{4})(?![\d-])")
+_SSN_BARE = _ascii(r"(?i)(?:ssn|social.security)[^0-9\n]{0,24}(?<!\d)(?P<value>\d{9})(?!\d)")
 
 
 def _ssn(value: str, text: str, start: int, end: int) -> bool:
@@ -348,7 +365,7 @@ def _ssn(value: str, text: str, start: int, end: int) -> bool:
     return digits not in DOCUMENTATION_VALUES and ssn.is_valid(digits)
 
 
-_DNI = re.compile(r"(?<![A-Za-z0-9])(\d{8}-?[A-Z])(?![A-Za-z0-9])")
+_DNI = _ascii(r"(?<![A-Za-z0-9])(\d{8}-?[A-Z])(?![A-Za-z0-9])")
 
 
 def _dni(value: str, text: str, start: int, end: int) -> bool:
@@ -358,7 +375,7 @@ def _dni(value: str, text: str, start: int, end: int) -> bool:
     return compact not in DOCUMENTATION_VALUES and dni.is_valid(compact)
 
 
-_CODICE_FISCALE = re.compile(r"(?<![A-Za-z0-9])([A-Z]{6}[0-9LMNPQRSTUV]{2}[ABCDEHLMPRST]"
+_CODICE_FISCALE = _ascii(r"(?<![A-Za-z0-9])([A-Z]{6}[0-9LMNPQRSTUV]{2}[ABCDEHLMPRST]"
                              r"[0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{3}[A-Z])(?![A-Za-z0-9])")  # fmt: skip
 
 
@@ -368,7 +385,7 @@ def _codice_fiscale(value: str, text: str, start: int, end: int) -> bool:
     return value not in DOCUMENTATION_VALUES and codicefiscale.is_valid(value)
 
 
-_NIR = re.compile(r"(?<![\d])([12] ?\d\d ?(?:0[1-9]|1[0-2]|[2-9]\d) ?(?:\d\d|2[AB]) ?\d{3} ?\d{3}"
+_NIR = _ascii(r"(?<![\d])([12] ?\d\d ?(?:0[1-9]|1[0-2]|[2-9]\d) ?(?:\d\d|2[AB]) ?\d{3} ?\d{3}"
                   r" ?\d\d)(?![\d])")  # fmt: skip
 
 
@@ -378,10 +395,10 @@ def _nir(value: str, text: str, start: int, end: int) -> bool:
     return nir.is_valid(value.replace(" ", ""))
 
 
-_AADHAAR = re.compile(
+_AADHAAR = _ascii(
     r"(?<![\w.-])(?<!\d )([2-9]\d{3} \d{4} \d{4}|[2-9]\d{3}-\d{4}-\d{4})(?![\w-])(?! \d)"
 )
-_AADHAAR_BARE = re.compile(
+_AADHAAR_BARE = _ascii(
     r"(?i)(?:aadhaar|aadhar|uidai)[^0-9\n]{0,24}(?<!\d)(?P<value>[2-9]\d{11})(?!\d)"
 )
 
@@ -392,7 +409,7 @@ def _aadhaar(value: str, text: str, start: int, end: int) -> bool:
     return aadhaar.is_valid(value.replace(" ", "").replace("-", ""))
 
 
-_PHONE_CANDIDATE = re.compile(r"(?<![\w+.-])(\+?\(?\d[\d ().-]{6,18}\d)(?![\w-])")
+_PHONE_CANDIDATE = _ascii(r"(?<![\w+.-])(\+?\(?\d[\d ().-]{6,18}\d)(?![\w-])")
 
 
 @functools.cache

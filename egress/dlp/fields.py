@@ -9,6 +9,7 @@ parameters): each structured surface is also searched as its values joined in or
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -28,7 +29,12 @@ SKIPPED_HEADERS = frozenset(
 # location only when it cannot hold a value worth hiding: letters, '_' and '-', at most 32
 # (no credential, card or e-mail fits). Any other name is shown by its position.
 _SHOWN_NAME = re.compile(r"[A-Za-z_-]{1,32}")
-MAX_FIELDS = 100_000
+# Fields read one by one, at most: a document of a million tiny values would cost seconds
+# of Python per request. Past the cap the body is still read whole (body_fields' "body").
+MAX_FIELDS = 10_000
+# Shorter than any value a detector finds (an e-mail address, a 9-digit identifier): such a
+# field is read only in the joined values and the whole body.
+MIN_FIELD = 6
 
 
 def shown(name: str, position: int) -> str:
@@ -41,37 +47,59 @@ class Field:
     text: str
     surface: str  # body | url | headers
     joined: bool = False  # several fields' values joined: a split value
+    plus: bool = False  # form-encoded text, where '+' is a space
+    decode: bool = True  # also read through encodings (egress.dlp.views); False: as sent only
 
     def __repr__(self) -> str:  # the text is what the agent sent: never in a log
         return f"Field({self.where!r}, {len(self.text)} chars, <redacted>)"
 
 
-def json_fields(doc: object) -> list[Field]:
-    """Every string (and integer) value of a parsed JSON document, and every key, with its
-    path; then the string values joined. Iterative: a deeply nested document cannot
-    exhaust the stack."""
+class Pairs(list[tuple[str, object]]):
+    """A JSON object as its pairs, in order, duplicates kept (json's object_pairs_hook): a
+    dict would keep only the last of two equal keys, the one an upstream may not read."""
+
+
+def parse_json(text: str) -> object:
+    """A JSON document with objects as Pairs and numbers with a fraction or an exponent as
+    their text (a float would hide the digits of a card number)."""
+    return json.loads(text, object_pairs_hook=Pairs, parse_float=str)
+
+
+def json_fields(doc: object) -> tuple[list[Field], bool]:
+    """Every string (and long integer) value of a parsed JSON document, and every key,
+    with its path; then the string values joined. Iterative: a deeply nested document
+    cannot exhaust the stack. The flag: every node was read (False past the caps)."""
     out: list[Field] = []
     strings: list[str] = []
     stack: list[tuple[str, object]] = [("$", doc)]
-    while stack and len(out) < MAX_FIELDS:
+    nodes = 0
+    while stack and len(out) < MAX_FIELDS and nodes < 20 * MAX_FIELDS:
         path, node = stack.pop()
-        if isinstance(node, dict):
-            for i, (k, v) in reversed(list(enumerate(node.items()))):
+        nodes += 1
+        if isinstance(node, dict | Pairs):
+            items = list(node.items()) if isinstance(node, dict) else node
+            if len(items) > 20 * MAX_FIELDS:
+                return out, False
+            for i, (k, v) in reversed(list(enumerate(items))):
                 name = shown(k, i)
-                out.append(Field(f"{path} (key {name})", k, "body"))
+                if len(k) >= MIN_FIELD:
+                    out.append(Field(f"{path} (key {name})", k, "body"))
                 stack.append((f"{path}.{name}", v))
                 if isinstance(v, str | int) and SECRET_NAME.search(k):
                     out.append(Field(f"{path}.{name} (name and value)", f"{k}={v}", "body"))
         elif isinstance(node, list):
+            if len(node) > 20 * MAX_FIELDS:
+                return out, False
             stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(node))))
         elif isinstance(node, str):
-            out.append(Field(path, node, "body"))
+            if len(node) >= MIN_FIELD:
+                out.append(Field(path, node, "body"))
             strings.append(node)
-        elif isinstance(node, int) and not isinstance(node, bool):
+        elif isinstance(node, int) and not isinstance(node, bool) and abs(node) >= 10**5:
             out.append(Field(path, str(node), "body"))
     if len(strings) > 1:
         out.append(Field("JSON string values joined", "".join(strings), "body", joined=True))
-    return out
+    return out, not stack
 
 
 def _form_fields(text: str, prefix: str, surface: str) -> list[Field]:
@@ -87,6 +115,8 @@ def _form_fields(text: str, prefix: str, surface: str) -> list[Field]:
     if len(pairs) > 1:
         joined = "".join(v for _, v in pairs)
         out.append(Field(f"{prefix} values joined", joined, surface, joined=True))
+    # As written too: what parsing changed ('+' in base64 read as a space) or dropped.
+    out.append(Field(prefix, text, surface, plus=True))
     return out
 
 
@@ -109,24 +139,53 @@ def _multipart_fields(body: bytes, content_type: str) -> list[Field] | None:
     return out
 
 
+def _text(body: bytes, content_type: str) -> str:
+    """The body as text: in its declared charset when that is a UTF-16 or UTF-32 one (or
+    it starts with their byte-order mark), else UTF-8 (bytes that are not kept as they
+    are)."""
+    charset = ""
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+    if charset.startswith(("utf-16", "utf-32", "utf16", "utf32")):
+        try:
+            return body.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            pass
+    if body[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        return body.decode("utf-32", "surrogatepass")
+    if body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return body.decode("utf-16", "surrogatepass")
+    return body.decode("utf-8", "surrogateescape")
+
+
 def body_fields(body: bytes, content_type: str) -> list[Field]:
-    """The body's fields by its content type; a body egress cannot parse is one text field
-    (``body``), searched like any other."""
+    """The body's fields by its content type, and the body itself as text (what parsing
+    would miss: duplicate keys, numbers JSON reads as floats, fields past MAX_FIELDS);
+    a body egress cannot parse is that one field."""
     if not body:
         return []
     media = content_type.split(";", 1)[0].strip().lower()
-    text = body.decode("utf-8", "surrogateescape")
-    out: list[Field] = [Field("body", text, "body")]
-    # A JSON or form body is read as its fields: what each holds, where (a value split
-    # across fields is caught by their join, a secret named by its key by "name and value").
-    if media.endswith("json") or media.endswith("+json") or text.lstrip()[:1] in ("{", "["):
+    text = _text(body, content_type)
+    out: list[Field] = [
+        Field("body", text, "body", plus=media == "application/x-www-form-urlencoded")
+    ]
+    if "\x00" in text:  # UTF-16 or UTF-32 that says nothing of its charset
+        out.append(Field("body (NUL bytes removed)", text.replace("\x00", ""), "body"))
+    if media.endswith("json") or text.lstrip()[:1] in ("{", "["):
         try:
-            doc = json.loads(text)
+            doc = parse_json(text)
         except (ValueError, RecursionError):
             return out
-        return json_fields(doc)
+        fields, whole = json_fields(doc)
+        if whole:
+            # Every value was read, decoded: the body itself only as sent (a value next to
+            # its key, JSON escapes), not through its encodings a second time.
+            out[0] = dataclasses.replace(out[0], decode=False)
+        return fields + out
     if media == "application/x-www-form-urlencoded":
-        return _form_fields(text, "form", "body")
+        return [f for f in _form_fields(text, "form", "body") if f.where != "form"] + out
     if media.startswith("multipart/"):
         try:
             parts = _multipart_fields(body, content_type)

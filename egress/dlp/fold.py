@@ -2,9 +2,11 @@
 compatibility forms.
 
 An agent told to slip a value past a filter can write ``AKIA\\u200bIOSF...`` (a zero-width
-space inside), ``ghp_`` with a Cyrillic ``р``, or a card number in full-width digits. The
-folded text has every format character (Unicode category Cf: zero-width spaces and
-joiners, soft hyphens, bidi controls, word joiners, tag characters) removed, NFKC applied
+space inside), ``ghp_`` with a Cyrillic ``р``, or a card number in full-width or
+Arabic-Indic digits. The folded text has every format character (Unicode category Cf:
+zero-width spaces and joiners, soft hyphens, bidi controls, word joiners, tag characters)
+and the other invisible default-ignorables (variation selectors, the combining grapheme
+joiner, fillers) removed, every decimal digit read as ASCII, NFKC applied
 (full-width and other compatibility forms become ASCII) and the Cyrillic and Greek
 letters that look like Latin ones replaced by those (the Latin, Cyrillic and Greek
 single-character entries of Unicode's confusables.txt, UTS #39). Folding is for matching
@@ -35,9 +37,35 @@ _CONFUSABLES = {
 _TABLE = str.maketrans(_CONFUSABLES)
 
 
+# Default-ignorable code points outside Cf that render as nothing (Unicode's
+# DerivedCoreProperties): variation selectors, the combining grapheme joiner, Hangul and
+# Mongolian fillers, and the Braille blank that looks like a space.
+_IGNORABLE = [*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0), *range(0x180B, 0x1810)] + [
+    0x034F,
+    0x115F,
+    0x1160,
+    0x3164,
+    0xFFA0,
+    0x2800,
+    0x17B4,
+    0x17B5,
+]
+
+
 @functools.cache
-def _format_characters() -> dict[int, None]:
-    return {cp: None for cp in range(0x110000) if unicodedata.category(chr(cp)) == "Cf"}
+def _table() -> dict[int, str | None]:
+    """Format characters and default ignorables removed; every decimal digit (Arabic-Indic,
+    Devanagari, full-width...) read as its ASCII digit."""
+    table: dict[int, str | None] = {}
+    for cp in range(0x110000):
+        ch = chr(cp)
+        category = unicodedata.category(ch)
+        if category == "Cf":
+            table[cp] = None
+        elif category == "Nd" and cp > 0x7F:
+            table[cp] = str(unicodedata.digit(ch))
+    table.update(dict.fromkeys(_IGNORABLE))
+    return table
 
 
 def fold(text: str) -> str:
@@ -45,6 +73,6 @@ def fold(text: str) -> str:
     same object when ``text`` is ASCII (nearly always: one C-speed check)."""
     if text.isascii():
         return text
-    text = text.translate(_format_characters())
+    text = text.translate(_table())
     text = unicodedata.normalize("NFKC", text)
     return text.translate(_TABLE)

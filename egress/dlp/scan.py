@@ -14,6 +14,7 @@ fast on text without digits). bench/ measures MB/s.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -136,18 +137,18 @@ class Scanner:
         if budget is None:
             total = sum(len(f.text) for f in fields)
             budget = Budget(BUDGET_FACTOR * total + BUDGET_FLOOR)
-        found: dict[tuple[str, str], Finding] = {}
+        found: dict[tuple[str, str, str], Finding] = {}
         for f in fields:
             if not f.text:
                 continue
-            for how, view in views(f.text, budget):
+            for how, view in views(f.text, budget, f.plus) if f.decode else [("as sent", f.text)]:
                 text = neutral(view)
                 self._scan_text(f, how, text, ignore, found)
                 folded = fold(text)
                 if folded is not text and folded != text:
                     label = "folded" if how == "as sent" else f"{how}, folded"
                     self._scan_text(f, label, folded, ignore, found)
-        return ScanResult(list(found.values()), complete=not budget.exhausted)
+        return ScanResult(_unrepeated(list(found.values())), complete=not budget.exhausted)
 
     def _scan_text(
         self,
@@ -155,22 +156,36 @@ class Scanner:
         how: str,
         text: str,
         ignore: Callable[[str], bool],
-        found: dict[tuple[str, str], Finding],
+        found: dict[tuple[str, str, str], Finding],
     ) -> None:
         for d, value, start in self.values(text):
-            key = (d.name, value)
+            key = (d.name, value, f.surface)
             if key in found and (found[key].in_place or how != "as sent"):
-                continue  # one finding per value: the first field, as sent where it can
+                continue  # one finding per value and surface: the first field, as sent if it can
             if ignore(value):
                 continue
             if d.name == "secret_assignment" and any(
-                value in v or v in value for n, v in found if n != d.name
+                value in v or v in value for n, v, s in found if n != d.name and s == f.surface
             ):
                 continue  # a value a specific detector named already
-            if f.joined and any(v in value or value in v for _, v in found):
+            if f.joined and any(n == d.name and (v in value or value in v) for n, v, _ in found):
                 continue  # the join of fields made it from a value a field holds already
             found[key] = Finding(d.name, d.kind, d.label, f.where, f.surface, how,
                                  start if how == "as sent" else None, value)  # fmt: skip
+
+
+def _unrepeated(findings: list[Finding]) -> list[Finding]:
+    """The findings with no value in a location: a name the agent chose may hold one (a key
+    that is a letters-only password), so any finding's value there is replaced."""
+    values = sorted({f.value for f in findings if len(f.value) >= 4}, key=len, reverse=True)
+    out: list[Finding] = []
+    for f in findings:
+        where = f.where
+        for v in values:
+            if v in where:
+                where = where.replace(v, "[redacted]")
+        out.append(f if where == f.where else dataclasses.replace(f, where=where))
+    return out
 
 
 class Masker:
@@ -180,6 +195,7 @@ class Masker:
     def __init__(self) -> None:
         self._tokens: dict[str, str] = {}
         self._counts: dict[str, int] = {}
+        self._padded: dict[str, str] = {}  # a token padded to its value's length -> value
 
     def __repr__(self) -> str:
         return f"Masker({len(self._tokens)} values, <redacted>)"
@@ -194,10 +210,19 @@ class Masker:
             tok = self._tokens[finding.value] = f"[{finding.label}_{n}]"
         return tok
 
-    def replace(self, data: bytes, findings: Iterable[Finding], in_url: bool = False) -> bytes:
+    def replace(
+        self,
+        data: bytes,
+        findings: Iterable[Finding],
+        in_url: bool = False,
+        same_length: bool = False,
+    ) -> bytes:
         """Each finding's value replaced by its token in ``data`` wherever it appears as
         written, JSON-escaped or percent-encoded. Whatever is not replaced here is found
-        again when the caller scans the result, and blocked."""
+        again when the caller scans the result, and blocked. ``same_length``: the token is
+        padded to the length of what it replaces (``[EMAIL_1_______]``), for a body whose
+        Content-Length was sent before it; a value shorter than its token is left (and so
+        blocked)."""
         findings = list(findings)
         for finding in findings:  # tokens numbered in the order the values were found
             self.token(finding)
@@ -209,14 +234,26 @@ class Masker:
             for form in dict.fromkeys(
                 (v, json.dumps(v)[1:-1], quote(v, safe=""), quote_plus(v), quote(v, safe="@"))
             ):
-                data = data.replace(form.encode("utf-8", "surrogateescape"), tok)
+                raw = form.encode("utf-8", "surrogateescape")
+                if same_length:
+                    if len(raw) < len(tok) or raw not in data:
+                        continue
+                    padded = tok[:-1] + b"_" * (len(raw) - len(tok)) + b"]"
+                    self._padded[padded.decode()] = v
+                    data = data.replace(raw, padded)
+                else:
+                    data = data.replace(raw, tok)
         return data
 
     def restore(self, data: bytes, json_escaped: bool) -> tuple[bytes, int]:
         """The tokens in ``data`` replaced by their values (JSON-escaped for a JSON
         document); how many were."""
         count = 0
-        for value, tok in self._tokens.items():
+        pairs = [
+            *((v, t) for v, t in self._tokens.items()),
+            *((v, t) for t, v in self._padded.items()),
+        ]
+        for value, tok in sorted(pairs, key=lambda p: -len(p[1])):
             t = tok.encode()
             n = data.count(t)
             if n:

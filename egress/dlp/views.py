@@ -26,13 +26,15 @@ import binascii
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 MAX_DEPTH = 3
 MAX_VIEWS = 256
 _B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{12,}={0,2}")
 # Wrapped base64 (PEM, MIME): lines of 40+ characters joined before decoding.
-_B64_WRAPPED = re.compile(r"(?:[A-Za-z0-9+/_-]{40,}(?:\r?\n|\\r\\n|\\n))+[A-Za-z0-9+/_-]*={0,2}")
+# One line of wrapped base64, anchored at both ends: each line is tried once, so the search
+# is linear (a run with no line break after it is not retried from every position).
+_B64_LINE = re.compile(r"^[A-Za-z0-9+/_-]{4,}={0,2}\r?$", re.MULTILINE)
 # A snake_case or CONSTANT_CASE name is not base64 worth decoding: base64 of 12+ bytes
 # with a single case and no digit is vanishingly rare.
 _ONE_CASE_NAME = re.compile(r"[a-z_-]+|[A-Z_-]+")
@@ -100,10 +102,31 @@ def _hex_decoding(run: str) -> str:
         return ""
 
 
-def decoded(text: str) -> Iterator[tuple[str, str]]:
-    """(how, text) for each view one decoding step away from ``text``."""
-    if "%" in text and _PERCENT.search(text):
-        once = unquote(text, errors="surrogateescape")
+def _wrapped_blocks(text: str) -> Iterator[tuple[int, str]]:
+    """(start, block) of each run of 2+ consecutive lines of base64, all but the last 40+
+    characters long (PEM, MIME), as one string."""
+    if "\\n" in text:  # JSON-escaped line breaks, in a body read as text (offsets approximate)
+        text = text.replace("\\r\\n", "\n").replace("\\n", "\n")
+    block: list[str] = []
+    start = end = -1
+    for m in _B64_LINE.finditer(text):
+        line = m.group().rstrip("\r")
+        if block and m.start() == end + 1 and len(block[-1]) >= 40:
+            block.append(line)
+        else:
+            if len(block) > 1:
+                yield start, "".join(block)
+            block, start = [line], m.start()
+        end = m.end()
+    if len(block) > 1:
+        yield start, "".join(block)
+
+
+def decoded(text: str, plus: bool = False) -> Iterator[tuple[str, str]]:
+    """(how, text) for each view one decoding step away from ``text`` (``plus``: a form or
+    a query, where '+' is a space)."""
+    if "%" in text and _PERCENT.search(text) or plus and "+" in text:
+        once = (unquote_plus if plus else unquote)(text, errors="surrogateescape")
         if once != text:
             yield "percent-decoded", once
     for m in _B64_RUN.finditer(text):
@@ -112,16 +135,16 @@ def decoded(text: str) -> Iterator[tuple[str, str]]:
         for skip, view in _base64_decodings(m.group()):
             yield f"base64 at {m.start() + skip}", view
     if "\n" in text:
-        for m in _B64_WRAPPED.finditer(text):
-            for skip, view in _base64_decodings(m.group()):
-                yield f"base64 at {m.start() + skip}", view
+        for start, block in _wrapped_blocks(text):
+            for skip, view in _base64_decodings(block):
+                yield f"base64 at {start + skip}", view
     for m in _HEX_RUN.finditer(text):
         view = _hex_decoding(m.group())
         if view:
             yield f"hex at {m.start()}", view
 
 
-def views(text: str, budget: Budget) -> Iterator[tuple[str, str]]:
+def views(text: str, budget: Budget, plus: bool = False) -> Iterator[tuple[str, str]]:
     """``text`` as sent and every view decoded from it, breadth first, within ``budget``."""
     yield "as sent", text
     level: list[tuple[str, str]] = [("", text)]
@@ -130,7 +153,7 @@ def views(text: str, budget: Budget) -> Iterator[tuple[str, str]]:
     for _ in range(MAX_DEPTH):
         following: list[tuple[str, str]] = []
         for how, current in level:
-            for step, view in decoded(current):
+            for step, view in decoded(current, plus and not how):
                 if view in seen:
                     continue
                 count += 1
