@@ -187,11 +187,16 @@ class AuditLog(EgressAddon):
 addons = [AuditLog()]
 
 
-def record_websocket(flow: http.HTTPFlow, runtime: Runtime, reason: Reason, detail: str,
-                     secret: str | None = None) -> None:  # fmt: skip
-    """A decision on a WebSocket message, after the handshake's own record."""
+def record_websocket(flow: http.HTTPFlow, runtime: Runtime, reason: Reason, detail: str | None,
+                     secret: str | None = None,
+                     dlp: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
+    """A decision on a WebSocket message, after the handshake's own record (``dlp``: its
+    data-loss findings, which may let it through: reason ``allowed``)."""
     m, peer = meta(flow), flow.client_conn.peername
-    decision = "deny" if http_status(reason) < 500 else "error"
+    if reason is Reason.ALLOWED:
+        decision = "allow"
+    else:
+        decision = "deny" if http_status(reason) < 500 else "error"
     runtime.metrics.requests.labels(decision, reason.value).inc()
     runtime.audit.write(
         AuditRecord(
@@ -200,6 +205,9 @@ def record_websocket(flow: http.HTTPFlow, runtime: Runtime, reason: Reason, deta
             scheme=m.get("scheme", flow.request.scheme), host=m.get("host", flow.request.host),
             port=m.get("port", flow.request.port), path=m.get("path", ""), decision=decision,
             reason=reason.value, rule=m.get("rule"), secrets=[secret] if secret else [],
-            status=None, detail=runtime.redact(detail), agent=m.get("agent"),
+            status=None, detail=runtime.redact(detail) if detail else None, agent=m.get("agent"),
+            dlp=dlp or None,
         )
     )  # fmt: skip
+    for finding in dlp or ():
+        runtime.metrics.dlp_findings.labels(finding["detector"], finding["action"]).inc()

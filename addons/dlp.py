@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 
+from egress.addons.audit import record_websocket
 from egress.addons.base import EgressAddon, decoded_body, deny, fail_closed, meta
 from mitmproxy import http
 
@@ -53,10 +54,16 @@ class DataLossGuard(EgressAddon):
             cached = self._scanner = (dlp, Scanner(catalogue(dlp.phone_regions)))
         return cached[1]
 
-    def _rules(self, flow: http.HTTPFlow) -> tuple[DlpRule, ...]:
+    def _rules(self, flow: http.HTTPFlow, answered_ok: bool = False) -> tuple[DlpRule, ...]:
+        """The rules for this request (``answered_ok``: its response is in, a WebSocket's
+        101)."""
         dlp = self._config()
         m = meta(flow)
-        if dlp is None or flow.response is not None or m.get("decision") != "allow":
+        if (
+            dlp is None
+            or (flow.response is not None and not answered_ok)
+            or m.get("decision") != "allow"
+        ):
             return ()
         return dlp.active(m.get("host", ""), m.get("agent"))
 
@@ -238,6 +245,54 @@ class DataLossGuard(EgressAddon):
             self._block(flow, left, " (it could not be masked in place)")
             return
         flow.request.content = new  # encoded again as the agent's Content-Encoding says
+
+    @fail_closed
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """Each message the agent sends (whole: mitmproxy hands over complete messages,
+        capped by ProtocolGuard) is a body: block closes the connection, mask rewrites
+        the message, report records it."""
+        rules = self._rules(flow, answered_ok=True)
+        if flow.websocket is None or not rules or "body" not in surfaces_of(rules):
+            return
+        message = flow.websocket.messages[-1]
+        if not message.from_client:
+            return
+        dlp = self._config()
+        assert dlp is not None
+        content = message.content
+        fields = body_fields(content, "application/json" if message.is_text else "")
+        if len(content) > INLINE_BYTES:
+            decisions = await asyncio.to_thread(self._inspect, dlp, rules, fields, "body")
+        else:
+            decisions = self._inspect(dlp, rules, fields, "body")
+        if not decisions:
+            return
+        action = strongest(decisions)
+        masked = [d.finding for d in decisions if d.action == "mask"]
+        if action == "mask" and all(f.in_place for f in masked):
+            new = self._masker(flow).replace(content, masked)
+            left = [
+                d
+                for d in self._inspect(dlp, rules, body_fields(new, ""), "body")
+                if d.action != "report"
+            ]
+            if not left:
+                message.content = new
+                record_websocket(flow, self.runtime, Reason.ALLOWED, None,
+                                 dlp=[d.to_dict() for d in decisions])  # fmt: skip
+                return
+            action = "block"
+        if action == "report":
+            record_websocket(flow, self.runtime, Reason.ALLOWED, None,
+                             dlp=[d.to_dict() for d in decisions])  # fmt: skip
+            return
+        blocking = [d for d in decisions if d.action != "report"]
+        record_websocket(flow, self.runtime, Reason.DLP_BLOCKED,
+                         "a WebSocket message carried data a data-loss rule blocks: "
+                         + "; ".join(_where(d) for d in blocking[:8])
+                         + "; the connection was closed", dlp=[d.to_dict() for d in decisions])  # fmt: skip
+        message.drop()
+        flow.kill()
 
     @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
