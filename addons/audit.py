@@ -175,6 +175,8 @@ class AuditLog(EgressAddon):
             dlp=list(m["dlp"]) if m.get("dlp") else None,
         )
         self.runtime.audit.write(record)
+        if self.runtime.on_decision is not None:
+            self.runtime.on_decision(record.agent, record.reason, record.flow_id, m.get("secret"))
         for finding in record.dlp or ():
             self.runtime.metrics.dlp_findings.labels(finding["detector"], finding["action"]).inc()
         if self.runtime.config.agents:
@@ -211,3 +213,5 @@ def record_websocket(flow: http.HTTPFlow, runtime: Runtime, reason: Reason, deta
     )  # fmt: skip
     for finding in dlp or ():
         runtime.metrics.dlp_findings.labels(finding["detector"], finding["action"]).inc()
+    if runtime.on_decision is not None:
+        runtime.on_decision(m.get("agent"), reason.value, flow.id, secret)

@@ -14,10 +14,12 @@ from egress.addons.policy import Allowlist
 from egress.addons.protocol import ProtocolGuard
 from egress.addons.scrub import ResponseScrubber
 from egress.addons.tls import EgressTls
+from egress.addons.tripwire import Tripwires
 
 addons = [
     EgressTls(),
     AgentIdentity(),
+    Tripwires(),
     Allowlist(),
     ProtocolGuard(),
     DataLossGuard(),

@@ -1,13 +1,28 @@
-"""The admin listener: /healthz (alive), /readyz (CA made, secrets loaded, listeners up) and
-Prometheus /metrics. Separate from the proxy port; meant for loopback or the pod."""
+"""The admin listener: /healthz (alive), /readyz (CA made, secrets loaded, listeners up),
+Prometheus /metrics, and the tripwires' quarantine (GET /tripwires; POST /tripwires/clear
+with the operator token). Separate from the proxy port; meant for loopback or the pod."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 from egress.metrics import Metrics
+
+
+@dataclass
+class TripwireAdmin:
+    """What the admin listener may do with the quarantine (egress.tripwires)."""
+
+    entries: Callable[[], list[dict[str, object]]]
+    clear: Callable[[str | None], Awaitable[list[str]]]
+    token_sha256: Callable[[], str | None]  # the config's operator_token_sha256 in force
 
 
 class AdminServer:
@@ -20,6 +35,7 @@ class AdminServer:
         # and a /metrics answer that sums them.
         self.workers_not_ready: Callable[[], str] = lambda: ""
         self.render: Callable[[], Awaitable[bytes]] | None = None
+        self.tripwires: TripwireAdmin | None = None
         self._server: asyncio.base_events.Server | None = None
 
     @property
@@ -44,15 +60,41 @@ class AdminServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
+    async def _clear(self, auth: str, query: str) -> tuple[int, str, bytes]:
+        """Clear one agent's quarantine (?agent=NAME) or all, with the operator token."""
+        t = self.tripwires
+        want = t.token_sha256() if t is not None else None
+        if t is None or want is None:
+            return 403, "text/plain", (b"clearing a quarantine here needs tripwires.operator_token_sha256 "
+                                       b"in the config; without it only a restart clears one\n")  # fmt: skip
+        token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
+        got = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+        if not token or not hmac.compare_digest(got, want):
+            return 401, "text/plain", b"send the operator token: Authorization: Bearer <token>\n"
+        agent = (parse_qs(query).get("agent") or [None])[0]
+        cleared = await t.clear(agent)
+        return 200, "application/json", json.dumps({"cleared": cleared}).encode() + b"\n"
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
+            auth = ""
+            for _ in range(100):
+                header = await asyncio.wait_for(reader.readline(), 5)
+                if header in (b"\r\n", b"\n", b""):
+                    break
+                name, _, value = header.decode("latin-1").partition(":")
+                if name.strip().lower() == "authorization":
+                    auth = value.strip()
             parts = line.decode("latin-1").split()
-            path = parts[1].split("?", 1)[0] if len(parts) > 1 else ""
-            if parts and parts[0] not in ("GET", "HEAD"):
-                status, ctype, body = 405, "text/plain", b"only GET\n"
+            path, _, query = parts[1].partition("?") if len(parts) > 1 else ("", "", "")
+            if parts and parts[0] == "POST" and path == "/tripwires/clear":
+                status, ctype, body = await self._clear(auth, query)
+            elif parts and parts[0] not in ("GET", "HEAD"):
+                status, ctype, body = 405, "text/plain", b"only GET (and POST /tripwires/clear)\n"
+            elif path == "/tripwires" and self.tripwires is not None:
+                doc = {"quarantined": self.tripwires.entries()}
+                status, ctype, body = 200, "application/json", json.dumps(doc).encode() + b"\n"
             elif path == "/healthz":
                 status, ctype, body = 200, "text/plain", b"ok\n"
             elif path == "/readyz":
@@ -73,6 +115,8 @@ class AdminServer:
                 status, ctype, body = 404, "text/plain", b"not found: /healthz, /readyz, /metrics\n"
             reason = {
                 200: "OK",
+                401: "Unauthorized",
+                403: "Forbidden",
                 404: "Not Found",
                 405: "Method Not Allowed",
                 503: "Service Unavailable",

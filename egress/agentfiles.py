@@ -45,4 +45,7 @@ def write_agent_files(cfg: Config, ca_pem: bytes, system_bundle: Path) -> None:
         if spec.env:
             lines.append(f"{spec.env}={spec.placeholder}")  # placeholders only, never a value
         lines += [f"{k}={v}" for k, v in spec.agent_env]
+    for canary in cfg.tripwires.canaries if cfg.tripwires else ():
+        if canary.env:
+            lines.append(f"{canary.env}={canary.value}")  # a planted canary (docs/tripwires.md)
     _write(d / "egress.env", ("\n".join(lines) + "\n").encode())

@@ -33,7 +33,9 @@ from egress.errors import EgressError
 from egress.runtime import Runtime
 
 if TYPE_CHECKING:
+    from egress.admin import TripwireAdmin
     from egress.reload import Triggers
+    from egress.workers import Supervisor
 
 log = logging.getLogger("egress")
 
@@ -63,6 +65,9 @@ def agent_env(
         if spec.env:
             env[spec.env] = spec.placeholder
         env.update(spec.agent_env)  # e.g. the dummy AWS secret key; never a secret
+    for canary in cfg.tripwires.canaries if cfg.tripwires else ():
+        if canary.env:
+            env[canary.env] = canary.value  # planted: sending it anywhere trips the wire
     env["EGRESS_PROXY_URL"] = proxy_url
     return env
 
@@ -223,6 +228,7 @@ async def _serve(cfg: Config, listen_port: int | None, workers: int | None = Non
                                  on_applied=lambda new: scrub_secret_env(new, rt))  # fmt: skip
         if admin is not None:
             admin.before_scrape = lambda: _refresh_gauges(rt)
+            admin.tripwires = _tripwire_admin(rt, sup)
             if sup is not None:
                 admin.workers_not_ready = sup.why_not_ready
                 admin.render = sup.render_metrics
@@ -274,6 +280,28 @@ async def _serve(cfg: Config, listen_port: int | None, workers: int | None = Non
         await asyncio.to_thread(rt.close)  # may revoke Vault leases
         if admin is not None:
             await admin.stop()
+
+
+def _tripwire_admin(rt: Runtime, sup: Supervisor | None) -> TripwireAdmin:
+    """The quarantine on the admin listener: the parent's book (with workers, the parent
+    tells them); each clearing is audited."""
+    from egress.admin import TripwireAdmin
+    from egress.audit import now_iso
+
+    async def clear(agent: str | None) -> list[str]:
+        if sup is not None:
+            cleared = await sup.clear_quarantine(agent)
+        else:
+            cleared = rt.quarantine.clear(agent)
+            rt.metrics.quarantined.set(len(rt.quarantine.entries()))
+        rt.audit.write({"time": now_iso(), "event": "tripwire_cleared", "agents": cleared,
+                        "asked": agent or "all"})  # fmt: skip
+        return cleared
+
+    def token() -> str | None:
+        return rt.config.tripwires.operator_token_sha256 if rt.config.tripwires else None
+
+    return TripwireAdmin(rt.quarantine.to_wire, clear, token)
 
 
 def _refresh_gauges(rt: Runtime) -> None:

@@ -141,6 +141,9 @@ def build(cfg: Config, again: Config, proxy_url: str, base: Mapping[str, str]) -
         if spec.env:
             setup.env[spec.env] = spec.placeholder
         setup.env.update(spec.agent_env)
+    for canary in cfg.tripwires.canaries if cfg.tripwires else ():
+        if canary.env:
+            setup.env[canary.env] = canary.value  # a planted canary (docs/tripwires.md)
     setup.env["EGRESS_PROXY_URL"] = proxy_url
     setup.notes[:0] = notes
     return setup

@@ -13,7 +13,8 @@ from prometheus_client.metrics_core import Metric
 # counted by the workers and summed at each scrape.
 PARENT_ONLY = frozenset(
     {"egress_ready", "egress_vault_calls", "egress_vault_errors", "egress_worker_restarts",
-     "egress_workers_ready", "egress_reloads", "egress_config_generation"}
+     "egress_workers_ready", "egress_reloads", "egress_config_generation",
+     "egress_quarantined_agents"}
 )  # fmt: skip
 
 
@@ -33,6 +34,11 @@ class Metrics:
         # and actions from three words, so the labels are bounded.
         self.dlp_findings = Counter("egress_dlp_findings", "Data-loss findings by detector and action",
                                     ["detector", "action"], registry=r)  # fmt: skip
+        # Tripwires (docs/tripwires.md): triggers are four words; quarantined agents are
+        # the parent's book (with workers).
+        self.tripwires = Counter("egress_tripwires", "Tripwires fired by trigger", ["trigger"],
+                                 registry=r)  # fmt: skip
+        self.quarantined = Gauge("egress_quarantined_agents", "Agents quarantined now", registry=r)
         self.scrubbed = Counter(
             "egress_scrubbed_values", "Secret values replaced in responses", registry=r
         )

@@ -55,6 +55,7 @@ from egress.addons.policy import Allowlist  # noqa: E402
 from egress.addons.protocol import ProtocolGuard  # noqa: E402
 from egress.addons.scrub import ResponseScrubber  # noqa: E402
 from egress.addons.tls import EgressTls  # noqa: E402
+from egress.addons.tripwire import Tripwires  # noqa: E402
 from egress.errors import EgressError  # noqa: E402
 from egress.logsetup import configure_logging  # noqa: E402,F401 (egress.proxy.configure_logging)
 from egress.runtime import Runtime  # noqa: E402
@@ -133,6 +134,7 @@ class EmbeddedProxy:
             disable_h2c.DisableH2C(),
             EgressTls(rt),
             AgentIdentity(rt),
+            Tripwires(rt),
             Allowlist(rt),
             ProtocolGuard(rt),
             DataLossGuard(rt),

@@ -50,6 +50,9 @@ class Reason(StrEnum):
     BODY_TOO_LARGE = "body_too_large"
     # denied by an outbound data-loss rule (docs/dlp.md)
     DLP_BLOCKED = "dlp_blocked"
+    # tripwires (docs/tripwires.md): a canary went out; the agent is quarantined
+    CANARY_TRIPPED = "canary_tripped"
+    AGENT_QUARANTINED = "agent_quarantined"
     # refused below HTTP: a limit on what one client may make the proxy hold or do
     HEAD_TOO_LARGE = "head_too_large"
     STREAM_FLOOD = "stream_flood"
@@ -97,6 +100,8 @@ _STATUS: dict[Reason, int] = {
     Reason.SECRET_NOT_GRANTED: 403,
     Reason.BODY_TOO_LARGE: 413,
     Reason.DLP_BLOCKED: 403,
+    Reason.CANARY_TRIPPED: 403,
+    Reason.AGENT_QUARANTINED: 403,
     Reason.HEAD_TOO_LARGE: 431,
     Reason.STREAM_FLOOD: 429,
     Reason.MESSAGE_TOO_LARGE: 413,

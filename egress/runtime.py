@@ -11,7 +11,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from egress import config as config_mod
 from egress import secretindex
@@ -32,6 +32,7 @@ from egress.reasons import Reason
 from egress.resolver import Resolver
 from egress.secretindex import SecretIndex
 from egress.secrets import ParentHeld, SecretSource, SecretStore, SecretValue, make_source
+from egress.tripwires import QuarantineBook
 from egress.trust import system_trust_bundle
 
 if TYPE_CHECKING:  # imported where Vault is used: hvac and requests cost ~0.1 s at start-up
@@ -88,6 +89,14 @@ class Runtime:
     # checked addresses for plain-HTTP requests: (client id, host, port) -> address
     dial: dict[tuple[str, str, int], IPAddress] = field(default_factory=dict)
     dial_agents: dict[tuple[str, str, int], str] = field(default_factory=dict)  # whose dial
+    # Tripwires (docs/tripwires.md): the quarantined agents (in a worker, a copy of the
+    # parent's book), and where a worker reports a trip (None: handled here).
+    quarantine: QuarantineBook = field(default_factory=QuarantineBook)
+    trip_sink: Callable[[dict[str, Any]], None] | None = None
+    # Set by the tripwire addon: told every recorded decision (agent, reason, flow id,
+    # secret), and how to close an agent's connections in this process.
+    on_decision: Callable[[str | None, str, str, str | None], None] | None = None
+    end_connections: Callable[[str], None] | None = None
     _indexed: tuple[tuple[int, int], SecretIndex] = field(
         default_factory=lambda: ((-1, -1), secretindex.build([])), repr=False
     )

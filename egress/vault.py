@@ -396,12 +396,25 @@ class VaultRefresher:
         self.login_retry = 0.0  # monotonic time of the next renewal/login attempt while failing
         self.errors = 0  # failed refreshes and logins, for metrics
         self.dropped: set[str] = set()  # secrets past max_stale
+        # Secrets whose real value was seen going out (egress.tripwires): read anew at the
+        # next tick, never renewed, and the leaked lease revoked; on_leak_handled says how.
+        self.leaked: set[str] = set()
+        self.on_leak_handled: Callable[[str, str], None] = lambda name, outcome: None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="egress-vault", daemon=True)
         # Held while a refresh writes a value, and by a reload while it replaces the store's
         # secrets (paused(), adopt()): a value fetched by a source the reload replaced is
         # never written over the new one. Never held across a Vault call.
         self._writing = threading.Lock()
+
+    def revoke_leaked(self, name: str) -> bool:
+        """Kill a leaked value: at the next tick the secret is read anew (a dynamic one gets
+        a new credential) and the old lease revoked. False: not a Vault secret here."""
+        if not any(s.spec.name == name for s in self.sources):
+            return False
+        self.leaked.add(name)
+        self.due[name] = 0.0
+        return True
 
     def _next_due(self, src: VaultSource, now: float) -> float:
         lease = src.lease
@@ -467,9 +480,10 @@ class VaultRefresher:
     def _refresh(self, src: VaultSource, now: float) -> None:
         name = src.spec.name
         old_lease = src.lease
+        leaked = name in self.leaked
         try:
             lease = src.lease
-            if lease and lease.lease_id and lease.renewable:
+            if lease and lease.lease_id and lease.renewable and not leaked:
                 src.lease = self.client.renew_lease(lease)
                 # Renewal capped by the lease's max TTL: re-read before it runs out.
                 if src.lease.duration < lease.duration / 2:
@@ -477,6 +491,11 @@ class VaultRefresher:
             else:
                 self._store_set(src, src.fetch())
         except (VaultError, SecretLoadError) as e:
+            if leaked and old_lease and old_lease.lease_id:
+                # No new value: the leaked credential must die all the same.
+                self.leaked.discard(name)
+                self.store.drop(name)
+                self._leak_revoke(name, old_lease.lease_id, "no new value could be read")
             with self._writing:
                 if self._current(src):  # else a reload replaced it meanwhile: not its state
                     self._refresh_failed(src, now, e)
@@ -499,14 +518,33 @@ class VaultRefresher:
             and src.lease
             and src.lease.lease_id != old_lease.lease_id
         ):
-            try:  # a re-read made a new credential: the old one must not live on
-                self.client.revoke_lease(old_lease.lease_id)
-            except VaultError as e:
-                log.warning("vault: could not revoke the previous lease of secret %s: %s", name, e)
+            if leaked:
+                self._leak_revoke(name, old_lease.lease_id, "a new value is in use")
+            else:
+                try:  # a re-read made a new credential: the old one must not live on
+                    self.client.revoke_lease(old_lease.lease_id)
+                except VaultError as e:
+                    log.warning(
+                        "vault: could not revoke the previous lease of secret %s: %s", name, e
+                    )
+        elif leaked:
+            self.on_leak_handled(name, "not_leased: read again, but a KV value stays valid "
+                                 "until it is rotated in Vault")  # fmt: skip
+        self.leaked.discard(name)
         self.last_good[name] = now
         self.due[name] = self._next_due(src, now)
         self.dropped.discard(name)
         self._recovered(name)
+
+    def _leak_revoke(self, name: str, lease_id: str, then: str) -> None:
+        try:
+            self.client.revoke_lease(lease_id)
+        except VaultError as e:
+            log.error("vault: secret %s leaked and its lease could not be revoked: %s", name, e)
+            self.on_leak_handled(name, f"revoke_failed: {e}")
+            return
+        log.warning("vault: secret %s leaked: its lease was revoked; %s", name, then)
+        self.on_leak_handled(name, "lease_revoked")
 
     def _refresh_failed(self, src: VaultSource, now: float, e: Exception) -> None:
         name = src.spec.name

@@ -363,9 +363,12 @@ class Supervisor:
                     w.ready.set()
                     self.changed.set()
                     await self._send(w, self._secret_snapshot())  # values may have moved
+                    await self._send(w, self._quarantine_message(None))
                 elif msg.get("op") == "stale":  # an upstream said 401 to a minted token
                     if self.rt.minter is not None and isinstance(msg.get("name"), str):
                         self.rt.minter.force(msg["name"])
+                elif msg.get("op") == "trip":  # a worker's tripwire fired (egress.tripwires)
+                    await self._tripped(msg)
                 else:
                     w.answers.put_nowait(msg)
         except (ConnectionError, ValueError):
@@ -413,6 +416,31 @@ class Supervisor:
         with contextlib.suppress(ConnectionError):
             w.writer.write(json.dumps(msg).encode() + b"\n")
             await w.writer.drain()
+
+    def _quarantine_message(self, end: str | None) -> dict[str, Any]:
+        return {"op": "quarantine", "entries": self.rt.quarantine.to_wire(), "end": end}
+
+    async def _tripped(self, msg: dict[str, Any]) -> None:
+        """The parent holds the quarantine book every worker follows, and Vault: record the
+        trip, kill a leaked value, tell every worker (and which agent's connections end)."""
+        from egress.tripwires import Quarantine, revoke_leaked
+
+        entry = msg.get("entry")
+        if isinstance(entry, dict):
+            self.rt.quarantine.add(Quarantine.from_wire(entry))
+            self.rt.metrics.quarantined.set(len(self.rt.quarantine.entries()))
+        if isinstance(msg.get("revoke"), str):
+            revoke_leaked(self.rt, msg["revoke"], "secret_to_unbound_host")
+        end = msg.get("end") if isinstance(msg.get("end"), str) else None
+        for w in list(self.workers.values()):
+            await self._send(w, self._quarantine_message(end))
+
+    async def clear_quarantine(self, agent: str | None) -> list[str]:
+        cleared = self.rt.quarantine.clear(agent)
+        self.rt.metrics.quarantined.set(len(self.rt.quarantine.entries()))
+        for w in list(self.workers.values()):
+            await self._send(w, self._quarantine_message(None))
+        return cleared
 
     def _secret_snapshot(self) -> dict[str, Any]:
         store = self.rt.secrets
@@ -630,6 +658,7 @@ async def _worker_serve(sup: Supervisor, slot: int, ctrl: socket.socket) -> int:
     rt.stale_sink = lambda name: writer.write(
         json.dumps({"op": "stale", "name": name}).encode() + b"\n"
     )
+    rt.trip_sink = lambda msg: writer.write(json.dumps(msg).encode() + b"\n")
     writer.write(json.dumps({"op": "ready", "pid": os.getpid()}).encode() + b"\n")
     await writer.drain()
     stop = asyncio.Event()
@@ -657,6 +686,10 @@ async def _worker_serve(sup: Supervisor, slot: int, ctrl: socket.socket) -> int:
             elif msg["op"] == "secrets":
                 if msg.get("generation", 0) == rt.policy.generation:
                     _apply_secrets(rt.secrets, msg["values"])
+            elif msg["op"] == "quarantine":  # the parent's book (egress.tripwires)
+                rt.quarantine.replace(msg["entries"])
+                if msg.get("end") and rt.end_connections is not None:
+                    rt.end_connections(msg["end"])
             elif msg["op"] == "policy":
                 try:
                     apply_policy_message(rt, msg)

@@ -52,6 +52,7 @@ from egress.config.model import (
 )
 from egress.config.rules import parse_rule
 from egress.config.secret_specs import check_secret_set, parse_secret
+from egress.config.tripwire_spec import parse_tripwires
 from egress.config.vault_spec import parse_vault
 from egress.errors import ConfigError, ConfigProblem, InvalidHost
 from egress.hostnames import IPNetwork, canonical_host, is_ip
@@ -59,6 +60,7 @@ from egress.hostnames import IPNetwork, canonical_host, is_ip
 TOP_KEYS = (
     "mode", "include", "listen", "admin", "agent", "ca", "upstream", "allow", "secrets",
     "vault", "audit", "limits", "workers", "identity", "agents", "groups", "locked", "reload", "dlp",
+    "tripwires",
 )  # fmt: skip
 MAX_WORKERS = 256
 
@@ -261,6 +263,8 @@ def _parse(main: Document) -> Config:
 
     reload = parse_reload(c, top)
     dlp = parse_dlp(c, top.get("dlp"), {a.name for a in agents} if agents else None)
+    tripwires = parse_tripwires(c, top.get("tripwires"), {s.name for s in secrets},
+                                {s.placeholder for s in secrets})  # fmt: skip
     items: dict[str, list[Item]] = {"allow": rule_items, "secrets": secret_items}
     if c.problems:
         raise ConfigError(file, relocate(c.problems, items, file))
@@ -297,6 +301,7 @@ def _parse(main: Document) -> Config:
         locked=locked,
         reload=reload,
         dlp=dlp,
+        tripwires=tripwires,
         files=tuple(d.path for d in docs if d.path is not None),
         sha256=hashlib.sha256(b"".join(d.raw for d in docs)).hexdigest(),
     )

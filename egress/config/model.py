@@ -9,6 +9,7 @@ from secrets import token_urlsafe
 
 from egress.dlp.policy import DlpConfig
 from egress.hostnames import HostPattern, IPNetwork
+from egress.tripwires import TripwireConfig
 
 SCHEMES = ("https", "http")
 DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -436,6 +437,7 @@ class Config:
     ca_vault_pki: CaPki | None = None  # None: a self-signed CA (egress.ca)
     listen_tls: ListenTls | None = None  # None: agents connect in plain HTTP (loopback, a pod)
     dlp: DlpConfig | None = None  # outbound data-loss rules (docs/dlp.md); None: no inspection
+    tripwires: TripwireConfig | None = None  # canaries and leak responses (docs/tripwires.md)
     # The files it was read from (the config file, then each included file in include
     # order; presets too) and the SHA-256 of their bytes one after the other: what a reload
     # watches and what its audit record names (egress.reload).

@@ -47,7 +47,7 @@ SECRET_REASONS = frozenset({
     "placeholder_to_unbound_host", "secret_to_unbound_host", "placeholder_surface_not_allowed",
     "plaintext_injection", "foreign_credential", "signature_scheme_unsupported",
     "aws_scope_mismatch", "presign_expired", "aws_credential_action",
-    "body_too_large", "dlp_blocked",
+    "body_too_large", "dlp_blocked", "canary_tripped", "agent_quarantined",
 })  # fmt: skip
 # Allowed by the allowlist (or let through by report mode), then failed: still traffic the
 # agent needs.
