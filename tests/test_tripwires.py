@@ -142,6 +142,19 @@ def test_a_canary_anywhere_trips_and_quarantines_until_the_operator_clears_it(
     metrics = httpx.get(f"{admin}/metrics").text
     assert 'egress_tripwires_total{trigger="canary"} 1.0' in metrics
     assert "egress_quarantined_agents 0.0" in metrics
+    if where == "header":  # egress review --audit shows what happened
+        import subprocess
+        import sys
+
+        for fmt, want in (
+            ("text", "canary by *: quarantine, end_connections"),
+            ("markdown", "**Tripwires** (2)"),
+        ):
+            review = subprocess.run([sys.executable, "-m", "egress", "review", "--config", str(p.config),
+                                     "--audit", str(p.audit_path), "--format", fmt],
+                                    capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert want in review.stdout, review.stdout + review.stderr
+            assert CANARY not in review.stdout
 
 
 def test_a_real_secret_to_an_unbound_host_trips_the_wire(
@@ -379,3 +392,17 @@ def test_a_leaked_dynamic_secret_has_its_lease_revoked(
     finally:
         assert p.stop() == 0
     assert leaked not in p.outputs()
+
+
+def test_review_shows_a_forged_tripwire_record_cleaned() -> None:
+    """An audit log is read as untrusted input: a record's fields keep no control or markup
+    characters and no unbounded length."""
+    from egress.review.auditrecords import tripwire_entry
+
+    rec = {"event": "tripwire", "time": "2026-12-04T08:00:00Z\x1b[2J", "trigger": "canary",
+           "agent": "<script>alert(1)</script>" + "x" * 500, "actions": ["quarantine\n", 7]}  # fmt: skip
+    shown = tripwire_entry(rec)
+    assert shown is not None
+    assert "\x1b" not in shown["time"] and "<" not in shown["agent"] and len(shown["agent"]) <= 120
+    assert shown["actions"] == ["quarantine?"]
+    assert tripwire_entry({"event": "request"}) is None

@@ -71,6 +71,7 @@ from egress.review.auditrecords import (
     ALLOWLIST_REASONS,
     INVALID_HOST,
     KNOWN_CODES,
+    MAX_TRIPWIRES,
     OTHER,
     SECRET_REASONS,
     blocked_class,
@@ -86,6 +87,7 @@ from egress.review.auditrecords import (
     minutes,
     override_methods,
     shown_hosts,
+    tripwire_entry,
 )
 from egress.review.drafting import DestEvidence, RuleDraft, method_key, rules_for
 from egress.review.model import AuditSummary, DeniedDestination, TimeBucket
@@ -180,6 +182,7 @@ class AuditJoin:
         self.host_limit = 2 * max_hosts  # per bucket, before untracked hosts are folded
         self.denied = SpaceSaving(max_destinations)
         self.evidence: dict[tuple[str, str, int], DestEvidence] = {}
+        self.tripwires: list[dict[str, Any]] = []
 
     @property
     def tracked_destinations(self) -> int:
@@ -192,7 +195,11 @@ class AuditJoin:
             t, host, decision = rec["time"], rec["host"], rec["decision"]
             reason, event = rec["reason"], rec["event"]
         except (KeyError, TypeError, IndexError):
-            if not is_reload(rec):  # a reload record decides nothing (docs/reload.md)
+            trip = tripwire_entry(rec)
+            if trip is not None:
+                if len(self.tripwires) < MAX_TRIPWIRES:
+                    self.tripwires.append(trip)
+            elif not is_reload(rec):  # a reload record decides nothing (docs/reload.md)
                 self.skipped += 1
             return
         port = rec.get("port")
@@ -356,6 +363,7 @@ class AuditJoin:
             by_reason=most_first(self.by_reason),
             timeline=timeline,
             bucket_seconds=self.width,
+            tripwires=self.tripwires,
         )
 
     def _time_bucket(self, idx: int, top: set[str]) -> TimeBucket:

@@ -235,6 +235,35 @@ def is_websocket(rec: dict[str, Any]) -> bool:
     )
 
 
+MAX_TRIPWIRES = 200
+_TRIPWIRE_KEYS = ("trigger", "agent", "quarantined", "secret", "lease", "asked")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:@*/ +-]")
+
+
+def _shown(value: str, limit: int) -> str:
+    """A value from the log as output may show it: no control or markup characters."""
+    return _UNSAFE.sub("?", value[:limit])
+
+
+def tripwire_entry(rec: object) -> dict[str, Any] | None:
+    """A tripwire record (docs/tripwires.md) as review shows it: its fields cleaned (the
+    log is read as untrusted input), None for any other record."""
+    if type(rec) is not dict or rec.get("event") not in ("tripwire", "tripwire_cleared"):
+        return None
+    time = rec.get("time")
+    out: dict[str, Any] = {"time": _shown(time, 40) if isinstance(time, str) else "?",
+                           "event": rec["event"]}  # fmt: skip
+    for key in _TRIPWIRE_KEYS:
+        value = rec.get(key)
+        if isinstance(value, str):
+            out[key] = _shown(value, 120)
+    for key in ("actions", "agents"):
+        value = rec.get(key)
+        if isinstance(value, list):
+            out[key] = [_shown(v, 60) for v in value[:8] if isinstance(v, str)]
+    return out
+
+
 def is_reload(rec: object) -> bool:
     """A config reload's record (egress.reload): an audit record, but no decision; review
     and learn pass over it without counting it as skipped."""

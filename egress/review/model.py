@@ -7,6 +7,7 @@ every format says the same thing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # Most severe first. ``--fail-on SEVERITY`` fails on that severity or a more severe one.
 SEVERITIES = ("critical", "high", "medium", "low", "info")
@@ -121,6 +122,9 @@ class AuditSummary:
     by_reason: dict[str, int]
     timeline: list[TimeBucket]
     bucket_seconds: int
+    # Tripwire records (docs/tripwires.md), in log order, at most MAX_TRIPWIRES: each a
+    # mapping of time, event (tripwire | tripwire_cleared) and what it says.
+    tripwires: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

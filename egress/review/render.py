@@ -13,6 +13,7 @@ Each format has its module (``render_text``, ``render_json``, ``render_markdown`
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from egress.review.model import (
     SEVERITIES,
@@ -178,3 +179,15 @@ def data_source_lines(sources: Sequence[DataSource]) -> list[str]:
         f"{s.get('url', '')}".rstrip()
         for s in sources
     ]
+
+
+def tripwire_text(t: dict[str, Any]) -> str:
+    """One tripwire record in a line (docs/tripwires.md)."""
+    if t["event"] == "tripwire_cleared":
+        return f"{t['time']}  cleared: {', '.join(t.get('agents', [])) or 'nobody'}"
+    if "lease" in t:
+        return f"{t['time']}  {t.get('trigger', '?')}: secret {t.get('secret', '?')}: {t['lease']}"
+    who = t.get("quarantined") or t.get("agent") or "unidentified"
+    secret = f", secret {t['secret']}" if t.get("secret") else ""
+    return (f"{t['time']}  {t.get('trigger', '?')} by {who}{secret}: "
+            f"{', '.join(t.get('actions', [])) or 'recorded'}")  # fmt: skip

@@ -21,6 +21,7 @@ from egress.review.render import (
     reach_by_secret,
     severity_summary,
     sorted_findings,
+    tripwire_text,
 )
 
 MD_SPECIAL = "\\`*_[]<>|~#&"
@@ -129,6 +130,9 @@ def md_audit(audit: AuditSummary) -> list[str]:
     ]
     rows = [[code, str(n)] for code, n in audit.by_reason.items()]
     out += md_table(["Reason", "Count"], rows) if rows else []
+    if audit.tripwires:
+        out += ["", f"**Tripwires** ({len(audit.tripwires)})", ""]
+        out += [f"- {md_escape(tripwire_text(t))}" for t in audit.tripwires]
     for dest in audit.denied:
         out += ["", f"{md_code(destination_text(dest))}: {dest.count} denied "
                 f"({md_escape(counts_text(dest.reasons))})", ""]  # fmt: skip

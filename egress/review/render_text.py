@@ -26,6 +26,7 @@ from egress.review.render import (
     reach_row,
     severity_summary,
     sorted_findings,
+    tripwire_text,
 )
 
 WIDTH = 100  # the text report fits a 100-column terminal
@@ -170,6 +171,8 @@ def text_audit(audit: AuditSummary) -> str:
             out += wrapped(no_suggestion_text(dest), "    no rule: ", "      ")
     if not audit.denied:
         out.append("  none")
+    out += ["", f"Tripwires ({len(audit.tripwires)})"]
+    out += [f"  {tripwire_text(t)}" for t in audit.tripwires] or ["  none"]
     timeline, width = coarsen(audit.timeline, audit.bucket_seconds, TEXT_TIMELINE_ROWS)
     out += ["", f"Traffic over time (buckets of {duration_text(width)})"]
     out += text_timeline(timeline)
