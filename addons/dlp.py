@@ -19,6 +19,7 @@ from egress.addons.audit import record_websocket
 from egress.addons.base import EgressAddon, decoded_body, deny, fail_closed, meta
 from mitmproxy import http
 
+from egress.dlp import inbound
 from egress.dlp.catalogue import catalogue
 from egress.dlp.fields import Field, body_fields, header_fields, url_fields
 from egress.dlp.policy import Decision, DlpConfig, DlpRule, decide, strongest, surfaces_of, too_deep
@@ -295,7 +296,11 @@ class DataLossGuard(EgressAddon):
         flow.kill()
 
     @fail_closed
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
+        self._restore(flow)
+        await self._inbound(flow)
+
+    def _restore(self, flow: http.HTTPFlow) -> None:
         dlp, masker = self._config(), _MASKERS.get(flow)
         resp = flow.response
         if dlp is None or not dlp.restore_masked or not masker or resp is None:
@@ -310,3 +315,38 @@ class DataLossGuard(EgressAddon):
         if n:
             resp.content = restored
             meta(flow)["dlp_restored"] = n
+
+    async def _inbound(self, flow: http.HTTPFlow) -> None:
+        """Prompt injection in what comes back (dlp.inbound): flagged, or withheld."""
+        dlp, resp, m = self._config(), flow.response, meta(flow)
+        if dlp is None or not dlp.inbound or resp is None or m.get("decision") != "allow":
+            return
+        rules = dlp.inbound_for(m.get("host", ""), m.get("agent"))
+        if not rules or resp.stream or resp.raw_content is None:
+            return  # a streamed response is not read (docs/dlp.md)
+        if not inbound.is_text(resp.headers.get("content-type", "")):
+            return
+        body = decoded_body(resp, self.runtime.config.max_body_bytes)
+        if not body:
+            return
+        text = body.decode("utf-8", "replace")
+        if len(body) > INLINE_BYTES:
+            finding = await asyncio.to_thread(inbound.inspect, text)
+        else:
+            finding = inbound.inspect(text)
+        if finding is None:
+            return
+        rule = next((r for r in rules if r.action == "block"), rules[0])
+        m["dlp"] = [
+            *m.get("dlp", []),
+            {**finding.to_dict(), "action": rule.action, "rule": rule.label},
+        ]
+        if rule.action == "block":
+            status = resp.status_code
+            deny(flow, self.runtime, Reason.PROMPT_INJECTION_BLOCKED,
+                 f"the response ({status}) carries instructions aimed at the agent "
+                 f"({', '.join(finding.categories)}, at offset {finding.offset}); egress withheld it "
+                 f"(rule {rule.label})",
+                 rule=rule.label,
+                 hint="if this host's content is trusted, change the rule's action to report "
+                      "under dlp.inbound in the config")  # fmt: skip

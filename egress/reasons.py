@@ -50,6 +50,8 @@ class Reason(StrEnum):
     BODY_TOO_LARGE = "body_too_large"
     # denied by an outbound data-loss rule (docs/dlp.md)
     DLP_BLOCKED = "dlp_blocked"
+    # a response carried prompt injection and a dlp.inbound rule withholds it
+    PROMPT_INJECTION_BLOCKED = "prompt_injection_blocked"
     # tripwires (docs/tripwires.md): a canary went out; the agent is quarantined
     CANARY_TRIPPED = "canary_tripped"
     AGENT_QUARANTINED = "agent_quarantined"
@@ -100,6 +102,7 @@ _STATUS: dict[Reason, int] = {
     Reason.SECRET_NOT_GRANTED: 403,
     Reason.BODY_TOO_LARGE: 413,
     Reason.DLP_BLOCKED: 403,
+    Reason.PROMPT_INJECTION_BLOCKED: 403,
     Reason.CANARY_TRIPPED: 403,
     Reason.AGENT_QUARANTINED: 403,
     Reason.HEAD_TOO_LARGE: 431,

@@ -290,6 +290,9 @@ BAD = [
                 {"name": "a", "detectors": ["all"], "action": "report"}]},
      "dlp.rules: two rules are named 'a'"),
     ({"rule": []}, "dlp.rule: unknown key: did you mean 'rules'?"),
+    ({"inbound": [{"action": "mask"}]}, "dlp.inbound[0].action: 'mask' is not one of report, block"),
+    ({"inbound": [{"host": ["x.com"]}]}, "dlp.inbound[0].host: unknown key: did you mean 'hosts'?"),
+    ({}, "dlp.rules: must be a non-empty list: give rules (detectors, action), inbound rules, or both"),
 ]  # fmt: skip
 
 
@@ -312,6 +315,17 @@ def test_groups_expand_and_an_agent_rule_applies_to_that_agent_only(tmp_path: Pa
     assert cfg.dlp.active("api.example.com", "coder") == (rule,)
     assert cfg.dlp.active("api.example.com", None) == ()
     assert cfg.dlp.active("example.org", "coder") == ()
+
+
+def test_inbound_alone_is_a_dlp_block(tmp_path: Path) -> None:
+    cfg = parse(
+        _cfg({"inbound": [{"hosts": ["*.example.com"], "action": "block"}]}),
+        "egress.yaml",
+        tmp_path,
+    )
+    assert cfg.dlp is not None and cfg.dlp.rules == ()
+    assert [r.label for r in cfg.dlp.inbound_for("a.example.com", None)] == ["dlp.inbound[0]"]
+    assert cfg.dlp.inbound_for("example.org", None) == ()
 
 
 def test_the_example_config_loads() -> None:

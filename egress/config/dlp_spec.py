@@ -6,7 +6,7 @@ import difflib
 from typing import Any
 
 from egress.config.checker import Checker
-from egress.dlp.policy import ACTIONS, SURFACES, DlpConfig, DlpRule
+from egress.dlp.policy import ACTIONS, SURFACES, DlpConfig, DlpRule, InboundRule
 from egress.hostnames import HostPattern, parse_host_pattern
 
 GROUPS = ("all", "credentials", "personal")
@@ -47,6 +47,18 @@ def _rule(c: Checker, node: Any, i: int, agent_names: set[str] | None) -> DlpRul
     name = c.typed(m, key, "name", str, None)
     detectors = _detectors(c, m, key)
     action = c.choice(m, key, "action", ACTIONS, "block")
+    hosts, agents = _hosts_and_agents(c, m, key, agent_names)
+    surfaces = c.str_list(m, key, "surfaces") or list(SURFACES)
+    for j, s in enumerate(surfaces):
+        if s not in SURFACES:
+            c.err(f"{key}.surfaces[{j}]", f"{s!r} is not one of {', '.join(SURFACES)}")
+    if len(c.problems) > start or action is None:
+        return None
+    return DlpRule(i, name, detectors, action, hosts, agents, frozenset(surfaces))  # type: ignore[arg-type]
+
+
+def _hosts_and_agents(c: Checker, m: dict[str, Any], key: str, agent_names: set[str] | None,
+                      ) -> tuple[tuple[HostPattern, ...] | None, frozenset[str] | None]:  # fmt: skip
     hosts: list[HostPattern] | None = None
     if "hosts" in m:
         hosts = []
@@ -70,28 +82,37 @@ def _rule(c: Checker, node: Any, i: int, agent_names: set[str] | None) -> DlpRul
                     else f"agents: {', '.join(sorted(agent_names))}"
                 )
                 c.err(f"{key}.agents[{j}]", f"{a!r} is not an agent: {hint}")
-    surfaces = c.str_list(m, key, "surfaces") or list(SURFACES)
-    for j, s in enumerate(surfaces):
-        if s not in SURFACES:
-            c.err(f"{key}.surfaces[{j}]", f"{s!r} is not one of {', '.join(SURFACES)}")
+    return (tuple(hosts) if hosts is not None else None,
+            frozenset(agents) if agents is not None else None)  # fmt: skip
+
+
+def _inbound(c: Checker, node: Any, i: int, agent_names: set[str] | None) -> InboundRule | None:
+    key = f"dlp.inbound[{i}]"
+    m = c.mapping(node, key, ("hosts", "agents", "action"))
+    if m is None:
+        return None
+    start = len(c.problems)
+    action = c.choice(m, key, "action", ("report", "block"), "report")
+    hosts, agents = _hosts_and_agents(c, m, key, agent_names)
     if len(c.problems) > start or action is None:
         return None
-    return DlpRule(i, name, detectors, action, tuple(hosts) if hosts is not None else None,  # type: ignore[arg-type]
-                   frozenset(agents) if agents is not None else None, frozenset(surfaces))  # fmt: skip
+    return InboundRule(i, action, hosts, agents)  # type: ignore[arg-type]
 
 
 def parse_dlp(c: Checker, node: Any, agent_names: set[str] | None) -> DlpConfig | None:
     if node is None:
         return None
-    m = c.mapping(node, "dlp", ("rules", "restore_masked", "phone_regions"), ("rules",))
+    m = c.mapping(node, "dlp", ("rules", "restore_masked", "phone_regions", "inbound"))
     if m is None:
         return None
-    raw = m.get("rules")
-    if not isinstance(raw, list) or not raw:
-        if "rules" in m:
-            c.err("dlp.rules", "must be a non-empty list of rules (detectors, action)")
+    raw = m.get("rules", [])
+    raw_inbound = m.get("inbound", [])
+    if not isinstance(raw, list) or not isinstance(raw_inbound, list) or not (raw or raw_inbound):
+        c.err("dlp.rules" if "rules" in m or "inbound" not in m else "dlp.inbound",
+              "must be a non-empty list: give rules (detectors, action), inbound rules, or both")  # fmt: skip
         return None
     rules = [r for i, item in enumerate(raw) if (r := _rule(c, item, i, agent_names))]
+    inbound = [r for i, item in enumerate(raw_inbound) if (r := _inbound(c, item, i, agent_names))]
     names = [r.name for r in rules if r.name]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         c.err("dlp.rules", f"two rules are named {dup!r}: names must be unique")
@@ -104,4 +125,4 @@ def parse_dlp(c: Checker, node: Any, agent_names: set[str] | None) -> DlpConfig 
         else:
             regions.append(region.upper())
     restore = c.typed(m, "dlp", "restore_masked", bool, False)
-    return DlpConfig(tuple(rules), bool(restore), tuple(regions))
+    return DlpConfig(tuple(rules), bool(restore), tuple(regions), tuple(inbound))

@@ -249,6 +249,9 @@ _EXTRA_CREDENTIALS: tuple[tuple[str, str, str, tuple[str, ...], Validator], ...]
     # detect-secrets' npm pattern takes the rest of the line (``npm_.+``) as the token.
     ("npm_token", "NPM_TOKEN", r"(?<![A-Za-z0-9])npm_[A-Za-z0-9]{36}(?![A-Za-z0-9])", ("npm_",),
      credential_value),
+    # npm's legacy tokens are UUIDs: a secret only as the value of .npmrc's _authToken.
+    ("npm_token", "NPM_TOKEN", r":_authToken=\s*(?P<value>[A-Fa-f0-9]{8}(?:-[A-Fa-f0-9]{4}){3}-[A-Fa-f0-9]{12})\b",
+     (":_authToken",), lambda value, text, start, end: True),
     ("huggingface_token", "HF_TOKEN", r"hf_[A-Za-z]{34}(?![A-Za-z0-9])", ("hf_",),
      credential_value),
     ("private_key", "PRIVATE_KEY",

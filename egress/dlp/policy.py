@@ -44,13 +44,37 @@ class DlpRule:
 
 
 @dataclass(frozen=True)
+class InboundRule:
+    """``dlp.inbound[i]``: responses from these hosts are read for prompt injection
+    (egress.dlp.inbound); ``report`` flags, ``block`` withholds."""
+
+    index: int
+    action: Action  # report | block
+    hosts: tuple[HostPattern, ...] | None
+    agents: frozenset[str] | None
+
+    @property
+    def label(self) -> str:
+        return f"dlp.inbound[{self.index}]"
+
+    def applies(self, host: str, agent: str | None) -> bool:
+        if self.hosts is not None and not any(h.matches(host) for h in self.hosts):
+            return False
+        return self.agents is None or (agent is not None and agent in self.agents)
+
+
+@dataclass(frozen=True)
 class DlpConfig:
     rules: tuple[DlpRule, ...]
     restore_masked: bool = False
     phone_regions: tuple[str, ...] = ()
+    inbound: tuple[InboundRule, ...] = ()
 
     def active(self, host: str, agent: str | None) -> tuple[DlpRule, ...]:
         return tuple(r for r in self.rules if r.applies(host, agent))
+
+    def inbound_for(self, host: str, agent: str | None) -> tuple[InboundRule, ...]:
+        return tuple(r for r in self.inbound if r.applies(host, agent))
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ SECRET_REASONS = frozenset({
     "plaintext_injection", "foreign_credential", "signature_scheme_unsupported",
     "aws_scope_mismatch", "presign_expired", "aws_credential_action",
     "body_too_large", "dlp_blocked", "canary_tripped", "agent_quarantined",
+    "prompt_injection_blocked",
 })  # fmt: skip
 # Allowed by the allowlist (or let through by report mode), then failed: still traffic the
 # agent needs.
