@@ -240,3 +240,15 @@ def test_smoke_run(tmp_path: Path) -> None:
     work = re.search(r"working in (\S+)", r.stderr).group(1)  # type: ignore[union-attr]
     left = subprocess.run(["pgrep", "-af", work], capture_output=True, text=True)
     assert left.stdout.strip() == "" and not Path(work).exists()
+
+
+def test_the_dlp_benchmark_runs() -> None:
+    """bench/dlp_scan.py, small: every body kind measured, findings where there are some."""
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "dlp_scan.py"), "16"],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines()[1:] if line.strip()]
+    assert len(rows) == 4, run.stdout
+    rates = {r.rsplit(None, 2)[0].strip(): (float(r.split()[-2]), int(r.split()[-1])) for r in rows}
+    assert all(rate > 0 for rate, _ in rates.values())
+    assert rates["prose, a finding every 4 KB"][1] > 0 and rates["chat prose (JSON)"][1] == 0
