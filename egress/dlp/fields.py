@@ -9,7 +9,6 @@ parameters): each structured surface is also searched as its values joined in or
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -180,9 +179,10 @@ def body_fields(body: bytes, content_type: str) -> list[Field]:
             return out
         fields, whole = json_fields(doc)
         if whole:
-            # Every value was read, decoded: the body itself only as sent (a value next to
-            # its key, JSON escapes), not through its encodings a second time.
-            out[0] = dataclasses.replace(out[0], decode=False)
+            # Every key and value was read (objects as pairs, duplicates kept; numbers as
+            # written; a secret-like key with its value): the body text adds nothing but
+            # its punctuation. Past the caps it is read whole, through its encodings.
+            return fields + out[1:]
         return fields + out
     if media == "application/x-www-form-urlencoded":
         return [f for f in _form_fields(text, "form", "body") if f.where != "form"] + out
