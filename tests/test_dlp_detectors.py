@@ -192,6 +192,24 @@ def test_look_alike_letters_and_full_width_digits_are_folded(detector: str, alph
     ]
 
 
+VARIABLE_LENGTH = ["slack_token", "gitlab_token", "openai_api_key", "anthropic_api_key", "pypi_token",
+                   "url_credentials", "secret_assignment"]  # fmt: skip
+
+
+@pytest.mark.parametrize("word", ["EXAMPLE", "xxxx", "_sample", "PLACEHOLDER", "your-", "****"])
+@pytest.mark.parametrize("detector", VARIABLE_LENGTH)
+def test_a_placeholder_word_glued_to_a_real_value_does_not_wave_it_through(
+    detector: str, word: str
+) -> None:
+    """A documentation word marks an example only when nothing random is left without it:
+    an agent could append one to a real token (which the receiver strips off)."""
+    value = VALID[detector](random.Random(11))
+    glued = value[:-1] + word + value[-1] if detector == "url_credentials" else value + word
+    if detector == "url_credentials":  # the password ends at '@'
+        glued = value.replace("@", word + "@", 1)
+    assert detector in _detected(f"x {glued} y"), glued
+
+
 @pytest.mark.parametrize("split", [2, 4, 8])
 def test_a_value_split_across_json_fields_or_query_parameters_is_found(split: int) -> None:
     value = VALID["aws_access_key"](random.Random(split))

@@ -92,12 +92,15 @@ DOCUMENTATION_VALUES = frozenset(
         "CH9300762011623852957", "BE68539007547034",
         # national identifiers printed on specimen cards and in documentation
         "078051120", "219099999", "123456789", "RSSMRA85T10A562S", "12345678Z",
+        # AWS's documentation keys
+        "AKIAIOSFODNN7EXAMPLE", "AKIAI44QH8DHBEXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY",
     }
 )  # fmt: skip
 _PLACEHOLDER_WORDS = re.compile(
-    r"example|sample|dummy|placeholder|changeme|your[_-]?|redacted|xxxx|\*\*\*|<|>|\$\{|\{\{",
-    re.IGNORECASE,
+    r"example|sample|dummy|placeholder|changeme|your[_-]?|redacted|x{4,}|\*{3,}", re.IGNORECASE
 )
+_TEMPLATE = re.compile(r"<[A-Za-z_ -]+>|\$\{|\{\{|%\(")
 
 
 def entropy(text: str) -> float:
@@ -121,12 +124,23 @@ def _filters() -> tuple[Callable[[str], bool], ...]:
     return _heuristics()
 
 
+def _body(value: str) -> str:
+    """What follows a format's prefix (ghp_, sk-proj-...)."""
+    return value.split("_", 1)[-1] if "_" in value[:12] else value
+
+
 def looks_made_up(value: str) -> bool:
-    """A value written to show a format, not a credential: a documentation word, a
-    template, a sequence, a run of one character."""
-    if _PLACEHOLDER_WORDS.search(value):
+    """A value written to show a format, not a credential: a published documentation
+    value, a template, a placeholder word with nothing random besides, a sequence, a run of
+    one character. A placeholder word next to 12+ random characters does not count: an
+    agent could append "EXAMPLE" or "xxxx" to a real token to have it waved through."""
+    if value in DOCUMENTATION_VALUES or _TEMPLATE.search(value):
         return True
-    body = value.split("_", 1)[-1] if "_" in value[:12] else value
+    if _PLACEHOLDER_WORDS.search(value):
+        rest = _body(_PLACEHOLDER_WORDS.sub("", value))
+        if len(rest) < 12 or entropy(rest) < 3.0:
+            return True
+    body = _body(value)
     if len(body) >= 8 and entropy(body) < 2.5:
         return True
     return any(f(value) for f in _filters())
@@ -249,6 +263,11 @@ _EXTRA_CREDENTIALS: tuple[tuple[str, str, str, tuple[str, ...], Validator], ...]
     # detect-secrets' npm pattern takes the rest of the line (``npm_.+``) as the token.
     ("npm_token", "NPM_TOKEN", r"(?<![A-Za-z0-9])npm_[A-Za-z0-9]{36}(?![A-Za-z0-9])", ("npm_",),
      credential_value),
+    # detect-secrets' URL pattern stops at sub-delimiters ('*', '!', '$'...), which a
+    # client takes in a password as written: this one takes anything up to the '@'.
+    ("url_credentials", "URL_PASSWORD",
+     r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,20}://[^\s:/?#@\"'<>]{1,64}:(?P<value>[^\s/?#@\"'<>]{3,128})@",
+     ("://",), _url_password),
     # npm's legacy tokens are UUIDs: a secret only as the value of .npmrc's _authToken.
     ("npm_token", "NPM_TOKEN", r":_authToken=\s*(?P<value>[A-Fa-f0-9]{8}(?:-[A-Fa-f0-9]{4}){3}-[A-Fa-f0-9]{12})\b",
      (":_authToken",), lambda value, text, start, end: True),
