@@ -41,6 +41,7 @@ def dlp_proxy(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream,
     cfg = base_config(tmp, test_ca_file, upstream.port)
     cfg["secrets"].append({"name": "gh", "source": {"env": "EGRESS_TEST_GH"}, "hosts": [API],
                            "placeholder": PLACEHOLDER, "inject": ["headers", "body"]})  # fmt: skip
+    cfg["admin"] = {"host": "127.0.0.1", "port": 0}
     cfg["dlp"] = {
         "restore_masked": True,
         "rules": [
@@ -394,6 +395,21 @@ def test_prompt_injection_in_a_response_is_flagged_where_a_rule_reports(
     assert rec["decision"] == "allow"
     assert rec["dlp"][0]["detector"] == "prompt_injection" and rec["dlp"][0]["action"] == "report"
     assert "override" in rec["dlp"][0]["how"]
+
+
+def test_findings_are_counted_by_detector_and_action(dlp_proxy: RunningProxy, client: httpx.Client,
+                                                     upstream: Upstream) -> None:  # fmt: skip
+    import re
+
+    client.post(_url(upstream, path="/v1/count"), json={"k": AWS_KEY})
+    admin = re.search(r"admin listener on (http://\S+) ", dlp_proxy.stderr_path.read_text())
+    assert admin
+    metrics = httpx.get(f"{admin.group(1)}/metrics").text
+    blocked = re.search(
+        r'egress_dlp_findings_total\{action="block",detector="aws_access_key"\} (\d+)', metrics
+    )
+    assert blocked and int(float(blocked.group(1))) >= 1, metrics
+    _assert_no_value(metrics)
 
 
 def test_no_value_in_any_output(dlp_proxy: RunningProxy) -> None:
