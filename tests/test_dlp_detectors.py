@@ -352,3 +352,24 @@ def test_the_example_config_loads() -> None:
     cfg = load(Path(__file__).parent.parent / "config" / "egress-dlp.yaml")
     assert cfg.dlp is not None and [r.action for r in cfg.dlp.rules] == ["block", "mask", "report"]
     assert cfg.dlp.restore_masked
+
+
+SLOW_BEFORE = {  # each took seconds to minutes before its fix (adversarial reviews)
+    "private key headers": "-----BEGIN RSA PRIVATE KEY-----" + "a: \\n" * 40 + "!",
+    "base64 run without a line break": "Ab" * 40_000 + "!\n",
+    "json of many zeros": json.dumps([0] * 300_000),
+    "hex-looking prose": "a bad face fed a deaf bee " * 8_000,
+    "many at signs": "@a." * 60_000,
+}
+
+
+@pytest.mark.parametrize("name", list(SLOW_BEFORE))
+def test_no_input_makes_a_scan_slow(name: str) -> None:
+    import time
+
+    text = SLOW_BEFORE[name]
+    start = time.perf_counter()
+    SCANNER.scan(
+        body_fields(text.encode(), "application/json" if name.startswith("json") else "text/plain")
+    )
+    assert time.perf_counter() - start < 5.0, name

@@ -96,3 +96,25 @@ def test_evasions_are_folded(text: str) -> None:
 def test_only_text_is_read() -> None:
     assert is_text("text/html; charset=utf-8") and is_text("application/vnd.github+json")
     assert not is_text("image/png") and not is_text("application/octet-stream")
+
+
+ADVERSARIAL = {
+    "line breaks": "\n" * 200_000,
+    "line breaks and spaces": "\n " * 100_000,
+    "comment openers": "<!--" * 50_000,
+    "curl without a pipe": "curl " * 40_000,
+    "curl and a variable": "curl " * 40 + "$" + "_" * 200_000,
+    "ignore and nothing": ("ignore " + "all " * 1000) * 50,
+    "agents reading": "ai reading this " * 12_000,
+}
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_no_input_makes_the_detector_slow(name: str) -> None:
+    """Linear in the input whatever it repeats (found by a review: line-start patterns
+    and the comment search were quadratic). Generous bound: this machine may be loaded."""
+    import time
+
+    start = time.perf_counter()
+    inspect(ADVERSARIAL[name])
+    assert time.perf_counter() - start < 2.0

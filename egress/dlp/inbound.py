@@ -45,7 +45,8 @@ _PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {
         re.compile(r"(?:^|[.!:]\s*)(?:ignore|disregard)\s+(?:all\s+|everything\s+)?(?:above|the\s+above|that)\s+and\b", _FLAGS),
         re.compile(r"\b(?:ignore|disregard|forget)\s+(?:everything|all)\s+(?:you\s+(?:were|have\s+been)\s+told|"
                    r"(?:said|written)\s+(?:above|before))", _FLAGS),
-        re.compile(r"(?:^|\n|[.!]\s)\s*(?:here\s+are\s+(?:your\s+|the\s+)?)?(?:new|updated|real|actual|secret)\s+"
+        # [ \t]* after a line start, not \s*: a run of line breaks is not retried from each
+        re.compile(r"(?:^|\n|[.!] )[ \t]*(?:here\s+are\s+(?:your\s+|the\s+)?)?(?:new|updated|real|actual|secret)\s+"
                    r"instructions?\s*(?:for\s+(?:the\s+)?(?:ai|assistant|agent|model|llm)\s*)?:", _FLAGS),
         re.compile(r"\byou\s+are\s+now\s+(?:a|an|in|the|no\s+longer)\b", _FLAGS),
         re.compile(r"\b(?:from\s+now\s+on|henceforth),?\s+you\s+(?:will|must|shall|are\s+to)\b", _FLAGS),
@@ -75,8 +76,8 @@ _PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {
     "role_marker": (
         re.compile(r"<\|im_start\|>\s*(?:system|assistant)|<\|(?:system|assistant)\|>", _FLAGS),
         re.compile(r"\[/?INST\]|<<SYS>>", re.ASCII),  # Llama's markers, as written
-        re.compile(r"(?:^|\n)\s*###\s*(?:system|assistant)\b|(?:^|\n)\s*(?:system|assistant)\s+"
-                   r"(?:prompt|message|instructions?)\s*:", _FLAGS),
+        re.compile(r"(?:^|\n)[ \t]*###[ \t]*(?:system|assistant)\b|(?:^|\n)[ \t]*(?:system|assistant)[ \t]+"
+                   r"(?:prompt|message|instructions?)[ \t]*:", _FLAGS),
         # A fake system turn in tags, closed: not a <system> placeholder in a changelog.
         re.compile(r"<(system|system_prompt|admin_instructions)>[^<]{8,2000}</\1>", re.ASCII),
     ),
@@ -99,7 +100,7 @@ _PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {
                    re.ASCII),
     ),
 }  # fmt: skip
-_HIDDEN = re.compile(r"<!--(?:(?!-->).){0,2000}?-->", re.DOTALL)
+_COMMENT_MAX = 2000
 _STRONG = frozenset({"override", "role_marker", "exfiltration", "extraction", "jailbreak"})
 
 
@@ -113,6 +114,21 @@ class InboundFinding:
                 "how": ", ".join(self.categories)}  # fmt: skip
 
 
+def _comments(text: str) -> list[tuple[int, str]]:
+    """(start, text) of each HTML comment, at most _COMMENT_MAX long: str.find, linear in
+    the text however many '<!--' it holds."""
+    out: list[tuple[int, str]] = []
+    at = text.find("<!--")
+    while at >= 0 and len(out) < 1000:
+        end = text.find("-->", at + 4, at + 4 + _COMMENT_MAX)
+        if end >= 0:
+            out.append((at, text[at + 4 : end]))
+            at = text.find("<!--", end + 3)
+        else:
+            at = text.find("<!--", at + 4)
+    return out
+
+
 def inspect(text: str) -> InboundFinding | None:
     """The prompt-injection finding in ``text``, or None."""
     folded = fold(text)
@@ -122,10 +138,9 @@ def inspect(text: str) -> InboundFinding | None:
             m = p.search(folded)
             if m is not None:
                 hits[category] = min(hits.get(category, m.start()), m.start())
-    for m in _HIDDEN.finditer(folded):
-        comment = m.group()
+    for start, comment in _comments(folded):
         if any(p.search(comment) for p in _PATTERNS["override"] + _PATTERNS["exfiltration"]):
-            hits.setdefault("hidden", m.start())
+            hits.setdefault("hidden", start)
             break
     if not hits:
         return None
