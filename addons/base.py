@@ -161,6 +161,39 @@ def deny(
     flow.response.reason = denial_phrase(reason, host, None if leak else m.get("port") or req.port)
 
 
+def close_client(client_ids: set[str] | None, match: Callable[[str], bool] | None = None) -> int:
+    """Close client connections (and their upstream connections) now: those whose id is in
+    ``client_ids``, or for which ``match(id)`` is true. What mitmproxy's flow.kill() cannot
+    do for a request whose body streams: mitmproxy does not look at a killed flow again
+    before it sends the request's end. Returns how many were closed."""
+    proxyserver = ctx.master.addons.get("proxyserver") if getattr(ctx, "master", None) else None
+    closed = 0
+    for handler in list(getattr(proxyserver, "connections", {}).values()):
+        client = getattr(handler, "client", None)
+        if client is None:
+            continue
+        if not (
+            (client_ids is not None and client.id in client_ids) or (match and match(client.id))
+        ):
+            continue
+        for conn in list(getattr(handler, "transports", {})):
+            try:
+                handler.close_connection(conn)
+            except Exception:  # noqa: BLE001 (closing one must not stop the others)
+                log.debug("egress: could not close a connection")
+        closed += 1
+    return closed
+
+
+def cut_streamed(flow: http.HTTPFlow) -> None:
+    """End a request whose body streams, before its end goes upstream: the flow is killed
+    and its connections closed at once, so that its record is written now (AuditLog's
+    error hook) and the upstream never gets a complete request."""
+    if flow.killable:
+        flow.kill()
+    close_client({flow.client_conn.id})
+
+
 # A fatal TLS alert record, access_denied (49): what a client shows for a refused TLS
 # connection ("tlsv1 alert access denied"), sent before any handshake message.
 TLS_ACCESS_DENIED = bytes([21, 3, 3, 0, 2, 2, 49])

@@ -16,7 +16,7 @@ import asyncio
 import weakref
 
 from egress.addons.audit import record_websocket
-from egress.addons.base import EgressAddon, decoded_body, deny, fail_closed, meta
+from egress.addons.base import EgressAddon, cut_streamed, decoded_body, deny, fail_closed, meta
 from mitmproxy import http
 
 from egress.dlp import inbound
@@ -135,9 +135,16 @@ class DataLossGuard(EgressAddon):
             and int(length) > self.runtime.config.max_body_bytes
         ):
             # mitmproxy streams it (it has set req.stream): inspect it chunk by chunk.
-            req.stream = _STREAMS[flow] = StreamInspector(
-                self._scanner_for(dlp), rules, self._masker(flow), self._is_secret, self._neutral
+            # A real secret value is a finding here too: the leak guard does not read a
+            # streamed body.
+            inspector = _STREAMS[flow] = StreamInspector(
+                self._scanner_for(dlp), rules, self._masker(flow), lambda _: False, self._neutral
             )
+            before = req.stream
+            if callable(before):  # the tripwires' canary search goes first
+                before._then = inspector  # type: ignore[union-attr]
+            else:
+                req.stream = inspector
         fields: list[Field] = []
         if "url" in surfaces:
             fields += url_fields(req.path)
@@ -200,7 +207,7 @@ class DataLossGuard(EgressAddon):
                          detail="the streamed request body carries data a data-loss rule blocks: "
                          + "; ".join(_where(d) for d in blocking[:8]) + "; nothing from the value "
                          "on was sent and the request was cut off before its end")  # fmt: skip
-                flow.kill()
+                cut_streamed(flow)
             return
         if req.raw_content is None:  # streamed: grew past limits.max_body_bytes
             if strict:
@@ -208,7 +215,7 @@ class DataLossGuard(EgressAddon):
                          detail="the request body grew past limits.max_body_bytes without a "
                          "Content-Length, so the data-loss rules could not inspect it: the "
                          "request was cut off before its end and the connection closed")  # fmt: skip
-                flow.kill()
+                cut_streamed(flow)
             return
         body = decoded_body(req, self.runtime.config.max_body_bytes)
         if body is None:

@@ -11,10 +11,19 @@ any addon (the secret guards, the data-loss rules) trips the wire the same way.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 from egress.addons.audit import record_websocket
-from egress.addons.base import EgressAddon, decoded_body, deny, fail_closed, meta
+from egress.addons.base import (
+    EgressAddon,
+    close_client,
+    cut_streamed,
+    decoded_body,
+    deny,
+    fail_closed,
+    meta,
+)
 from mitmproxy import connection, http
 
 from egress.audit import now_iso
@@ -38,6 +47,44 @@ log = logging.getLogger("egress")
 
 def _when(q: Quarantine) -> str:
     return now_iso(q.since)
+
+
+class CanaryStream:
+    """A streamed body's canary search (mitmproxy ``stream`` callable): each chunk with the
+    8 KiB held back before it, so a canary split across chunks is seen whole before any of
+    it is forwarded; once found, nothing more goes (the request is then cut off)."""
+
+    WINDOW = 8 * 1024
+
+    def __init__(self, index: SecretIndex, then: Any = None):
+        self._index, self._then = index, then
+        self._held = b""
+        self.found: tuple[str, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"CanaryStream(found={self.found is not None})"
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if self.found is not None:
+            return b""
+        data = self._held + chunk
+        self.found = find_deep(data, self._index) if data else None
+        if self.found is not None:
+            self._held = b""
+            return b""
+        if chunk:
+            keep = min(self.WINDOW, len(data))
+            out, self._held = data[: len(data) - keep], data[len(data) - keep :]
+            return self._then(out) if callable(self._then) and out else out
+        self._held = b""
+        if not callable(self._then):
+            return data
+        # The end: what was held, then the end itself, for the next inspector to flush.
+        return (self._then(data) if data else b"") + self._then(b"")
+
+
+# Each streamed request's canary search, while it streams (gone with the flow).
+_STREAMS: weakref.WeakKeyDictionary[http.HTTPFlow, CanaryStream] = weakref.WeakKeyDictionary()
 
 
 class Tripwires(EgressAddon):
@@ -124,13 +171,34 @@ class Tripwires(EgressAddon):
         self._refuse_canary(
             flow, index, head.encode("utf-8", "surrogateescape"), "request target or headers"
         )
+        if flow.response is None and req.stream:
+            # The body streams (over limits.max_body_bytes): searched chunk by chunk.
+            # The data-loss inspector, set after this, runs on what this one lets through.
+            req.stream = _STREAMS[flow] = CanaryStream(index)
 
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
+        stream = _STREAMS.pop(flow, None)
         index = self._canary_index()
-        if index is None or flow.response is not None or flow.request.raw_content is None:
+        if index is None or flow.response is not None:
             return
-        body = decoded_body(flow.request, self.runtime.config.max_body_bytes)
+        req = flow.request
+        if stream is not None and stream.found is not None:
+            m = meta(flow)
+            m.update(decision="deny", reason=Reason.CANARY_TRIPPED.value, status=None,
+                     detail=f"the streamed request body carries canary {stream.found[0]!r} "
+                     f"({stream.found[1]}); nothing from it on was sent and the request was "
+                     "cut off before its end")  # fmt: skip
+            cut_streamed(flow)
+            return
+        if req.trailers:
+            fields = "\n".join(f"{k}: {v}" for k, v in req.trailers.items(multi=True))
+            self._refuse_canary(flow, index, fields.encode("utf-8", "surrogateescape"), "trailers")
+            if flow.response is not None:
+                return
+        if req.raw_content is None:
+            return
+        body = decoded_body(req, self.runtime.config.max_body_bytes)
         if body:
             self._refuse_canary(flow, index, body, "body")
 
@@ -179,7 +247,11 @@ class Tripwires(EgressAddon):
         key = quarantine_key(agent, bool(rt.config.agents))
         entry = new_quarantine(key, trigger, flow_id, secret)
         actions: list[str] = []
-        if key and "quarantine" in cfg.actions and rt.quarantine.add(entry):
+        if (
+            key
+            and "quarantine" in cfg.actions
+            and rt.quarantine.add(entry, rt.trip_sink is not None)
+        ):
             actions.append("quarantine")
             rt.metrics.quarantined.set(len(rt.quarantine.entries()))
         if key and "end_connections" in cfg.actions:
@@ -207,15 +279,4 @@ class Tripwires(EgressAddon):
     def end_connections(self, key: str) -> None:
         """Close every client connection of the agent ``key`` (EVERYONE: all), and their
         upstream connections, in this process."""
-        manager = getattr(self._master, "addons", None)
-        proxyserver = manager.get("proxyserver") if manager is not None else None
-        handlers = list(getattr(proxyserver, "connections", {}).values())
-        for handler in handlers:
-            client = getattr(handler, "client", None)
-            if client is None or (key != EVERYONE and self._clients.get(client.id) != key):
-                continue
-            for conn in list(getattr(handler, "transports", {})):
-                try:
-                    handler.close_connection(conn)
-                except Exception:  # noqa: BLE001 (closing one must not stop the others)
-                    log.debug("egress: could not close a connection of a tripped agent")
+        close_client(None, lambda cid: key == EVERYONE or self._clients.get(cid) == key)

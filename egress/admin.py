@@ -71,8 +71,10 @@ class AdminServer:
         got = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
         if not token or not hmac.compare_digest(got, want):
             return 401, "text/plain", b"send the operator token: Authorization: Bearer <token>\n"
-        agent = (parse_qs(query).get("agent") or [None])[0]
-        cleared = await t.clear(agent)
+        asked = parse_qs(query, keep_blank_values=True).get("agent")
+        if asked is not None and (len(asked) != 1 or not asked[0]):
+            return 400, "text/plain", b"give one agent (?agent=NAME), or none to clear all\n"
+        cleared = await t.clear(asked[0] if asked else None)
         return 200, "application/json", json.dumps({"cleared": cleared}).encode() + b"\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -115,6 +117,7 @@ class AdminServer:
                 status, ctype, body = 404, "text/plain", b"not found: /healthz, /readyz, /metrics\n"
             reason = {
                 200: "OK",
+                400: "Bad Request",
                 401: "Unauthorized",
                 403: "Forbidden",
                 404: "Not Found",

@@ -78,15 +78,21 @@ class QuarantineBook:
 
     def __init__(self) -> None:
         self._entries: dict[str, Quarantine] = {}
+        # In a worker: its own trips the parent has not confirmed yet (a broadcast already
+        # on its way must not erase them).
+        self._unconfirmed: dict[str, Quarantine] = {}
 
     def __repr__(self) -> str:
         return f"QuarantineBook({sorted(self._entries)})"
 
-    def add(self, entry: Quarantine) -> bool:
-        """True when the agent was not quarantined before."""
+    def add(self, entry: Quarantine, unconfirmed: bool = False) -> bool:
+        """True when the agent was not quarantined before (``unconfirmed``: a worker's own
+        trip, kept until the parent's book holds it)."""
         if entry.agent in self._entries:
             return False
         self._entries[entry.agent] = entry
+        if unconfirmed:
+            self._unconfirmed[entry.agent] = entry
         return True
 
     def of(self, agent: str | None) -> Quarantine | None:
@@ -95,6 +101,7 @@ class QuarantineBook:
 
     def clear(self, agent: str | None = None) -> list[str]:
         """Clear one agent (None: all); the agents cleared."""
+        self._unconfirmed.clear()
         if agent is None:
             cleared = sorted(self._entries)
             self._entries.clear()
@@ -108,7 +115,11 @@ class QuarantineBook:
         return [q.to_wire() for q in self.entries()]
 
     def replace(self, wire: list[dict[str, Any]]) -> None:
-        self._entries = {q.agent: q for q in map(Quarantine.from_wire, wire)}
+        """The parent's book; this worker's unconfirmed trips stay until it holds them."""
+        entries = {q.agent: q for q in map(Quarantine.from_wire, wire)}
+        for agent in [a for a in self._unconfirmed if a in entries]:
+            del self._unconfirmed[agent]
+        self._entries = {**self._unconfirmed, **entries}
 
 
 def quarantine_key(agent: str | None, agents_configured: bool) -> str:

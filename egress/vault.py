@@ -515,8 +515,8 @@ class VaultRefresher:
         if (
             old_lease
             and old_lease.lease_id
-            and src.lease
-            and src.lease.lease_id != old_lease.lease_id
+            and (leaked or src.lease)
+            and (not src.lease or src.lease.lease_id != old_lease.lease_id)
         ):
             if leaked:
                 self._leak_revoke(name, old_lease.lease_id, "a new value is in use")
@@ -530,9 +530,13 @@ class VaultRefresher:
         elif leaked:
             self.on_leak_handled(name, "not_leased: read again, but a KV value stays valid "
                                  "until it is rotated in Vault")  # fmt: skip
-        self.leaked.discard(name)
         self.last_good[name] = now
         self.due[name] = self._next_due(src, now)
+        if leaked:
+            self.leaked.discard(name)
+        elif name in self.leaked:
+            # A leak was reported while this refresh was under way: handled at the next tick.
+            self.due[name] = 0.0
         self.dropped.discard(name)
         self._recovered(name)
 

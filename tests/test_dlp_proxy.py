@@ -31,7 +31,9 @@ IBAN = VALID["iban"](random.Random(6)).replace(" ", "")
 # A placeholder shaped like a GitHub token: it must never count as a finding.
 PLACEHOLDER = "ghp_" + "Zq8Xv3Lm9Tb2Wc7Rn4Ks1Hd6Jf5Gy0Pa2Qe8Uo"
 VALUES = [AWS_KEY, GH_TOKEN, EMAIL, EMAIL2, CARD, IBAN]
-CANARIES.update(VALUES)
+# The secret gh's real value: credential-shaped, as real tokens are.
+GH_REAL = "ghp_" + "R3alV4lu3xQ9mZ2kL7pN4wT8yB1cD5fG6hJ0"
+CANARIES.update([*VALUES, GH_REAL])
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +59,7 @@ def dlp_proxy(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream,
     }  # fmt: skip
     from tests.conftest import proxy_env
 
-    p = start_proxy(
-        write_config(tmp, cfg), tmp, proxy_env(EGRESS_TEST_GH="gh-real-value-0123456789")
-    )
+    p = start_proxy(write_config(tmp, cfg), tmp, proxy_env(EGRESS_TEST_GH=GH_REAL))
     yield p
     assert p.stop() == 0
     assert "Traceback" not in p.stderr_path.read_text()
@@ -239,7 +239,7 @@ def test_egress_placeholders_are_never_findings(
                     json={"token": PLACEHOLDER, "b64": base64.b64encode(PLACEHOLDER.encode()).decode()})  # fmt: skip
     assert r.status_code == 200, r.text
     got = upstream.recorder.requests[-1]
-    assert got.headers["authorization"] == "token gh-real-value-0123456789"
+    assert got.headers["authorization"] == f"token {GH_REAL}"
     rec = _last(dlp_proxy, "/v1/ph")
     assert rec["dlp"] is None and set(rec["secrets"]) == {"gh"}
 
@@ -290,11 +290,15 @@ def test_a_streamed_body_with_a_credential_split_across_chunks_is_cut_before_it(
     path = f"/v1/stream-block-{cut}"
     head = b"a" * 40_000 + b" my key "
     pieces = [head + AWS_KEY[:cut].encode(), AWS_KEY[cut:].encode() + b" " + b"b" * 40_000]
-    # The upstream was told the Content-Length and never gets all of it: the request never
-    # completes there, and the client gives up waiting (its timeout, short here).
+    # The request is cut before its end and its connections closed at once: the upstream
+    # never gets a complete request, the client an error (not a wait for its timeout).
+    import time
+
+    started = time.monotonic()
     with httpx.Client(proxy=dlp_proxy.url, verify=ssl.create_default_context(cafile=str(dlp_proxy.ca)),
-                      timeout=3) as c, pytest.raises(httpx.HTTPError):  # fmt: skip
+                      timeout=20) as c, pytest.raises(httpx.HTTPError):  # fmt: skip
         _streamed(c, _url(upstream, OTHER, path), pieces)
+    assert time.monotonic() - started < 10
     rec = _record_of(dlp_proxy, path)
     assert (rec["decision"], rec["reason"], rec["status"]) == ("deny", "dlp_blocked", None)
     assert [(f["detector"], f["where"], f["offset"], f["action"]) for f in rec["dlp"]] == [
@@ -302,6 +306,27 @@ def test_a_streamed_body_with_a_credential_split_across_chunks_is_cut_before_it(
     sent = b"".join(q.body for q in upstream.recorder.requests if q.path == path)
     assert AWS_KEY[:4].encode() + AWS_KEY[4:8].encode() not in sent and b"my key" not in sent
     _assert_no_value(json.dumps(rec))
+
+
+def test_a_real_secret_in_a_streamed_body_is_blocked(
+    dlp_proxy: RunningProxy, client: httpx.Client, upstream: Upstream
+) -> None:
+    """The leak guard does not read a streamed body: there a real value shaped like a
+    credential is a data-loss finding like any other (the placeholder-shaped secret gh)."""
+    import time
+
+    from tests.test_dlp_proxy import PLACEHOLDER as _  # noqa: F401 (the secret's shape)
+
+    real = "ghp_" + "R3alV4lu3xQ9mZ2kL7pN4wT8yB1cD5fG6hJ0"
+    CANARIES.add(real)
+    with httpx.Client(proxy=dlp_proxy.url, verify=ssl.create_default_context(cafile=str(dlp_proxy.ca)),
+                      timeout=20) as c, pytest.raises(httpx.HTTPError):  # fmt: skip
+        _streamed(
+            c, _url(upstream, OTHER, "/v1/stream-real"), [b"x" * 70_000 + real.encode() + b" end"]
+        )
+    rec = _record_of(dlp_proxy, "/v1/stream-real")
+    assert rec["reason"] == "dlp_blocked"
+    time.sleep(0)
 
 
 def test_a_clean_streamed_body_arrives_whole(

@@ -129,6 +129,10 @@ def test_a_canary_anywhere_trips_and_quarantines_until_the_operator_clears_it(
     assert [(q["agent"], q["trigger"]) for q in listed] == [(EVERYONE, "canary")]
     # Clearing takes the operator token; the agent cannot clear itself without it.
     assert httpx.post(f"{admin}/tripwires/clear").status_code == 401
+    empty = httpx.post(
+        f"{admin}/tripwires/clear?agent=", headers={"authorization": f"Bearer {OPERATOR_TOKEN}"}
+    )
+    assert empty.status_code == 400  # an empty name is not "everyone"
     bad = httpx.post(f"{admin}/tripwires/clear", headers={"authorization": "Bearer guess"})
     assert bad.status_code == 401
     ok = httpx.post(
@@ -170,6 +174,60 @@ def test_a_real_secret_to_an_unbound_host_trips_the_wire(
     assert "revoke_leaked_secret" in trips[0]["actions"]
     # Not a Vault secret: nothing to revoke, and the record says what to do instead.
     assert trips[1]["lease"].startswith("not_vault")
+
+
+def _stream_post(p: RunningProxy, url: str, pieces: list[bytes], timeout: float = 20) -> str:
+    """A body over limits.max_body_bytes, sent in pieces: the reason, or how it ended."""
+
+    def gen() -> Any:
+        for piece in pieces:
+            yield piece
+            time.sleep(0.05)
+
+    try:
+        with _client(p, timeout=timeout) as c:
+            r = c.post(url, content=gen(), headers={"content-length": str(sum(map(len, pieces)))})
+    except httpx.HTTPError as e:
+        return type(e).__name__
+    return r.headers.get("x-egress-reason", str(r.status_code))
+
+
+@pytest.mark.parametrize("cut", [3, 10, 17])
+def test_a_canary_split_across_a_streamed_body_trips_before_it_goes(
+    tripped_proxy: RunningProxy, upstream: Upstream, cut: int
+) -> None:
+    """A body over the limit streams: the canary is searched chunk by chunk with a window,
+    the request is cut before the canary goes, and the connection is closed at once (no
+    waiting for the client to give up)."""
+    path = f"/v1/stream-canary-{cut}"
+    pieces = [b"a" * 40_000 + CANARY[:cut].encode(), CANARY[cut:].encode() + b"b" * 40_000]
+    started = time.monotonic()
+    outcome = _stream_post(tripped_proxy, f"https://{OTHER}:{upstream.port}{path}", pieces)
+    assert outcome != "200" and time.monotonic() - started < 10, outcome
+    rec = [r for r in _records(tripped_proxy, "request") if r["path"] == path]
+    assert rec and (rec[-1]["reason"], rec[-1]["status"]) == ("canary_tripped", None)
+    (trip,) = _records(tripped_proxy, "tripwire")
+    assert trip["trigger"] == "canary"
+    sent = b"".join(q.body for q in upstream.recorder.requests if q.path == path)
+    assert CANARY[:3].encode() + CANARY[3:6].encode() not in sent
+
+
+def test_a_canary_in_trailers_trips(tripped_proxy: RunningProxy, upstream: Upstream) -> None:
+    import socket
+
+    from tests.rawclient import connect_tunnel
+
+    s = connect_tunnel(tripped_proxy.port, API, upstream.port, tripped_proxy.ca)
+    try:
+        s.sendall(f"POST /v1/trailer HTTP/1.1\r\nhost: {API}:{upstream.port}\r\n"
+                  "transfer-encoding: chunked\r\ntrailer: x-t\r\n\r\n"
+                  f"5\r\nhello\r\n0\r\nx-t: {CANARY}\r\n\r\n".encode())  # fmt: skip
+        answer = s.recv(65536)
+    finally:
+        s.close()
+    assert b"canary_tripped" in answer and CANARY.encode() not in answer
+    assert not [q for q in upstream.recorder.requests if q.path == "/v1/trailer"]
+    _ = socket
 
 
 def test_a_trip_ends_the_agents_open_connections(
@@ -282,6 +340,17 @@ def test_the_canary_is_planted_in_the_agents_environment(tmp_path: Path, upstrea
                          capture_output=True, text=True, timeout=60, env=proxy_env())  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == CANARY
+
+
+def test_a_workers_own_trip_survives_an_older_broadcast() -> None:
+    book = QuarantineBook()
+    mine = Quarantine("alpha", "canary", 1.0, "f1")
+    book.add(mine, unconfirmed=True)
+    book.replace([])  # the parent's book from before it heard of the trip
+    assert book.of("alpha") == mine
+    book.replace([mine.to_wire()])  # confirmed
+    book.replace([])  # and then cleared by an operator
+    assert book.of("alpha") is None
 
 
 def test_the_book_keeps_the_first_trip_and_clears_by_agent() -> None:

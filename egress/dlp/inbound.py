@@ -30,6 +30,8 @@ docs/dlp.md; it is why ``report`` is the default action.
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from dataclasses import dataclass
 
@@ -43,6 +45,10 @@ _PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {
                    r"(?:\s+(?:and|or|&)\s+(?:following|subsequent|later|above|below))?\s+"
                    r"(?:instructions?|directions?|prompts?|rules?|guidelines?)", _FLAGS),
         re.compile(r"(?:^|[.!:]\s*)(?:ignore|disregard)\s+(?:all\s+|everything\s+)?(?:above|the\s+above|that)\s+and\b", _FLAGS),
+        re.compile(r"\b(?:ignore|disregard|forget)\s+(?:all\s+)?(?:the|your|any)\s+(?:previous\s+|prior\s+)?"
+                   r"(?:instructions|directions|guidelines)\s+(?:above|before|given|you\s+(?:were|have\s+been)\s+given)\b"
+                   r"|\b(?:ignore|disregard|forget)\s+(?:all\s+)?your\s+(?:previous\s+|prior\s+|original\s+)?"
+                   r"(?:instructions|directions|guidelines|programming)\b", _FLAGS),
         re.compile(r"\b(?:ignore|disregard|forget)\s+(?:everything|all)\s+(?:you\s+(?:were|have\s+been)\s+told|"
                    r"(?:said|written)\s+(?:above|before))", _FLAGS),
         # [ \t]* after a line start, not \s*: a run of line breaks is not retried from each
@@ -129,9 +135,47 @@ def _comments(text: str) -> list[tuple[int, str]]:
     return out
 
 
+_MARKUP = re.compile(r"[*_`~]+")
+
+
+def _readings(text: str) -> list[str]:
+    """``text`` as a reader sees it: folded; HTML entities undone; a JSON document's string
+    values (escapes undone), one per line; emphasis and underscores read as spaces."""
+    out = [text]
+    if "&" in text:
+        out.append(html.unescape(text))
+    stripped = text.lstrip()[:1]
+    if stripped in ("{", "[") and ("\\" in text or '"' in text):
+        try:
+            doc = json.loads(text)
+        except (ValueError, RecursionError):
+            doc = None
+        if doc is not None:
+            strings: list[str] = []
+            stack = [doc]
+            while stack and len(strings) < 100_000:
+                node = stack.pop()
+                if isinstance(node, str):
+                    strings.append(node)
+                elif isinstance(node, dict):
+                    stack.extend(node.values())
+                elif isinstance(node, list):
+                    stack.extend(node)
+            out.append("\n".join(reversed(strings)))
+    folded = [fold(t) for t in out]
+    return folded + [_MARKUP.sub(" ", t) for t in folded if _MARKUP.search(t)]
+
+
 def inspect(text: str) -> InboundFinding | None:
     """The prompt-injection finding in ``text``, or None."""
-    folded = fold(text)
+    for reading in _readings(text):
+        found = _inspect(reading)
+        if found is not None:
+            return found
+    return None
+
+
+def _inspect(folded: str) -> InboundFinding | None:
     hits: dict[str, int] = {}
     for category, patterns in _PATTERNS.items():
         for p in patterns:
