@@ -475,3 +475,27 @@ def test_review_shows_a_forged_tripwire_record_cleaned() -> None:
     assert "\x1b" not in shown["time"] and "<" not in shown["agent"] and len(shown["agent"]) <= 120
     assert shown["actions"] == ["quarantine?"]
     assert tripwire_entry({"event": "request"}) is None
+
+
+@pytest.mark.parametrize("trigger", ["dlp_blocked", "foreign_credential"])
+def test_other_triggers_quarantine_too(tmp_path: Path, upstream: Upstream, test_ca_file: Path,
+                                       trigger: str) -> None:  # fmt: skip
+    """A data-loss block and a foreign credential (an Authorization egress did not put
+    there, to a host egress injects for) trip the wire like a canary."""
+    cfg = _cfg(tmp_path, test_ca_file, upstream.port, triggers=[trigger])
+    cfg["dlp"] = {"rules": [{"detectors": ["credentials"], "action": "block"}]}
+    p = start_proxy(write_config(tmp_path, cfg), tmp_path)
+    try:
+        if trigger == "dlp_blocked":
+            key = "AKIA" + "Q7ZLMX3KV9WB2TNR"
+            CANARIES.add(key)
+            first = _reason(p, "POST", f"https://{OTHER}:{upstream.port}/t", json={"k": key})
+        else:
+            first = _reason(p, "GET", f"https://{API}:{upstream.port}/t",
+                            headers={"authorization": "Bearer not-the-placeholder-0123456789"})  # fmt: skip
+        assert first == trigger
+        assert _reason(p, "GET", f"https://{OTHER}:{upstream.port}/after") == "agent_quarantined"
+        (trip,) = _records(p, "tripwire")
+        assert trip["trigger"] == trigger
+    finally:
+        assert p.stop() == 0
