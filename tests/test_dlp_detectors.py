@@ -143,7 +143,7 @@ ENCODINGS: dict[str, Any] = {
 }  # fmt: skip
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     detector=st.sampled_from(CREDENTIALS + ["payment_card", "iban", "email_address", "us_ssn"]),
     seed=st.integers(0, 2**32),
