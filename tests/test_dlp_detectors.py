@@ -373,3 +373,28 @@ def test_no_input_makes_a_scan_slow(name: str) -> None:
         body_fields(text.encode(), "application/json" if name.startswith("json") else "text/plain")
     )
     assert time.perf_counter() - start < 5.0, name
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    filler=st.text(alphabet="abc key token XYZ:=\n", max_size=600),
+    value_len=st.integers(20, 300),
+    seed=st.integers(0, 2**32),
+    name=st.sampled_from(["api_key", "client_secret", "DB_PASSWORD", "x-auth-token", "privateKey"]),
+    at=st.integers(0, 600),
+)
+def test_reading_near_a_keyword_finds_what_reading_everything_finds(
+    filler: str, value_len: int, seed: int, name: str, at: int
+) -> None:
+    """secret_assignment runs only around its keywords (Detector.near): the same findings
+    as a run over the whole text, whatever the value's length and the text around it."""
+    import dataclasses as dc
+    import string as s
+
+    rng = random.Random(seed)
+    value = "".join(rng.choice(s.ascii_letters + s.digits) for _ in range(value_len))
+    text = filler[:at] + f' {name} = "{value}" ' + filler[at:]
+    everywhere = Scanner([dc.replace(d, near=None) for d in catalogue()])
+    found = {(f.detector, f.value) for f in SCANNER.scan([Field("body", text, "body")]).findings}
+    want = {(f.detector, f.value) for f in everywhere.scan([Field("body", text, "body")]).findings}
+    assert found == want

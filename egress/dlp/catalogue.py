@@ -52,6 +52,9 @@ class Detector:
     # Runs only near a run of 8+ digits (egress.dlp.scan finds those once per text): the
     # number-shaped detectors, which have no literal prefix to wait for.
     needs_digits: bool = False
+    # (before, after): run only within this many characters of a literal's occurrence,
+    # for a pattern that starts near its literal and whose literal is common ("key").
+    near: tuple[int, int] | None = None
 
     def values(self, text: str) -> list[tuple[str, int, int]]:
         """(value, start, end) of every validated match in ``text``."""
@@ -304,7 +307,10 @@ def _credential_detectors() -> list[Detector]:
         out.append(Detector(name, "credential", label, (re.compile(pattern),), literals,
                             validate, "egress (vendor-documented prefix)" if not fold
                             else "egress (detect-secrets heuristics and entropy)",
-                            fold_case=fold))  # fmt: skip
+                            fold_case=fold,
+                            # its name starts up to 13 before the literal; the whole match
+                            # (name, 20 more, the operator, 256 of value) fits in 340
+                            near=(48, 340) if fold else None))  # fmt: skip
     return out
 
 

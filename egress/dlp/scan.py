@@ -67,6 +67,20 @@ def digit_windows(text: str) -> list[tuple[int, str]]:
     return [(a, text[a:b]) for a, b in spans]
 
 
+def _near(text: str, positions: list[int], near: tuple[int, int]) -> list[tuple[int, str]]:
+    """(start, text) of the parts of ``text`` around ``positions``, merged where they
+    overlap (the whole text when they cover it)."""
+    before, after = near
+    spans: list[list[int]] = []
+    for p in sorted(positions):
+        a, b = max(0, p - before), p + after
+        if spans and a <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], b)
+        else:
+            spans.append([a, b])
+    return [(a, text[a:b]) for a, b in spans]
+
+
 class Scanner:
     """The detectors and their prefilter, built once per configuration."""
 
@@ -100,21 +114,35 @@ class Scanner:
     def __repr__(self) -> str:
         return f"Scanner({len(self.detectors)} detectors)"
 
-    def _candidates(self, text: str) -> list[int]:
+    def _candidates(self, text: str) -> tuple[list[int], dict[int, list[int]]]:
+        """The detectors whose literal is in ``text``, and for those that run near their
+        literal (Detector.near), where it is (offsets in ``text`` when it is ASCII)."""
         run = set(self._always)
+        where: dict[int, list[int]] = {}
         data = text.encode("utf-8", "surrogatepass")
+        ascii_text = len(data) == len(text)
         if self._automaton is not None:
             for m in self._automaton.find_matches_as_indexes(data, overlapping=True):
                 run |= self._owners[m[0]]
         if self._automaton_folded is not None:
             for m in self._automaton_folded.find_matches_as_indexes(data.lower(), overlapping=True):
-                run |= self._folded_owners[m[0]]
-        return sorted(run)
+                for i in self._folded_owners[m[0]]:
+                    run.add(i)
+                    if ascii_text and self.detectors[i].near is not None:
+                        where.setdefault(i, []).append(m[1])
+        if not ascii_text:
+            where = {}
+        return sorted(run), where
 
     def values(self, text: str) -> list[tuple[Detector, str, int]]:
         out: list[tuple[Detector, str, int]] = []
-        for i in self._candidates(text):
+        run, where = self._candidates(text)
+        for i in run:
             d = self.detectors[i]
+            if d.near is not None and i in where:
+                for base, window in _near(text, where[i], d.near):
+                    out.extend((d, v, base + start) for v, start, _ in d.values(window))
+                continue
             out.extend((d, value, start) for value, start, _ in d.values(text))
         if self._numeric:
             for base, window in digit_windows(text):
