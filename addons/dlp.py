@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
 
 from egress.addons.audit import record_websocket
 from egress.addons.base import EgressAddon, cut_streamed, decoded_body, deny, fail_closed, meta
@@ -70,9 +71,10 @@ class DataLossGuard(EgressAddon):
 
     def _neutral(self, text: str) -> str:
         """``text`` with egress's placeholders blanked out (same length: offsets hold)."""
-        for spec in self.runtime.index().specs:
-            if spec.placeholder in text:
-                text = text.replace(spec.placeholder, " " * len(spec.placeholder))
+        index = self.runtime.index()
+        for k in index.placeholders_in(text.encode("utf-8", "surrogatepass")):
+            placeholder = index.specs[k].placeholder
+            text = text.replace(placeholder, " " * len(placeholder))
         return text
 
     def _is_secret(self, value: str) -> bool:
@@ -101,6 +103,17 @@ class DataLossGuard(EgressAddon):
             m["url"] = (
                 f"{m.get('scheme', 'https')}://{m.get('host', '')}:{m.get('port', '')}{m['path']}"
             )
+
+    def _act(
+        self, flow: http.HTTPFlow, decisions: list[Decision], mask: Callable[[], None]
+    ) -> None:
+        """Record the findings, then the strongest action: block, or ``mask``."""
+        self._record(flow, decisions)
+        action = strongest(decisions)
+        if action == "block":
+            self._block(flow, decisions)
+        elif action == "mask":
+            mask()
 
     def _block(self, flow: http.HTTPFlow, decisions: list[Decision], why: str = "") -> None:
         blocking = [d for d in decisions if d.action == "block"] or decisions
@@ -155,12 +168,7 @@ class DataLossGuard(EgressAddon):
         decisions = self._inspect(dlp, rules, fields, "url" if "url" in surfaces else "headers")
         if not decisions:
             return
-        self._record(flow, decisions)
-        action = strongest(decisions)
-        if action == "block":
-            self._block(flow, decisions)
-        elif action == "mask":
-            self._mask_head(flow, dlp, rules, decisions)
+        self._act(flow, decisions, lambda: self._mask_head(flow, dlp, rules, decisions))
 
     def _mask_head(self, flow: http.HTTPFlow, dlp: DlpConfig, rules: tuple[DlpRule, ...],
                    decisions: list[Decision]) -> None:  # fmt: skip
@@ -233,12 +241,7 @@ class DataLossGuard(EgressAddon):
             decisions = self._inspect(dlp, rules, fields, "body")
         if not decisions:
             return
-        self._record(flow, decisions)
-        action = strongest(decisions)
-        if action == "block":
-            self._block(flow, decisions)
-        elif action == "mask":
-            self._mask_body(flow, dlp, rules, decisions, body)
+        self._act(flow, decisions, lambda: self._mask_body(flow, dlp, rules, decisions, body))
 
     def _mask_body(self, flow: http.HTTPFlow, dlp: DlpConfig, rules: tuple[DlpRule, ...],
                    decisions: list[Decision], body: bytes) -> None:  # fmt: skip

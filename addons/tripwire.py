@@ -92,11 +92,6 @@ class Tripwires(EgressAddon):
         super().__init__(runtime)
         self._clients: dict[str, str | None] = {}  # client connection id -> its agent
         self._canaries: tuple[TripwireConfig, SecretIndex] | None = None
-        self._master: Any = None
-
-    def load(self, loader: Any) -> None:
-        super().load(loader)
-        self._master = loader.master
 
     def running(self) -> None:
         rt = self.runtime

@@ -1,3 +1,4 @@
+# ruff: noqa: F811 (ws_upstream is test_websocket's fixture, imported and used as a parameter)
 """Data-loss rules on WebSocket messages the agent sends, through the real proxy: block
 closes the connection before the message reaches the upstream, mask rewrites it, report
 lets it through; each in its own audit record without the value."""
@@ -7,35 +8,22 @@ from __future__ import annotations
 import base64
 import json
 import random
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from tests.canary import CANARIES
-from tests.conftest import API, RunningProxy, base_config, start_proxy, write_config
+from tests.conftest import RunningProxy, base_config, start_proxy, write_config
 from tests.dlp_samples import VALID
-from tests.test_websocket import _fragments, open_ws, websocket_records
+from tests.test_websocket import _fragments, open_ws, websocket_records, ws_upstream  # noqa: F401
 from tests.wsutil import ScriptedWsUpstream
 
 AWS_KEY = VALID["aws_access_key"](random.Random(404))
 EMAIL = VALID["email_address"](random.Random(405))
 IBAN = VALID["iban"](random.Random(406)).replace(" ", "")
 CANARIES.update({AWS_KEY, EMAIL, IBAN})
-
-
-@pytest.fixture(scope="module")
-def ws_upstream(test_ca: trustme.CA) -> Iterator[ScriptedWsUpstream]:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    test_ca.issue_cert(API).configure_cert(ctx)
-    up = ScriptedWsUpstream(ctx)
-    try:
-        yield up
-    finally:
-        up.close()
 
 
 @pytest.fixture(scope="module")

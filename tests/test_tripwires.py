@@ -395,6 +395,16 @@ def test_a_bad_tripwires_block_names_the_key_and_the_fix(
 from tests.test_vault import PH, _database_role, postgres, seeded, vault_config  # noqa: E402, F401
 
 
+def _injected(p: RunningProxy, upstream: Upstream, path: str) -> str:
+    """The value egress injected for the placeholder, as the upstream received it."""
+    with _client(p) as c:
+        r = c.get(f"https://{API}:{upstream.port}{path}", headers={"authorization": f"Bearer {PH}"})
+        assert r.status_code == 200
+    value = upstream.recorder.requests[-1].headers["authorization"].removeprefix("Bearer ")
+    CANARIES.add(value)
+    return value
+
+
 def test_a_leaked_dynamic_secret_has_its_lease_revoked(
     tmp_path: Path,
     seeded: Any,  # noqa: F811 (the fixture imported above)
@@ -420,15 +430,7 @@ def test_a_leaked_dynamic_secret_has_its_lease_revoked(
     }
     p = start_proxy(write_config(tmp_path, cfg), tmp_path, proxy_env(T=token))
     try:
-        with _client(p) as c:
-            assert (
-                c.get(
-                    f"https://{API}:{upstream.port}/db", headers={"authorization": f"Bearer {PH}"}
-                ).status_code
-                == 200
-            )
-        leaked = upstream.recorder.requests[-1].headers["authorization"].removeprefix("Bearer ")
-        CANARIES.add(leaked)
+        leaked = _injected(p, upstream, "/db")
         (role,) = [r for r in postgres.dynamic_roles()
                    if postgres.psql("SELECT 1", user=r, password=leaked).returncode == 0]  # fmt: skip
         assert _reason(p, "POST", f"https://{OTHER}:{upstream.port}/exfil",
@@ -445,15 +447,7 @@ def test_a_leaked_dynamic_secret_has_its_lease_revoked(
             f"{_admin(p)}/tripwires/clear", headers={"authorization": f"Bearer {OPERATOR_TOKEN}"}
         )
         assert ok.json() == {"cleared": [EVERYONE]}
-        with _client(p) as c:
-            assert (
-                c.get(
-                    f"https://{API}:{upstream.port}/db2", headers={"authorization": f"Bearer {PH}"}
-                ).status_code
-                == 200
-            )
-        fresh = upstream.recorder.requests[-1].headers["authorization"].removeprefix("Bearer ")
-        CANARIES.add(fresh)
+        fresh = _injected(p, upstream, "/db2")
         assert fresh != leaked
         (new_role,) = [r for r in postgres.dynamic_roles()
                        if postgres.psql("SELECT 1", user=r, password=fresh).returncode == 0]  # fmt: skip
